@@ -1,0 +1,888 @@
+//! Configuration: the TOML file as written ([`RawConfig`]), and the validated form the
+//! gateway runs on ([`Config`]).
+//!
+//! [`validate`] is a pure function: it reads nothing but the raw struct and returns either a
+//! [`Config`] or **every** problem it found, each naming the key (and, via
+//! [`ConfigErrors::locate`], the file and line) and saying what is allowed.
+//! [`load`] is the only part that touches the disk: it reads the file and the token file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A secret string (the platform token). Never printed: `Debug` shows `***`, and it has no
+/// `Display`, so it cannot end up in a log line or an error message by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself, for signing only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The file as written
+// ---------------------------------------------------------------------------------------
+
+/// The configuration file, as parsed. Every section rejects unknown keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// How to reach the city platform.
+    pub platform: RawPlatform,
+    /// The durable outbox.
+    #[serde(default)]
+    pub outbox: RawOutbox,
+    /// The lot's spaces.
+    #[serde(default)]
+    pub space: RawSpace,
+    /// The local status endpoint.
+    #[serde(default)]
+    pub status: RawStatus,
+}
+
+/// `[platform]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlatform {
+    /// Base URL; `/park/heartbeat`, `/dataSync/parkSpace`, `/dataSync/carInOut` are appended.
+    pub url: String,
+    /// The lot code the platform assigned (`lotCode`).
+    pub lot_code: String,
+    /// The secret token the platform assigned. Exactly one of `token` and `token_file`.
+    pub token: Option<Secret>,
+    /// A file holding the token (first line, surrounding whitespace trimmed).
+    pub token_file: Option<PathBuf>,
+    /// Unit of `ts`: "ms", "s" or "auto" (start with ms; switch to s if ms is refused).
+    #[serde(default = "d_auto")]
+    pub ts_unit: String,
+    /// Hex case of `auth`: "lower" or "upper".
+    #[serde(default = "d_lower")]
+    pub auth_case: String,
+    /// How `data` is sent: "object" (a JSON value) or "string" (JSON text in a string).
+    #[serde(default = "d_object")]
+    pub data_encoding: String,
+    /// Time between heartbeats, e.g. "60s".
+    #[serde(default = "d_60s")]
+    pub heartbeat_interval: String,
+    /// Whole-request timeout (connect + answer), e.g. "10s".
+    #[serde(default = "d_10s")]
+    pub request_timeout: String,
+    /// Most records in one carInOut request, 1..=100.
+    #[serde(default = "d_100")]
+    pub max_batch: i64,
+    /// Largest carInOut request body, e.g. "2MiB".
+    #[serde(default = "d_2mib")]
+    pub max_body: String,
+    /// Time zone of `inOutTime`, an IANA name.
+    #[serde(default = "d_tz")]
+    pub timezone: String,
+}
+
+/// `[outbox]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbox {
+    /// Directory of the sled store.
+    #[serde(default = "d_outbox_path")]
+    pub path: PathBuf,
+    /// Most bytes the stored records may take, e.g. "2GiB".
+    #[serde(default = "d_2gib")]
+    pub max_disk: String,
+}
+
+impl Default for RawOutbox {
+    fn default() -> Self {
+        RawOutbox {
+            path: d_outbox_path(),
+            max_disk: d_2gib(),
+        }
+    }
+}
+
+/// `[space]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpace {
+    /// Total spaces of the lot (`totalSpace`), 0..1e9.
+    pub total: Option<i64>,
+}
+
+/// `[status]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatus {
+    /// Address of the local status endpoint, e.g. "127.0.0.1:9870".
+    #[serde(default = "d_listen")]
+    pub listen: String,
+}
+
+impl Default for RawStatus {
+    fn default() -> Self {
+        RawStatus { listen: d_listen() }
+    }
+}
+
+fn d_auto() -> String {
+    "auto".into()
+}
+fn d_lower() -> String {
+    "lower".into()
+}
+fn d_object() -> String {
+    "object".into()
+}
+fn d_60s() -> String {
+    "60s".into()
+}
+fn d_10s() -> String {
+    "10s".into()
+}
+fn d_100() -> i64 {
+    100
+}
+fn d_2mib() -> String {
+    "2MiB".into()
+}
+fn d_2gib() -> String {
+    "2GiB".into()
+}
+fn d_tz() -> String {
+    "Asia/Shanghai".into()
+}
+fn d_outbox_path() -> PathBuf {
+    PathBuf::from("/var/lib/lotlink/outbox")
+}
+fn d_listen() -> String {
+    "127.0.0.1:9870".into()
+}
+
+// ---------------------------------------------------------------------------------------
+// The validated form
+// ---------------------------------------------------------------------------------------
+
+/// Unit of the `ts` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsUnit {
+    Ms,
+    S,
+}
+
+impl TsUnit {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TsUnit::Ms => "ms",
+            TsUnit::S => "s",
+        }
+    }
+    /// The other unit.
+    pub fn other(self) -> TsUnit {
+        match self {
+            TsUnit::Ms => TsUnit::S,
+            TsUnit::S => TsUnit::Ms,
+        }
+    }
+}
+
+/// `ts_unit` as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsUnitSetting {
+    Fixed(TsUnit),
+    /// Start with ms; after a 1002 a clock re-sync does not cure, try s; keep what works.
+    Auto,
+}
+
+/// Hex case of `auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthCase {
+    Lower,
+    Upper,
+}
+
+/// How `data` is put in the envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataEncoding {
+    /// A JSON object/array, as the spec's examples.
+    Object,
+    /// The JSON text of the payload as a JSON string, as the spec's table says.
+    String,
+}
+
+/// Where the token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Inline(Secret),
+    File(PathBuf),
+}
+
+/// Validated `[platform]`.
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    pub url: String,
+    pub lot_code: String,
+    pub token: TokenSource,
+    pub ts_unit: TsUnitSetting,
+    pub auth_case: AuthCase,
+    pub data_encoding: DataEncoding,
+    pub heartbeat_interval: Duration,
+    pub request_timeout: Duration,
+    pub max_batch: usize,
+    pub max_body: u64,
+    pub timezone: chrono_tz::Tz,
+}
+
+/// Validated `[outbox]`.
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    pub path: PathBuf,
+    pub max_disk: u64,
+}
+
+/// Validated `[space]`.
+#[derive(Debug, Clone)]
+pub struct SpaceConfig {
+    pub total: u32,
+}
+
+/// Validated `[status]`.
+#[derive(Debug, Clone)]
+pub struct StatusConfig {
+    pub listen: SocketAddr,
+}
+
+/// The configuration the gateway runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub platform: PlatformConfig,
+    pub outbox: OutboxConfig,
+    pub space: SpaceConfig,
+    pub status: StatusConfig,
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+/// One problem with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `platform.max_batch`.
+    pub key: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+}
+
+/// Everything wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{}", .0)]
+    Invalid(ConfigErrors),
+}
+
+/// The list of problems [`validate`] found, with the file they belong to.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub path: Option<PathBuf>,
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigErrors {
+    /// Fill in line numbers by finding each key in the file's text.
+    #[must_use]
+    pub fn locate(mut self, path: &Path, text: &str) -> Self {
+        self.path = Some(path.to_path_buf());
+        for p in &mut self.problems {
+            p.line = find_key_line(text, &p.key);
+        }
+        self
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self
+            .path
+            .as_ref()
+            .map_or_else(|| "config".to_string(), |p| p.display().to_string());
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match p.line {
+                Some(l) => write!(f, "{file}:{l}: {}: {}", p.key, p.message)?,
+                None => write!(f, "{file}: {}: {}", p.key, p.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Find the line of `section.key` (or `section` alone) in TOML text: good enough for
+/// pointing a person at the right place; `None` when the key is absent (a missing key).
+fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = match dotted.rsplit_once('.') {
+        Some((s, k)) => (s, Some(k)),
+        None => (dotted, None),
+    };
+    let mut in_section = false;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            let name = line.trim_matches(|c| c == '[' || c == ']').trim();
+            in_section = name == section;
+            if in_section && key.is_none() {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        if let (true, Some(k)) = (in_section, key) {
+            if let Some((lhs, _)) = line.split_once('=') {
+                if lhs.trim().trim_matches('"') == k {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------
+// Parsing helpers
+// ---------------------------------------------------------------------------------------
+
+/// Parse a duration like "60s", "500ms", "2m", "1h 30m".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"60s\" or \"500ms\""))
+}
+
+/// Parse a size like "2MiB", "512KiB", "1GB", "1000" (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?}; write e.g. \"2MiB\", \"512KiB\", \"1GB\""
+            ))
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. \"2MiB\""))?;
+    let bytes = n * mult as f64;
+    if !(bytes.is_finite() && bytes >= 0.0 && bytes < 1.8e19) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------
+
+struct Collector(Vec<Problem>);
+
+impl Collector {
+    fn bad(&mut self, key: &str, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.to_string(),
+            message: message.into(),
+            line: None,
+        });
+    }
+    fn take<T>(&mut self, key: &str, r: Result<T, String>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(m) => {
+                self.bad(key, m);
+                None
+            }
+        }
+    }
+}
+
+/// Check a raw configuration and produce the validated one, or every problem found.
+///
+/// Pure: reads no files (a `token_file` is checked by [`load`]).
+pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
+    let mut c = Collector(Vec::new());
+    let p = &raw.platform;
+
+    let url = p.url.trim().trim_end_matches('/').to_string();
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+        c.bad(
+            "platform.url",
+            format!("{:?} must be an http:// or https:// base URL", p.url),
+        );
+    } else if reqwest::Url::parse(&url).is_err() {
+        c.bad("platform.url", format!("{:?} is not a valid URL", p.url));
+    }
+
+    let lot_code = p.lot_code.trim().to_string();
+    if lot_code.is_empty() {
+        c.bad("platform.lot_code", "must not be empty");
+    } else if lot_code.chars().any(char::is_control) {
+        c.bad("platform.lot_code", "must not contain control characters");
+    }
+
+    let token = match (&p.token, &p.token_file) {
+        (Some(t), None) => {
+            if t.expose().trim().is_empty() {
+                c.bad("platform.token", "must not be empty");
+            }
+            Some(TokenSource::Inline(t.clone()))
+        }
+        (None, Some(f)) => Some(TokenSource::File(f.clone())),
+        (Some(_), Some(_)) => {
+            c.bad(
+                "platform.token",
+                "give exactly one of `token` and `token_file`, not both",
+            );
+            None
+        }
+        (None, None) => {
+            c.bad(
+                "platform.token",
+                "missing: give `token = \"…\"` or `token_file = \"/etc/lotlink/token\"`",
+            );
+            None
+        }
+    };
+
+    let ts_unit = match p.ts_unit.as_str() {
+        "ms" => Some(TsUnitSetting::Fixed(TsUnit::Ms)),
+        "s" => Some(TsUnitSetting::Fixed(TsUnit::S)),
+        "auto" => Some(TsUnitSetting::Auto),
+        other => {
+            c.bad(
+                "platform.ts_unit",
+                format!("{other:?}: allowed are \"ms\", \"s\", \"auto\""),
+            );
+            None
+        }
+    };
+    let auth_case = match p.auth_case.as_str() {
+        "lower" => Some(AuthCase::Lower),
+        "upper" => Some(AuthCase::Upper),
+        other => {
+            c.bad(
+                "platform.auth_case",
+                format!("{other:?}: allowed are \"lower\", \"upper\""),
+            );
+            None
+        }
+    };
+    let data_encoding = match p.data_encoding.as_str() {
+        "object" => Some(DataEncoding::Object),
+        "string" => Some(DataEncoding::String),
+        other => {
+            c.bad(
+                "platform.data_encoding",
+                format!("{other:?}: allowed are \"object\", \"string\""),
+            );
+            None
+        }
+    };
+    let heartbeat_interval = c
+        .take(
+            "platform.heartbeat_interval",
+            parse_duration(&p.heartbeat_interval),
+        )
+        .and_then(|d| {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+                c.bad(
+                    "platform.heartbeat_interval",
+                    "must be between 1s and 1h (the platform expects 60s)",
+                );
+                None
+            } else {
+                Some(d)
+            }
+        });
+    let request_timeout = c
+        .take(
+            "platform.request_timeout",
+            parse_duration(&p.request_timeout),
+        )
+        .and_then(|d| {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
+                c.bad(
+                    "platform.request_timeout",
+                    "must be between 100ms and 300s",
+                );
+                None
+            } else {
+                Some(d)
+            }
+        });
+    let max_batch = if (1..=100).contains(&p.max_batch) {
+        usize::try_from(p.max_batch).ok()
+    } else {
+        c.bad(
+            "platform.max_batch",
+            format!("{} is not allowed: 1..=100", p.max_batch),
+        );
+        None
+    };
+    let max_body = c
+        .take("platform.max_body", parse_size(&p.max_body))
+        .and_then(|b| {
+            if b < 64 * 1024 {
+                c.bad(
+                    "platform.max_body",
+                    "must be at least 64KiB (one record with a full image is about 52 KB)",
+                );
+                None
+            } else {
+                Some(b)
+            }
+        });
+    let timezone = match p.timezone.parse::<chrono_tz::Tz>() {
+        Ok(tz) => Some(tz),
+        Err(_) => {
+            c.bad(
+                "platform.timezone",
+                format!(
+                    "{:?} is not an IANA time zone name such as \"Asia/Shanghai\"",
+                    p.timezone
+                ),
+            );
+            None
+        }
+    };
+
+    let max_disk = c
+        .take("outbox.max_disk", parse_size(&raw.outbox.max_disk))
+        .and_then(|b| {
+            if b < 1 << 20 {
+                c.bad("outbox.max_disk", "must be at least 1MiB");
+                None
+            } else {
+                Some(b)
+            }
+        });
+    if raw.outbox.path.as_os_str().is_empty() {
+        c.bad("outbox.path", "must not be empty");
+    }
+
+    let total = match raw.space.total {
+        None => {
+            c.bad("space.total", "missing: the lot's total number of spaces");
+            None
+        }
+        Some(t) if (0..1_000_000_000).contains(&t) => u32::try_from(t).ok(),
+        Some(t) => {
+            c.bad("space.total", format!("{t} is not allowed: 0..=999999999"));
+            None
+        }
+    };
+
+    let listen = match raw.status.listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.bad(
+                "status.listen",
+                format!(
+                    "{:?} is not an address:port such as \"127.0.0.1:9870\"",
+                    raw.status.listen
+                ),
+            );
+            None
+        }
+    };
+
+    if !c.0.is_empty() {
+        return Err(ConfigErrors {
+            path: None,
+            problems: c.0,
+        });
+    }
+    // Every Option below is Some: a None always pushed a problem above.
+    match (
+        token,
+        ts_unit,
+        auth_case,
+        data_encoding,
+        heartbeat_interval,
+        request_timeout,
+        max_batch,
+        max_body,
+        timezone,
+        max_disk,
+        total,
+        listen,
+    ) {
+        (
+            Some(token),
+            Some(ts_unit),
+            Some(auth_case),
+            Some(data_encoding),
+            Some(heartbeat_interval),
+            Some(request_timeout),
+            Some(max_batch),
+            Some(max_body),
+            Some(timezone),
+            Some(max_disk),
+            Some(total),
+            Some(listen),
+        ) => Ok(Config {
+            platform: PlatformConfig {
+                url,
+                lot_code,
+                token,
+                ts_unit,
+                auth_case,
+                data_encoding,
+                heartbeat_interval,
+                request_timeout,
+                max_batch,
+                max_body,
+                timezone,
+            },
+            outbox: OutboxConfig {
+                path: raw.outbox.path.clone(),
+                max_disk,
+            },
+            space: SpaceConfig { total },
+            status: StatusConfig { listen },
+        }),
+        _ => Err(ConfigErrors {
+            path: None,
+            problems: vec![Problem {
+                key: "config".into(),
+                message: "internal: validation incomplete".into(),
+                line: None,
+            }],
+        }),
+    }
+}
+
+/// Parse TOML text into the raw struct. Syntax errors and unknown keys name the line.
+pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// Parse and validate TOML text (no file access).
+pub fn from_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let raw = parse(path, text)?;
+    validate(&raw).map_err(|e| ConfigError::Invalid(e.locate(path, text)))
+}
+
+/// Read, parse and validate a configuration file, and check its `token_file` can be read.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let cfg = from_str(path, &text)?;
+    resolve_token(&cfg.platform.token).map_err(|message| {
+        ConfigError::Invalid(
+            ConfigErrors {
+                path: None,
+                problems: vec![Problem {
+                    key: "platform.token_file".into(),
+                    message,
+                    line: None,
+                }],
+            }
+            .locate(path, &text),
+        )
+    })?;
+    Ok(cfg)
+}
+
+/// The token itself: inline, or the first line of the token file.
+pub fn resolve_token(src: &TokenSource) -> Result<Secret, String> {
+    match src {
+        TokenSource::Inline(s) => Ok(s.clone()),
+        TokenSource::File(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            let t = text.lines().next().unwrap_or("").trim();
+            if t.is_empty() {
+                Err(format!("{} is empty", p.display()))
+            } else {
+                Ok(Secret::new(t))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[platform]
+url = "https://platform.example.cn/"
+lot_code = "350"
+token = "test-token"
+
+[outbox]
+path = "/tmp/x"
+
+[space]
+total = 500
+"#;
+
+    #[test]
+    fn a_minimal_file_validates_with_the_documented_defaults() {
+        let c = from_str(Path::new("t.toml"), GOOD).expect("valid");
+        assert_eq!(c.platform.url, "https://platform.example.cn");
+        assert_eq!(c.platform.ts_unit, TsUnitSetting::Auto);
+        assert_eq!(c.platform.auth_case, AuthCase::Lower);
+        assert_eq!(c.platform.data_encoding, DataEncoding::Object);
+        assert_eq!(c.platform.heartbeat_interval, Duration::from_secs(60));
+        assert_eq!(c.platform.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.platform.max_batch, 100);
+        assert_eq!(c.platform.max_body, 2 << 20);
+        assert_eq!(c.platform.timezone, chrono_tz::Asia::Shanghai);
+        assert_eq!(c.outbox.max_disk, 2 << 30);
+        assert_eq!(c.space.total, 500);
+        assert_eq!(c.status.listen, "127.0.0.1:9870".parse().unwrap());
+    }
+
+    #[test]
+    fn the_shipped_example_config_validates() {
+        let text = include_str!("../config/lotlink.toml");
+        let c = from_str(Path::new("config/lotlink.toml"), text).expect("example is valid");
+        assert_eq!(c.platform.max_batch, 100);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_key_and_line() {
+        let text = r#"
+[platform]
+url = "ftp://x"
+lot_code = ""
+token = "t"
+ts_unit = "minutes"
+max_batch = 101
+max_body = "2 parsecs"
+timezone = "Mars/Olympus"
+heartbeat_interval = "soon"
+
+[space]
+total = -1
+"#;
+        let err = from_str(Path::new("bad.toml"), text).unwrap_err();
+        let ConfigError::Invalid(errs) = err else {
+            panic!("expected validation errors")
+        };
+        let keys: Vec<_> = errs.problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "platform.url",
+            "platform.lot_code",
+            "platform.ts_unit",
+            "platform.max_batch",
+            "platform.max_body",
+            "platform.timezone",
+            "platform.heartbeat_interval",
+            "space.total",
+        ] {
+            assert!(keys.contains(&k), "{k} not reported in {keys:?}");
+        }
+        let shown = errs.to_string();
+        assert!(shown.contains("bad.toml:7: platform.max_batch: 101 is not allowed: 1..=100"));
+        assert!(shown.contains("bad.toml:3: platform.url"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_the_line() {
+        let text = GOOD.replace("token = \"test-token\"", "token = \"t\"\ntokne = \"x\"");
+        let err = from_str(Path::new("t.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("tokne"), "{err}");
+        assert!(err.contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn token_and_token_file_together_are_refused() {
+        let text = GOOD.replace(
+            "token = \"test-token\"",
+            "token = \"t\"\ntoken_file = \"/x\"",
+        );
+        let err = from_str(Path::new("t.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("exactly one"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_token_file_is_reported_by_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        let text = GOOD.replace(
+            "token = \"test-token\"",
+            &format!("token_file = \"{}/nope\"", dir.path().display()),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let err = load(&cfg).unwrap_err().to_string();
+        assert!(err.contains("platform.token_file"), "{err}");
+        std::fs::write(dir.path().join("nope"), "  s3cret \n").unwrap();
+        let c = load(&cfg).expect("now readable");
+        assert_eq!(resolve_token(&c.platform.token).unwrap().expose(), "s3cret");
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let c = from_str(Path::new("t.toml"), GOOD).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("test-token"));
+        assert!(dbg.contains("***"));
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_like_an_operator_writes_them() {
+        assert_eq!(parse_size("2MiB"), Ok(2 * 1024 * 1024));
+        assert_eq!(parse_size("512 KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+    }
+}

@@ -1,0 +1,205 @@
+//! Ingest: takes events from the drivers' bounded queue, validates them, shrinks images,
+//! turns plate events into `carInOut` records and stores them durably, then answers the
+//! driver (which acknowledges its source only then).
+//!
+//! Queue policy: the drivers' queue is bounded ([`QUEUE_CAPACITY`]); when it is full, drivers
+//! wait (back-pressure reaches the camera/broker, nothing is dropped). At most
+//! [`IMAGE_WORKERS`] images are shrunk at once, on blocking threads.
+
+use std::sync::Arc;
+
+use chrono::TimeZone;
+use lotlink_drivers::{Accepted, Event, PlateEvent, SinkError, Submission};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::imaging::{self, ImageAction};
+use crate::outbox::{ImgName, NewRecord, Outbox, OutboxError, RecordMeta, Submitted};
+use crate::protocol::Clock;
+use crate::space::SpaceTracker;
+
+/// Bound of the drivers' event queue.
+pub const QUEUE_CAPACITY: usize = 64;
+/// Images shrunk concurrently.
+pub const IMAGE_WORKERS: usize = 2;
+
+/// Errors turning an event into a record.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("invalid event: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+/// Add `extra` to a remark, keeping it within the platform's 255 characters.
+pub fn append_remark(existing: Option<&str>, extra: &str) -> String {
+    let joined = match existing {
+        Some(e) if !e.is_empty() => format!("{e}; {extra}"),
+        _ => extra.to_string(),
+    };
+    joined.chars().take(255).collect()
+}
+
+/// Cut `s` to `max` characters; note it in `notes` when cut.
+fn fit(s: &str, max: usize, field: &str, notes: &mut Vec<String>) -> String {
+    if s.chars().count() > max {
+        notes.push(format!("{field} truncated"));
+        s.chars().take(max).collect()
+    } else {
+        s.to_string()
+    }
+}
+
+fn opt_fit(s: Option<&str>, max: usize, field: &str, notes: &mut Vec<String>) -> Option<String> {
+    s.map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| fit(s, max, field, notes))
+}
+
+/// Shared settings of the ingest stage.
+#[derive(Clone)]
+pub struct Ingest {
+    pub outbox: Outbox,
+    pub lot_code: String,
+    pub timezone: chrono_tz::Tz,
+    pub clock: Arc<Clock>,
+    pub space: SpaceTracker,
+}
+
+impl Ingest {
+    /// Build the record for a plate event (CPU-heavy when the image must be shrunk).
+    pub fn build_record(&self, ev: PlateEvent) -> Result<NewRecord, IngestError> {
+        let mut notes: Vec<String> = Vec::new();
+        let node = ev.node_name.trim();
+        if node.is_empty() {
+            return Err(IngestError::Invalid("no lane name (nodeName)".into()));
+        }
+        let node_name = fit(node, 20, "nodeName", &mut notes);
+        let ms = ev.captured_at_ms.unwrap_or_else(|| self.clock.now_ms());
+        let Some(t) = self.timezone.timestamp_millis_opt(ms).single() else {
+            return Err(IngestError::Invalid(format!("capture time {ms} ms is out of range")));
+        };
+        let in_out_time = t.format("%Y-%m-%d %H:%M:%S").to_string();
+        let stamp = t.format("%Y%m%d%H%M%S").to_string();
+        let car_no = opt_fit(ev.plate.as_deref(), 32, "carNo", &mut notes);
+        let car_color = opt_fit(ev.color.as_deref(), 40, "carColor", &mut notes);
+        let car_brand = opt_fit(ev.brand.as_deref(), 40, "carBrand", &mut notes);
+        let image = match ev.image {
+            Some(bytes) => {
+                let p = imaging::prepare(&bytes, imaging::MAX_B64_CHARS);
+                match &p.action {
+                    ImageAction::PassedThrough => {}
+                    ImageAction::Shrunk { from, to, quality } => {
+                        tracing::debug!(from = ?from, to = ?to, quality, "image shrunk");
+                    }
+                    ImageAction::Placeholder { reason } => {
+                        tracing::warn!(node = %node_name, reason = %reason, "camera image unusable; sending a placeholder");
+                        notes.push("图片无法解码，已用占位图 (camera image not decodable, placeholder sent)".into());
+                    }
+                }
+                p.bytes
+            }
+            None => {
+                notes.push("无图片，已用占位图 (no image from camera, placeholder sent)".into());
+                imaging::placeholder_jpeg().to_vec()
+            }
+        };
+        let mut remark = ev.remark.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+        for n in notes {
+            remark = Some(append_remark(remark.as_deref(), &n));
+        }
+        let remark = remark.map(|r| r.chars().take(255).collect());
+        Ok(NewRecord {
+            source_key: ev.source_key,
+            meta: RecordMeta {
+                car_no,
+                in_out_type: ev.direction.as_str().to_string(),
+                in_out_time,
+                img_name: String::new(),
+                node_name: node_name.clone(),
+                car_color,
+                car_style: ev.style.code().to_string(),
+                car_brand,
+                remark,
+                submitted_ms: self.clock.now_ms(),
+                degraded: false,
+            },
+            img_name: ImgName::Auto {
+                lot: self.lot_code.clone(),
+                node: node_name,
+                stamp,
+            },
+            image,
+        })
+    }
+
+    /// Handle one event: validate, build, store durably. The answer for the driver.
+    pub async fn handle(&self, event: Event) -> Result<Accepted, SinkError> {
+        match event {
+            Event::Plate(ev) => {
+                let this = self.clone();
+                let direction = ev.direction;
+                let built = tokio::task::spawn_blocking(move || this.build_record(ev))
+                    .await
+                    .map_err(|e| SinkError::Unavailable(format!("image worker failed: {e}")))?;
+                let rec = built.map_err(|e| match e {
+                    IngestError::Invalid(m) => SinkError::Invalid(m),
+                    IngestError::Outbox(o) => SinkError::Unavailable(o.to_string()),
+                })?;
+                let plate = rec.meta.car_no.clone().unwrap_or_default();
+                let node = rec.meta.node_name.clone();
+                match self.outbox.submit(rec).await {
+                    Ok(Submitted::Stored(id)) => {
+                        tracing::info!(id, plate = %plate, node = %node, direction = direction.as_str(), "event stored");
+                        self.space.on_plate(direction);
+                        Ok(Accepted::Stored(id))
+                    }
+                    Ok(Submitted::Duplicate) => {
+                        tracing::debug!(plate = %plate, node = %node, "duplicate event (same source key within 10 min): acknowledged, not stored again");
+                        Ok(Accepted::Duplicate)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, plate = %plate, node = %node, "event not stored; the source keeps it");
+                        Err(SinkError::Unavailable(e.to_string()))
+                    }
+                }
+            }
+            Event::Pass { loop_name, lane } => {
+                self.space.on_pass(&loop_name, lane).await.map_err(|e| SinkError::Unavailable(e.to_string()))?;
+                Ok(Accepted::Applied)
+            }
+        }
+    }
+
+    /// Serve the drivers' queue until shutdown; then finish what was received.
+    pub async fn run(self, mut rx: mpsc::Receiver<Submission>, shutdown: CancellationToken) {
+        let workers = Arc::new(Semaphore::new(IMAGE_WORKERS));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let sub = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                s = rx.recv() => match s { Some(s) => s, None => break },
+            };
+            let Ok(permit) = workers.clone().acquire_owned().await else { break };
+            let this = self.clone();
+            tasks.spawn(async move {
+                let answer = this.handle(sub.event).await;
+                drop(permit);
+                if let Err(e) = &answer {
+                    tracing::debug!(error = %e, "event refused");
+                }
+                // The driver may have gone away; the event is stored either way.
+                let _ = sub.reply.send(answer);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        rx.close();
+        // Answer what is already queued as closed; finish the ones in progress.
+        while let Ok(sub) = rx.try_recv() {
+            let _ = sub.reply.send(Err(SinkError::Closed));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,1053 @@
+//! # The durable outbox
+//!
+//! Every plate event the gateway accepts lives here until the platform has it. The outbox
+//! is one [sled] database in `[outbox] path`, used through this module only; no sled type
+//! appears in its public API, so another embedded store could replace it here alone.
+//!
+//! ## Record format
+//!
+//! One sled tree, keys with a one-byte prefix:
+//!
+//! | key | value |
+//! |---|---|
+//! | `r` + id (u64 big-endian) | a pending `carInOut` record (below) |
+//! | `x` + id | a dead letter: `reason_len: u32 BE`, reason (UTF-8), then the record bytes |
+//! | `d` + source key | dedupe entry: accepted-at, Unix ms, i64 BE |
+//! | `s` | the newest space report, JSON `{"total","surplus","seq"}` |
+//! | `m/…` | counters and settings: `next_id`, `pending`, `dead`, `bytes`, `space_sent`, `ts_unit`, `occupied` (u64/i64 BE or UTF-8) |
+//!
+//! A record is `version: u8 = 1`, `meta_len: u32 BE`, `meta` (JSON of [`RecordMeta`]: every
+//! platform field but the image, plus bookkeeping), then the raw image bytes (JPEG, already
+//! within the platform's 50,000-Base64-character budget; Base64 is applied at upload).
+//! Ids are u64 on every target (no `usize` in the format), allocated from `m/next_id`,
+//! which only grows, so ids are never reused and big-endian keys sort in insertion order.
+//!
+//! ## Invariants
+//!
+//! 1. Every change is one `apply_batch`: a record, its dedupe entry and the counters move
+//!    together or not at all, so `m/pending`, `m/dead` and `m/bytes` always match the tree.
+//! 2. Records are read oldest first (key order = id order = insertion order).
+//! 3. A record leaves `r` only by [`Outbox::ack`] (the platform said success, or `1004` for
+//!    a request holding that record alone) or by [`Outbox::dead_letter`] (the platform
+//!    explicitly rejected it: `1501`/`1502`/repeated `2001`), which moves it to `x` intact.
+//!    Nothing else ever deletes a pending record: not retries, not the quota, not age.
+//! 4. A source key accepted within the dedupe window (10 minutes) is accepted once.
+//!
+//! ## When a record is safe
+//!
+//! [`Outbox::submit`] returns only after `flush_async` has completed for a point after the
+//! record's batch: then it is on disk (fsynced) and survives SIGKILL and power loss. sled
+//! makes concurrent flushes share the work (group commit). Drivers acknowledge their source
+//! only after `submit` returned. A duplicate also waits for a flush before it is answered,
+//! since the first copy may still be in flight.
+//!
+//! `ack` and `dead_letter` flush too, but losing one of them to a crash only means the record
+//! is sent again, and the platform answers `1004`, which counts as delivered.
+//!
+//! ## When the disk quota is hit
+//!
+//! `m/bytes` counts the bytes of stored record values (pending and dead). When the next
+//! record would take it over `max_disk`, the images of the oldest pending records are
+//! replaced by the small placeholder JPEG (their `remark` says so), oldest first, in the
+//! same batch as the new record, until it fits. If even that is not enough, `submit` fails
+//! with [`OutboxError::Full`]: the driver does not acknowledge, and the camera or broker
+//! keeps the event. sled's own files are larger than `m/bytes` (log structure, ~2–3× while
+//! its GC catches up); size `max_disk` with that in mind.
+//!
+//! ## A store that cannot be opened
+//!
+//! If sled reports corruption, the directory is renamed to `<path>.corrupt-<unix time>`, a
+//! fresh store is started, and an ERROR names where the old one went (never a crash loop).
+//! sled holds a file lock that is freed from a background thread after the last handle is
+//! dropped: keep one [`Outbox`] per process; opening retries briefly on the lock.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::protocol::Clock;
+
+const P_RECORD: u8 = b'r';
+const P_DEAD: u8 = b'x';
+const P_DEDUPE: u8 = b'd';
+const K_SPACE: &[u8] = b"s";
+const K_NEXT_ID: &[u8] = b"m/next_id";
+const K_PENDING: &[u8] = b"m/pending";
+const K_DEAD: &[u8] = b"m/dead";
+const K_BYTES: &[u8] = b"m/bytes";
+const K_SPACE_SENT: &[u8] = b"m/space_sent";
+const RECORD_VERSION: u8 = 1;
+/// Text added to `remark` when the quota forced the image out.
+pub const DEGRADED_REMARK: &str = "图片因网关存储已满被替换 (image replaced: gateway outbox full)";
+
+/// Errors of the outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox store error: {0}")]
+    Store(String),
+    #[error("outbox is full: {needed} more bytes would exceed max_disk = {max} bytes even with every pending image replaced; the source keeps the event")]
+    Full { needed: u64, max: u64 },
+    #[error("cannot open outbox at {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("record {id} is not decodable: {message}")]
+    Corrupt { id: u64, message: String },
+    #[error("no dead letter with id {0}")]
+    NoSuchDead(u64),
+}
+
+impl From<sled::Error> for OutboxError {
+    fn from(e: sled::Error) -> Self {
+        OutboxError::Store(e.to_string())
+    }
+}
+
+/// Everything of a `carInOut` record but the image, plus bookkeeping. Field names are the
+/// platform's, so this serialises straight into the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordMeta {
+    #[serde(rename = "carNo", default, skip_serializing_if = "Option::is_none")]
+    pub car_no: Option<String>,
+    #[serde(rename = "inOutType")]
+    pub in_out_type: String,
+    #[serde(rename = "inOutTime")]
+    pub in_out_time: String,
+    #[serde(rename = "imgName")]
+    pub img_name: String,
+    #[serde(rename = "nodeName")]
+    pub node_name: String,
+    #[serde(rename = "carColor", default, skip_serializing_if = "Option::is_none")]
+    pub car_color: Option<String>,
+    #[serde(rename = "carStyle")]
+    pub car_style: String,
+    #[serde(rename = "carBrand", default, skip_serializing_if = "Option::is_none")]
+    pub car_brand: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remark: Option<String>,
+    /// Gateway bookkeeping: when the record was accepted (Unix ms, corrected clock).
+    #[serde(rename = "_submittedMs", default)]
+    pub submitted_ms: i64,
+    /// Gateway bookkeeping: the image was replaced because of the disk quota.
+    #[serde(rename = "_degraded", default)]
+    pub degraded: bool,
+}
+
+/// How the record's `imgName` is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImgName {
+    /// Use this name as it is.
+    Given(String),
+    /// `{lot}_{node}_{stamp}_{id}.jpg`, the node part shortened so the whole fits 50 chars.
+    Auto {
+        lot: String,
+        node: String,
+        stamp: String,
+    },
+}
+
+impl ImgName {
+    fn render(&self, id: u64) -> String {
+        match self {
+            ImgName::Given(s) => s.chars().take(50).collect(),
+            ImgName::Auto { lot, node, stamp } => {
+                let suffix = format!("_{stamp}_{id}.jpg");
+                let room = 50usize.saturating_sub(suffix.chars().count());
+                let head: String = format!("{lot}_{node}").chars().take(room).collect();
+                let name = format!("{head}{suffix}");
+                name.chars().take(50).collect()
+            }
+        }
+    }
+}
+
+/// A record to store. `meta.img_name` is replaced by `img_name` rendered with the new id.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    /// Dedupe key; empty = no dedupe.
+    pub source_key: String,
+    pub meta: RecordMeta,
+    pub img_name: ImgName,
+    /// Encoded image, within the platform budget.
+    pub image: Vec<u8>,
+}
+
+/// A stored record, as read back.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub id: u64,
+    pub meta: RecordMeta,
+    pub image: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoredRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredRecord")
+            .field("id", &self.id)
+            .field("meta", &self.meta)
+            .field("image_bytes", &self.image.len())
+            .finish()
+    }
+}
+
+impl StoredRecord {
+    /// Approximate size of this record in a request body (Base64 image + fields).
+    pub fn wire_size(&self) -> u64 {
+        let b64 = crate::imaging::b64_len(self.image.len()) as u64;
+        let fields = [
+            self.meta.car_no.as_deref().unwrap_or(""),
+            &self.meta.in_out_time,
+            &self.meta.img_name,
+            &self.meta.node_name,
+            self.meta.car_color.as_deref().unwrap_or(""),
+            self.meta.car_brand.as_deref().unwrap_or(""),
+            self.meta.remark.as_deref().unwrap_or(""),
+        ]
+        .iter()
+        .map(|s| s.len() as u64 * 2)
+        .sum::<u64>();
+        b64 + fields + 200
+    }
+}
+
+/// A dead letter: a record the platform explicitly rejected, with why.
+#[derive(Debug, Clone)]
+pub struct DeadRecord {
+    pub record: StoredRecord,
+    pub reason: String,
+}
+
+/// The outcome of a submit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Stored under this id.
+    Stored(u64),
+    /// The source key was accepted within the dedupe window: nothing stored.
+    Duplicate,
+}
+
+/// The latest space report and whether it has been sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceReport {
+    pub total: u64,
+    pub surplus: u64,
+    /// Grows by one per change.
+    pub seq: u64,
+}
+
+/// Outbox settings.
+#[derive(Debug, Clone)]
+pub struct OutboxOptions {
+    /// Most bytes of stored record values.
+    pub max_disk: u64,
+    /// sled page cache, bytes. Small on a Pi.
+    pub cache_capacity: u64,
+    /// Window in which a source key is accepted once.
+    pub dedupe_window: Duration,
+}
+
+impl Default for OutboxOptions {
+    fn default() -> Self {
+        OutboxOptions {
+            max_disk: 2 << 30,
+            cache_capacity: 4 << 20,
+            dedupe_window: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Counters kept in memory and persisted in every batch.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    next_id: u64,
+    pending: u64,
+    dead: u64,
+    bytes: u64,
+    /// Every pending record below this id already has its image degraded.
+    degraded_below: u64,
+}
+
+impl Counters {
+    fn write(&self, b: &mut sled::Batch) {
+        b.insert(K_NEXT_ID, &self.next_id.to_be_bytes());
+        b.insert(K_PENDING, &self.pending.to_be_bytes());
+        b.insert(K_DEAD, &self.dead.to_be_bytes());
+        b.insert(K_BYTES, &self.bytes.to_be_bytes());
+    }
+}
+
+struct Inner {
+    db: sled::Db,
+    path: PathBuf,
+    opts: OutboxOptions,
+    counters: Mutex<Counters>,
+    notify: Notify,
+    submits: AtomicU64,
+}
+
+/// The durable outbox. Cheap to clone; one per process (see the module docs).
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What happened while opening.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// Where a corrupt store was moved, if it was.
+    pub moved_aside: Option<PathBuf>,
+}
+
+fn key(prefix: u8, id: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn id_of(k: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = k.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+fn read_u64(db: &sled::Db, k: &[u8]) -> Result<Option<u64>, OutboxError> {
+    Ok(db.get(k)?.and_then(|v| {
+        let b: [u8; 8] = v.as_ref().try_into().ok()?;
+        Some(u64::from_be_bytes(b))
+    }))
+}
+
+/// Encode a record value.
+pub fn encode_record(meta: &RecordMeta, image: &[u8]) -> Vec<u8> {
+    // Serialising a struct of strings and integers cannot fail.
+    let m = serde_json::to_vec(meta).unwrap_or_default();
+    let mut v = Vec::with_capacity(5 + m.len() + image.len());
+    v.push(RECORD_VERSION);
+    v.extend_from_slice(&u32::try_from(m.len()).unwrap_or(u32::MAX).to_be_bytes());
+    v.extend_from_slice(&m);
+    v.extend_from_slice(image);
+    v
+}
+
+/// Decode a record value.
+pub fn decode_record(id: u64, v: &[u8]) -> Result<StoredRecord, OutboxError> {
+    let bad = |m: &str| OutboxError::Corrupt {
+        id,
+        message: m.to_string(),
+    };
+    if v.first() != Some(&RECORD_VERSION) {
+        return Err(bad("unknown record version"));
+    }
+    let len: [u8; 4] = v
+        .get(1..5)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| bad("short header"))?;
+    let len = u32::from_be_bytes(len) as usize;
+    let end = 5usize.checked_add(len).ok_or_else(|| bad("bad length"))?;
+    let meta_bytes = v.get(5..end).ok_or_else(|| bad("meta past the end"))?;
+    let meta: RecordMeta =
+        serde_json::from_slice(meta_bytes).map_err(|e| bad(&format!("meta: {e}")))?;
+    Ok(StoredRecord {
+        id,
+        meta,
+        image: v[end..].to_vec(),
+    })
+}
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock")
+        }
+        _ => false,
+    }
+}
+
+fn is_corruption(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) | sled::Error::Unsupported(_) => true,
+        sled::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ),
+        sled::Error::CollectionNotFound(_) => false,
+    }
+}
+
+fn open_sled(path: &Path, opts: &OutboxOptions) -> Result<sled::Db, sled::Error> {
+    let mut tries = 0;
+    loop {
+        let r = sled::Config::new()
+            .path(path)
+            .cache_capacity(opts.cache_capacity)
+            .flush_every_ms(Some(500))
+            .open();
+        match r {
+            Err(e) if is_lock_error(&e) && tries < 50 => {
+                // sled frees its lock from a background thread after the last handle drops.
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Outbox {
+    /// Open (or create) the outbox at `path`. A corrupt store is moved aside (see module docs).
+    pub fn open(path: &Path, opts: OutboxOptions) -> Result<(Outbox, OpenReport), OutboxError> {
+        let mut report = OpenReport::default();
+        let db = match open_sled(path, &opts) {
+            Ok(db) => db,
+            Err(e) if is_corruption(&e) => {
+                let aside = PathBuf::from(format!(
+                    "{}.corrupt-{}",
+                    path.display(),
+                    Clock::local_ms() / 1000
+                ));
+                std::fs::rename(path, &aside).map_err(|re| OutboxError::Open {
+                    path: path.to_path_buf(),
+                    message: format!("store is corrupt ({e}) and could not be moved aside: {re}"),
+                })?;
+                tracing::error!(
+                    path = %path.display(),
+                    moved_to = %aside.display(),
+                    error = %e,
+                    "outbox store could not be opened (corrupt); moved it aside and started a fresh one: the records in it were NOT uploaded"
+                );
+                report.moved_aside = Some(aside);
+                open_sled(path, &opts).map_err(|e| OutboxError::Open {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            Err(e) => {
+                return Err(OutboxError::Open {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        let counters = Counters {
+            next_id: read_u64(&db, K_NEXT_ID)?.unwrap_or(1),
+            pending: read_u64(&db, K_PENDING)?.unwrap_or(0),
+            dead: read_u64(&db, K_DEAD)?.unwrap_or(0),
+            bytes: read_u64(&db, K_BYTES)?.unwrap_or(0),
+            degraded_below: 0,
+        };
+        let ob = Outbox {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_path_buf(),
+                opts,
+                counters: Mutex::new(counters),
+                notify: Notify::new(),
+                submits: AtomicU64::new(0),
+            }),
+        };
+        ob.gc_dedupe()?;
+        Ok((ob, report))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Counters> {
+        // A poisoned lock means a panic mid-update in this process; the counters are still
+        // the last values written, so carry on with them.
+        self.inner
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Make everything written so far durable.
+    pub async fn flush(&self) -> Result<(), OutboxError> {
+        self.inner.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Store a record durably. Returns after the record is on disk (see module docs).
+    pub async fn submit(&self, rec: NewRecord) -> Result<Submitted, OutboxError> {
+        let outcome = self.submit_unflushed(rec)?;
+        self.flush().await?;
+        if let Submitted::Stored(_) = outcome {
+            self.inner.notify.notify_one();
+        }
+        if self.inner.submits.fetch_add(1, Ordering::Relaxed) % 512 == 511 {
+            self.gc_dedupe()?;
+        }
+        Ok(outcome)
+    }
+
+    fn submit_unflushed(&self, mut rec: NewRecord) -> Result<Submitted, OutboxError> {
+        let db = &self.inner.db;
+        let now = Clock::local_ms();
+        let window = i64::try_from(self.inner.opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
+        let mut c = self.lock();
+        let dkey = if rec.source_key.is_empty() {
+            None
+        } else {
+            let mut k = Vec::with_capacity(1 + rec.source_key.len());
+            k.push(P_DEDUPE);
+            k.extend_from_slice(rec.source_key.as_bytes());
+            if let Some(v) = db.get(&k)? {
+                let at = v
+                    .as_ref()
+                    .try_into()
+                    .map(i64::from_be_bytes)
+                    .unwrap_or(i64::MIN);
+                if (now - at).abs() < window {
+                    return Ok(Submitted::Duplicate);
+                }
+            }
+            Some(k)
+        };
+        let id = c.next_id;
+        rec.meta.img_name = rec.img_name.render(id);
+        let value = encode_record(&rec.meta, &rec.image);
+        let len = value.len() as u64;
+        let mut batch = sled::Batch::default();
+        let mut next = *c;
+        if next.bytes + len > self.inner.opts.max_disk {
+            self.degrade_for(&mut next, &mut batch, len)?;
+        }
+        if next.bytes + len > self.inner.opts.max_disk {
+            return Err(OutboxError::Full {
+                needed: len,
+                max: self.inner.opts.max_disk,
+            });
+        }
+        batch.insert(&key(P_RECORD, id), value);
+        if let Some(k) = dkey {
+            batch.insert(k, &now.to_be_bytes());
+        }
+        next.next_id = id + 1;
+        next.pending += 1;
+        next.bytes += len;
+        next.write(&mut batch);
+        db.apply_batch(batch)?;
+        *c = next;
+        Ok(Submitted::Stored(id))
+    }
+
+    /// Replace images of the oldest pending records with the placeholder until `need` fits.
+    fn degrade_for(&self, c: &mut Counters, batch: &mut sled::Batch, need: u64) -> Result<(), OutboxError> {
+        let max = self.inner.opts.max_disk;
+        let start = key(P_RECORD, c.degraded_below);
+        let end = key(P_RECORD, u64::MAX);
+        let placeholder = crate::imaging::placeholder_jpeg();
+        let mut replaced = 0u32;
+        for item in self.inner.db.range(start..end) {
+            if c.bytes + need <= max {
+                break;
+            }
+            let (k, v) = item?;
+            let Some(id) = id_of(&k) else { continue };
+            c.degraded_below = id + 1;
+            let Ok(mut r) = decode_record(id, &v) else { continue };
+            if r.meta.degraded || r.image.len() <= placeholder.len() {
+                continue;
+            }
+            r.meta.degraded = true;
+            r.meta.remark = Some(crate::ingest::append_remark(r.meta.remark.as_deref(), DEGRADED_REMARK));
+            let nv = encode_record(&r.meta, placeholder);
+            c.bytes = c.bytes - v.len() as u64 + nv.len() as u64;
+            batch.insert(&*k, nv);
+            replaced += 1;
+        }
+        if replaced > 0 {
+            tracing::warn!(
+                replaced,
+                bytes = c.bytes,
+                max_disk = max,
+                "outbox quota reached: replaced the images of the oldest pending records with a placeholder"
+            );
+        }
+        Ok(())
+    }
+
+    /// The oldest pending records: at most `max_records`, and (but always at least one)
+    /// at most `max_bytes` of estimated request size. A record that cannot be decoded is
+    /// moved to the dead letters with the reason, never returned and never lost.
+    pub fn peek(&self, max_records: usize, max_bytes: u64) -> Result<Vec<StoredRecord>, OutboxError> {
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        let mut corrupt = Vec::new();
+        for item in self.inner.db.scan_prefix([P_RECORD]) {
+            if out.len() >= max_records {
+                break;
+            }
+            let (k, v) = item?;
+            let Some(id) = id_of(&k) else { continue };
+            match decode_record(id, &v) {
+                Ok(r) => {
+                    let s = r.wire_size();
+                    if !out.is_empty() && size + s > max_bytes {
+                        break;
+                    }
+                    size += s;
+                    out.push(r);
+                }
+                Err(e) => corrupt.push((id, e.to_string())),
+            }
+        }
+        for (id, why) in corrupt {
+            tracing::error!(id, error = %why, "outbox record is not decodable; moved to the dead letters");
+            self.dead_letter_now(id, &why)?;
+        }
+        Ok(out)
+    }
+
+    /// The platform has these records: delete them.
+    pub async fn ack(&self, ids: &[u64]) -> Result<(), OutboxError> {
+        {
+            let db = &self.inner.db;
+            let mut c = self.lock();
+            let mut next = *c;
+            let mut batch = sled::Batch::default();
+            for &id in ids {
+                let k = key(P_RECORD, id);
+                if let Some(v) = db.get(k)? {
+                    next.pending = next.pending.saturating_sub(1);
+                    next.bytes = next.bytes.saturating_sub(v.len() as u64);
+                    batch.remove(&k);
+                }
+            }
+            next.write(&mut batch);
+            db.apply_batch(batch)?;
+            *c = next;
+        }
+        self.flush().await
+    }
+
+    fn dead_letter_now(&self, id: u64, reason: &str) -> Result<bool, OutboxError> {
+        let db = &self.inner.db;
+        let mut c = self.lock();
+        let k = key(P_RECORD, id);
+        let Some(v) = db.get(k)? else {
+            return Ok(false);
+        };
+        let mut dv = Vec::with_capacity(4 + reason.len() + v.len());
+        dv.extend_from_slice(&u32::try_from(reason.len()).unwrap_or(0).to_be_bytes());
+        dv.extend_from_slice(if reason.len() <= u32::MAX as usize { reason.as_bytes() } else { b"" });
+        dv.extend_from_slice(&v);
+        let mut next = *c;
+        next.pending = next.pending.saturating_sub(1);
+        next.dead += 1;
+        next.bytes = next.bytes - v.len() as u64 + dv.len() as u64;
+        let mut batch = sled::Batch::default();
+        batch.remove(&k);
+        batch.insert(&key(P_DEAD, id), dv);
+        next.write(&mut batch);
+        db.apply_batch(batch)?;
+        *c = next;
+        Ok(true)
+    }
+
+    /// The platform explicitly rejected this record: move it to the dead letters.
+    pub async fn dead_letter(&self, id: u64, reason: &str) -> Result<(), OutboxError> {
+        self.dead_letter_now(id, reason)?;
+        self.flush().await
+    }
+
+    /// Every dead letter, oldest first.
+    pub fn dead_list(&self) -> Result<Vec<DeadRecord>, OutboxError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix([P_DEAD]) {
+            let (k, v) = item?;
+            let Some(id) = id_of(&k) else { continue };
+            let (reason, rest) = split_dead(&v);
+            let record = decode_record(id, rest).unwrap_or_else(|_| StoredRecord {
+                id,
+                meta: RecordMeta {
+                    car_no: None,
+                    in_out_type: String::new(),
+                    in_out_time: String::new(),
+                    img_name: String::new(),
+                    node_name: String::new(),
+                    car_color: None,
+                    car_style: String::new(),
+                    car_brand: None,
+                    remark: Some("undecodable record".into()),
+                    submitted_ms: 0,
+                    degraded: false,
+                },
+                image: Vec::new(),
+            });
+            out.push(DeadRecord { record, reason });
+        }
+        Ok(out)
+    }
+
+    /// Move a dead letter back to pending (same id, so it keeps its place in order).
+    pub async fn dead_retry(&self, id: u64) -> Result<(), OutboxError> {
+        {
+            let db = &self.inner.db;
+            let mut c = self.lock();
+            let Some(v) = db.get(key(P_DEAD, id))? else {
+                return Err(OutboxError::NoSuchDead(id));
+            };
+            let (_, rest) = split_dead(&v);
+            let mut next = *c;
+            next.dead = next.dead.saturating_sub(1);
+            next.pending += 1;
+            next.bytes = next.bytes - v.len() as u64 + rest.len() as u64;
+            next.degraded_below = next.degraded_below.min(id);
+            let mut batch = sled::Batch::default();
+            batch.remove(&key(P_DEAD, id));
+            batch.insert(&key(P_RECORD, id), rest);
+            next.write(&mut batch);
+            db.apply_batch(batch)?;
+            *c = next;
+        }
+        self.inner.notify.notify_one();
+        self.flush().await
+    }
+
+    /// Delete a dead letter for good.
+    pub async fn dead_drop(&self, id: u64) -> Result<(), OutboxError> {
+        {
+            let db = &self.inner.db;
+            let mut c = self.lock();
+            let Some(v) = db.get(key(P_DEAD, id))? else {
+                return Err(OutboxError::NoSuchDead(id));
+            };
+            let mut next = *c;
+            next.dead = next.dead.saturating_sub(1);
+            next.bytes = next.bytes.saturating_sub(v.len() as u64);
+            let mut batch = sled::Batch::default();
+            batch.remove(&key(P_DEAD, id));
+            next.write(&mut batch);
+            db.apply_batch(batch)?;
+            *c = next;
+        }
+        self.flush().await
+    }
+
+    /// Pending records.
+    pub fn len(&self) -> u64 {
+        self.lock().pending
+    }
+
+    /// No pending records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Dead letters.
+    pub fn dead_len(&self) -> u64 {
+        self.lock().dead
+    }
+
+    /// Bytes of stored record values (what `max_disk` limits).
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    /// sled's own files on disk, bytes.
+    pub fn size_on_disk(&self) -> u64 {
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// When the oldest pending record was accepted (Unix ms).
+    pub fn oldest_submitted_ms(&self) -> Option<i64> {
+        let (k, v) = self.inner.db.scan_prefix([P_RECORD]).next()?.ok()?;
+        decode_record(id_of(&k)?, &v).ok().map(|r| r.meta.submitted_ms)
+    }
+
+    /// Wait until something may be pending (a submit, a dead-letter retry, a space change).
+    pub async fn changed(&self) {
+        self.inner.notify.notified().await;
+    }
+
+    /// Wake the uploader (e.g. on shutdown or a space change).
+    pub fn wake(&self) {
+        self.inner.notify.notify_one();
+    }
+
+    /// Record the newest space figures; coalesces: only the newest is kept.
+    pub fn set_space(&self, total: u64, surplus: u64) -> Result<Option<SpaceReport>, OutboxError> {
+        let db = &self.inner.db;
+        let _c = self.lock();
+        let cur = self.space_latest()?;
+        if let Some(cur) = cur {
+            if cur.total == total && cur.surplus == surplus {
+                return Ok(None);
+            }
+        }
+        let rep = SpaceReport {
+            total,
+            surplus,
+            seq: cur.map_or(1, |c| c.seq + 1),
+        };
+        db.insert(K_SPACE, serde_json::to_vec(&rep).unwrap_or_default())?;
+        drop(_c);
+        self.inner.notify.notify_one();
+        Ok(Some(rep))
+    }
+
+    /// The newest space report, if any was ever set.
+    pub fn space_latest(&self) -> Result<Option<SpaceReport>, OutboxError> {
+        Ok(self
+            .inner
+            .db
+            .get(K_SPACE)?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// The space report to send: the newest, if it has not been sent yet (or `force`).
+    pub fn space_to_send(&self, force: bool) -> Result<Option<SpaceReport>, OutboxError> {
+        let Some(latest) = self.space_latest()? else {
+            return Ok(None);
+        };
+        let sent = read_u64(&self.inner.db, K_SPACE_SENT)?.unwrap_or(0);
+        Ok((force || sent != latest.seq).then_some(latest))
+    }
+
+    /// The platform has the report with this seq.
+    pub fn space_sent(&self, seq: u64) -> Result<(), OutboxError> {
+        self.inner.db.insert(K_SPACE_SENT, &seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// A small persisted setting (e.g. the ts unit `auto` settled on).
+    pub fn setting(&self, name: &str) -> Result<Option<String>, OutboxError> {
+        let k = format!("m/{name}");
+        Ok(self
+            .inner
+            .db
+            .get(k.as_bytes())?
+            .and_then(|v| String::from_utf8(v.to_vec()).ok()))
+    }
+
+    /// Persist a small setting (durable at the next flush).
+    pub fn set_setting(&self, name: &str, value: &str) -> Result<(), OutboxError> {
+        let k = format!("m/{name}");
+        self.inner.db.insert(k.as_bytes(), value.as_bytes())?;
+        Ok(())
+    }
+
+    /// Forget dedupe entries older than the window.
+    fn gc_dedupe(&self) -> Result<(), OutboxError> {
+        let now = Clock::local_ms();
+        let window = i64::try_from(self.inner.opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
+        let mut batch = sled::Batch::default();
+        let mut n = 0u32;
+        for item in self.inner.db.scan_prefix([P_DEDUPE]) {
+            let (k, v) = item?;
+            let at = v
+                .as_ref()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .unwrap_or(i64::MIN);
+            if (now - at).abs() >= window {
+                batch.remove(k);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.inner.db.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+}
+
+fn split_dead(v: &[u8]) -> (String, &[u8]) {
+    let len = v
+        .get(0..4)
+        .and_then(|s| <[u8; 4]>::try_from(s).ok())
+        .map_or(0, |b| u32::from_be_bytes(b) as usize);
+    let end = 4usize.saturating_add(len).min(v.len());
+    let reason = String::from_utf8_lossy(v.get(4..end).unwrap_or(&[])).into_owned();
+    (reason, v.get(end..).unwrap_or(&[]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn meta(plate: &str) -> RecordMeta {
+        RecordMeta {
+            car_no: Some(plate.to_string()),
+            in_out_type: "in".into(),
+            in_out_time: "2026-11-28 08:00:00".into(),
+            img_name: String::new(),
+            node_name: "入口1".into(),
+            car_color: Some("蓝".into()),
+            car_style: "0".into(),
+            car_brand: None,
+            remark: None,
+            submitted_ms: 1,
+            degraded: false,
+        }
+    }
+
+    fn rec(key: &str, plate: &str, image: Vec<u8>) -> NewRecord {
+        NewRecord {
+            source_key: key.into(),
+            meta: meta(plate),
+            img_name: ImgName::Auto {
+                lot: "350".into(),
+                node: "入口1".into(),
+                stamp: "20261128080000".into(),
+            },
+            image,
+        }
+    }
+
+    fn open(dir: &Path, max_disk: u64) -> Outbox {
+        Outbox::open(
+            &dir.join("ob"),
+            OutboxOptions {
+                max_disk,
+                ..OutboxOptions::default()
+            },
+        )
+        .expect("open")
+        .0
+    }
+
+    #[tokio::test]
+    async fn records_come_back_oldest_first_and_leave_only_when_acked() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = open(d.path(), 1 << 30);
+        for i in 0..5 {
+            ob.submit(rec("", &format!("晋A0000{i}"), vec![0xFF, 0xD8, i]))
+                .await
+                .unwrap();
+        }
+        let got = ob.peek(3, u64::MAX).unwrap();
+        let plates: Vec<_> = got.iter().map(|r| r.meta.car_no.clone().unwrap()).collect();
+        assert_eq!(plates, ["晋A00000", "晋A00001", "晋A00002"]);
+        assert_eq!(got[0].image, vec![0xFF, 0xD8, 0]);
+        assert_eq!(got[0].meta.img_name, format!("350_入口1_20261128080000_{}.jpg", got[0].id));
+        ob.ack(&[got[0].id, got[1].id]).await.unwrap();
+        assert_eq!(ob.len(), 3);
+        assert_eq!(ob.peek(1, u64::MAX).unwrap()[0].meta.car_no.as_deref(), Some("晋A00002"));
+    }
+
+    #[tokio::test]
+    async fn the_same_source_key_is_accepted_once() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = open(d.path(), 1 << 30);
+        assert!(matches!(ob.submit(rec("cam1/1/晋A1", "晋A1", vec![1])).await.unwrap(), Submitted::Stored(_)));
+        assert_eq!(ob.submit(rec("cam1/1/晋A1", "晋A1", vec![1])).await.unwrap(), Submitted::Duplicate);
+        assert_eq!(ob.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_keep_the_record_and_the_reason_and_can_be_retried() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = open(d.path(), 1 << 30);
+        let Submitted::Stored(id) = ob.submit(rec("", "BAD", vec![9; 10])).await.unwrap() else { panic!() };
+        ob.dead_letter(id, "1502 参数不符合规定值").await.unwrap();
+        assert_eq!((ob.len(), ob.dead_len()), (0, 1));
+        let dead = ob.dead_list().unwrap();
+        assert_eq!(dead[0].reason, "1502 参数不符合规定值");
+        assert_eq!(dead[0].record.image, vec![9; 10]);
+        ob.dead_retry(id).await.unwrap();
+        assert_eq!((ob.len(), ob.dead_len()), (1, 0));
+        ob.dead_letter(id, "again").await.unwrap();
+        ob.dead_drop(id).await.unwrap();
+        assert_eq!((ob.len(), ob.dead_len(), ob.bytes()), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn at_the_quota_old_images_become_placeholders_and_then_submits_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let max = 1 << 20;
+        let ob = open(d.path(), max);
+        let img = vec![7u8; 200_000];
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            match ob.submit(rec("", &format!("P{i}"), img.clone())).await.unwrap() {
+                Submitted::Stored(id) => ids.push(id),
+                Submitted::Duplicate => panic!(),
+            }
+        }
+        // The sixth does not fit: the oldest image is replaced, nothing is deleted.
+        ob.submit(rec("", "P5", img.clone())).await.unwrap();
+        assert_eq!(ob.len(), 6);
+        assert!(ob.bytes() <= max);
+        let first = &ob.peek(1, u64::MAX).unwrap()[0];
+        assert!(first.meta.degraded);
+        assert_eq!(first.image, crate::imaging::placeholder_jpeg());
+        assert!(first.meta.remark.as_deref().unwrap().contains("outbox full"));
+        // A record that cannot fit even with every image replaced: a clear error, and
+        // still nothing deleted.
+        let before = ob.len();
+        let refused = ob.submit(rec("", "HUGE", vec![1u8; 1 << 20])).await;
+        assert!(matches!(refused, Err(OutboxError::Full { .. })), "{refused:?}");
+        assert!(refused.unwrap_err().to_string().contains("source keeps the event"));
+        assert_eq!(ob.len(), before);
+        assert!(ob.len() >= 6);
+        let all = ob.peek(1000, u64::MAX).unwrap();
+        assert_eq!(all.len() as u64, ob.len());
+    }
+
+    #[tokio::test]
+    async fn counters_survive_a_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let ids = {
+            let ob = open(d.path(), 1 << 30);
+            let mut ids = vec![];
+            for i in 0..3 {
+                if let Submitted::Stored(id) = ob.submit(rec(&format!("k{i}"), "X", vec![1; 100])).await.unwrap() {
+                    ids.push(id);
+                }
+            }
+            ob.dead_letter(ids[0], "r").await.unwrap();
+            ids
+        };
+        let ob = open(d.path(), 1 << 30);
+        assert_eq!((ob.len(), ob.dead_len()), (2, 1));
+        assert_eq!(ob.submit(rec("k1", "X", vec![1])).await.unwrap(), Submitted::Duplicate);
+        let Submitted::Stored(n) = ob.submit(rec("k9", "X", vec![1])).await.unwrap() else { panic!() };
+        assert!(n > ids[2], "ids never go back");
+    }
+
+    #[tokio::test]
+    async fn space_reports_coalesce_to_the_newest() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = open(d.path(), 1 << 30);
+        assert_eq!(ob.space_to_send(false).unwrap(), None);
+        for s in 0..500 {
+            ob.set_space(500, s).unwrap();
+        }
+        let r = ob.space_to_send(false).unwrap().unwrap();
+        assert_eq!((r.total, r.surplus), (500, 499));
+        ob.space_sent(r.seq).unwrap();
+        assert_eq!(ob.space_to_send(false).unwrap(), None);
+        assert_eq!(ob.space_to_send(true).unwrap().unwrap().surplus, 499);
+        assert_eq!(ob.set_space(500, 499).unwrap(), None, "no change, no report");
+    }
+
+    #[test]
+    fn a_garbage_record_value_is_an_error_not_a_panic() {
+        for v in [&b""[..], b"\x01", b"\x01\xff\xff\xff\xff{}", b"\x02abc", b"\x01\x00\x00\x00\x02{}"] {
+            let _ = decode_record(1, v);
+        }
+        assert!(decode_record(1, b"\x01\x00\x00\x00\x02{}").is_err());
+    }
+
+    #[test]
+    fn auto_image_names_fit_50_chars_and_keep_the_id() {
+        let n = ImgName::Auto {
+            lot: "350".into(),
+            node: "一个非常非常非常非常非常非常非常非常非常非常非常长的出入口名称".into(),
+            stamp: "20261128080000".into(),
+        }
+        .render(123_456_789);
+        assert!(n.chars().count() <= 50, "{n}");
+        assert!(n.ends_with("_20261128080000_123456789.jpg"), "{n}");
+    }
+}

@@ -1,0 +1,579 @@
+//! The 并州行 platform protocol: envelope, signature, response classification, and a
+//! client that signs every attempt afresh against a clock corrected from the platform's
+//! `Date` header. See `shared/spec/platform-protocol.md` for the contract this follows.
+
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use md5::{Digest, Md5};
+use serde::Deserialize;
+
+use crate::config::{AuthCase, DataEncoding, PlatformConfig, Secret, TsUnit, TsUnitSetting};
+
+/// The three commands the gateway sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmd {
+    Heartbeat,
+    ParkSpace,
+    CarInOut,
+}
+
+impl Cmd {
+    /// The `cmd` field.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cmd::Heartbeat => "heartbeat",
+            Cmd::ParkSpace => "parkSpace",
+            Cmd::CarInOut => "carInOut",
+        }
+    }
+    /// The path appended to the base URL.
+    pub fn path(self) -> &'static str {
+        match self {
+            Cmd::Heartbeat => "/park/heartbeat",
+            Cmd::ParkSpace => "/dataSync/parkSpace",
+            Cmd::CarInOut => "/dataSync/carInOut",
+        }
+    }
+}
+
+/// `auth = MD5(cmd + lotCode + ts + token)` as 32 hex characters.
+pub fn sign(cmd: &str, lot_code: &str, ts: &str, token: &str, case: AuthCase) -> String {
+    let mut h = Md5::new();
+    h.update(cmd.as_bytes());
+    h.update(lot_code.as_bytes());
+    h.update(ts.as_bytes());
+    h.update(token.as_bytes());
+    let digest = h.finalize();
+    match case {
+        AuthCase::Lower => hex::encode(digest),
+        AuthCase::Upper => hex::encode_upper(digest),
+    }
+}
+
+/// How the gateway treats a platform answer (the spec's response table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// `0` / `200`: delivered.
+    Success,
+    /// `1004`: data already exists (delivered if one record; split if a batch).
+    Exists,
+    /// `1501`/`1502`: a record is malformed: isolate and dead-letter it.
+    Malformed,
+    /// `2001`: business error: transient a few times, then like 1502.
+    Business,
+    /// `1003`, `1107`, `2000`, HTTP 5xx, other codes: retry with back-off.
+    Transient,
+    /// `1002`: signature/clock: re-sync and retry once; then a fault.
+    AuthFailed,
+    /// `1000`, `1001`, `1005`–`1008`, `1014`: configuration fault or gateway bug: keep data,
+    /// long back-off, health error.
+    Fault,
+}
+
+impl Verdict {
+    /// Classify a `code` (already a string).
+    pub fn of_code(code: &str) -> Verdict {
+        match code.trim() {
+            "0" | "200" => Verdict::Success,
+            "1004" => Verdict::Exists,
+            "1501" | "1502" => Verdict::Malformed,
+            "2001" => Verdict::Business,
+            "1002" => Verdict::AuthFailed,
+            "1000" | "1001" | "1005" | "1006" | "1007" | "1008" | "1014" => Verdict::Fault,
+            _ => Verdict::Transient,
+        }
+    }
+}
+
+/// A parsed platform answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The `code`, as a string whatever its JSON type.
+    pub code: String,
+    /// The `msg`.
+    pub msg: String,
+    /// What it means for the gateway.
+    pub verdict: Verdict,
+}
+
+/// A request that got no platform answer to classify. All are transient.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("cannot reach the platform: {0}")]
+    Transport(String),
+    #[error("HTTP {status}: {body}")]
+    Http { status: u16, body: String },
+    #[error("answer is not the platform's JSON (HTTP {status}): {body}")]
+    NotJson { status: u16, body: String },
+}
+
+impl CallError {
+    /// A short code for status and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Timeout(_) => "timeout",
+            CallError::Transport(_) => "transport",
+            CallError::Http { .. } => "http",
+            CallError::NotJson { .. } => "not_json",
+        }
+    }
+    /// Whether the spec asks for the long back-off (HTTP 4xx, non-JSON answers).
+    pub fn wants_long_backoff(&self) -> bool {
+        match self {
+            CallError::Http { status, .. } => (400..500).contains(status),
+            CallError::NotJson { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawReply {
+    code: serde_json::Value,
+    #[serde(default)]
+    msg: serde_json::Value,
+}
+
+/// Parse a response body into a [`Reply`]. `None` if it is not the platform's JSON shape.
+pub fn parse_reply(body: &[u8]) -> Option<Reply> {
+    let raw: RawReply = serde_json::from_slice(body).ok()?;
+    let code = match raw.code {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let msg = match raw.msg {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let verdict = Verdict::of_code(&code);
+    Some(Reply { code, msg, verdict })
+}
+
+/// Cut a string to at most `n` characters, for logging bodies.
+pub fn truncate_chars(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// The gateway's clock, corrected by the offset learned from the platform's `Date` headers.
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset_ms: AtomicI64,
+    learned: std::sync::atomic::AtomicBool,
+}
+
+impl Clock {
+    /// Unix milliseconds of the local clock.
+    pub fn local_ms() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+    /// Unix milliseconds, corrected towards the platform's clock.
+    pub fn now_ms(&self) -> i64 {
+        Self::local_ms() + self.offset_ms.load(Ordering::Relaxed)
+    }
+    /// The current offset (platform − local), milliseconds.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::Relaxed)
+    }
+    /// Whether an offset has been learned since start.
+    pub fn is_learned(&self) -> bool {
+        self.learned.load(Ordering::Relaxed)
+    }
+    /// Learn from a `Date` header seen at local time `local_ms`. The header has one-second
+    /// resolution, so the platform's time is taken as the middle of that second.
+    pub fn learn_from_date(&self, date: &str, local_ms: i64) -> bool {
+        let Ok(t) = httpdate::parse_http_date(date) else {
+            return false;
+        };
+        let Ok(d) = t.duration_since(UNIX_EPOCH) else {
+            return false;
+        };
+        let platform_ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX) + 500;
+        let offset = platform_ms - local_ms;
+        // Within ±1 s is the header's own resolution: keep a zero offset then, so a healthy
+        // clock is not nudged around by rounding.
+        let offset = if offset.abs() <= 1_000 { 0 } else { offset };
+        self.offset_ms.store(offset, Ordering::Relaxed);
+        self.learned.store(true, Ordering::Relaxed);
+        true
+    }
+}
+
+/// Called when `ts_unit = "auto"` settles on a unit, so it can be persisted.
+pub type UnitListener = Arc<dyn Fn(TsUnit) + Send + Sync>;
+
+/// The platform client: one `reqwest::Client` for the process, signing every attempt.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    lot_code: String,
+    token: Secret,
+    auth_case: AuthCase,
+    data_encoding: DataEncoding,
+    setting: TsUnitSetting,
+    /// 0 = ms, 1 = s.
+    unit: AtomicU8,
+    timeout: Duration,
+    clock: Arc<Clock>,
+    on_unit: Option<UnitListener>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("lot_code", &self.lot_code)
+            .field("token", &self.token)
+            .field("unit", &self.unit())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors building a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+impl Client {
+    /// Build a client. `initial_unit` is a unit persisted by an earlier `auto` run, if any.
+    pub fn new(
+        cfg: &PlatformConfig,
+        token: Secret,
+        clock: Arc<Clock>,
+        initial_unit: Option<TsUnit>,
+    ) -> Result<Client, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(5)))
+            .timeout(cfg.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(50))
+            .user_agent(concat!("lotlink/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Build(e.to_string()))?;
+        let unit = match cfg.ts_unit {
+            TsUnitSetting::Fixed(u) => u,
+            TsUnitSetting::Auto => initial_unit.unwrap_or(TsUnit::Ms),
+        };
+        Ok(Client {
+            http,
+            base: cfg.url.trim_end_matches('/').to_string(),
+            lot_code: cfg.lot_code.clone(),
+            token,
+            auth_case: cfg.auth_case,
+            data_encoding: cfg.data_encoding,
+            setting: cfg.ts_unit,
+            unit: AtomicU8::new(unit_code(unit)),
+            timeout: cfg.request_timeout,
+            clock,
+            on_unit: None,
+        })
+    }
+
+    /// Be told when `auto` settles on a different unit.
+    #[must_use]
+    pub fn with_unit_listener(mut self, l: UnitListener) -> Self {
+        self.on_unit = Some(l);
+        self
+    }
+
+    /// The `ts` unit in use.
+    pub fn unit(&self) -> TsUnit {
+        if self.unit.load(Ordering::Relaxed) == 1 {
+            TsUnit::S
+        } else {
+            TsUnit::Ms
+        }
+    }
+
+    /// The corrected clock.
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+
+    /// The lot code.
+    pub fn lot_code(&self) -> &str {
+        &self.lot_code
+    }
+
+    fn ts(&self, unit: TsUnit) -> String {
+        let ms = self.clock.now_ms();
+        match unit {
+            TsUnit::Ms => ms.to_string(),
+            TsUnit::S => ms.div_euclid(1000).to_string(),
+        }
+    }
+
+    /// Build the envelope body for one attempt. `data` is the JSON text of the payload.
+    pub fn envelope(&self, cmd: Cmd, data: Option<&str>, unit: TsUnit) -> String {
+        let ts = self.ts(unit);
+        let auth = sign(
+            cmd.name(),
+            &self.lot_code,
+            &ts,
+            self.token.expose(),
+            self.auth_case,
+        );
+        let mut body = String::with_capacity(data.map_or(0, str::len) + 160);
+        body.push_str("{\"cmd\":");
+        body.push_str(&json_str(cmd.name()));
+        body.push_str(",\"lotCode\":");
+        body.push_str(&json_str(&self.lot_code));
+        body.push_str(",\"ts\":");
+        body.push_str(&json_str(&ts));
+        body.push_str(",\"auth\":");
+        body.push_str(&json_str(&auth));
+        if let Some(d) = data {
+            body.push_str(",\"data\":");
+            match self.data_encoding {
+                DataEncoding::Object => body.push_str(d),
+                DataEncoding::String => body.push_str(&json_str(d)),
+            }
+        }
+        body.push('}');
+        body
+    }
+
+    /// One attempt: sign with a fresh ts, post, learn the clock, parse the answer.
+    async fn attempt(&self, cmd: Cmd, data: Option<&str>, unit: TsUnit) -> Result<Reply, CallError> {
+        let body = self.envelope(cmd, data, unit);
+        let url = format!("{}{}", self.base, cmd.path());
+        let resp = self
+            .http
+            .post(&url)
+            .header("Content-Type", "application/json;charset=UTF-8")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let local = Clock::local_ms();
+        if let Some(date) = resp.headers().get(reqwest::header::DATE) {
+            if let Ok(d) = date.to_str() {
+                self.clock.learn_from_date(d, local);
+            }
+        }
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        let text = || truncate_chars(&String::from_utf8_lossy(&bytes), 200);
+        match parse_reply(&bytes) {
+            Some(r) if (200..300).contains(&status) => Ok(r),
+            Some(r) if status >= 500 => Err(CallError::Http {
+                status,
+                body: format!("code {} {}", r.code, truncate_chars(&r.msg, 100)),
+            }),
+            Some(r) => Ok(r),
+            None if !(200..300).contains(&status) => Err(CallError::Http {
+                status,
+                body: text(),
+            }),
+            None => Err(CallError::NotJson {
+                status,
+                body: text(),
+            }),
+        }
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> CallError {
+        if e.is_timeout() {
+            return CallError::Timeout(self.timeout);
+        }
+        // reqwest's Display names the URL, never the body: the token is in the body only.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(s) = src {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            src = s.source();
+        }
+        CallError::Transport(truncate_chars(&msg, 300))
+    }
+
+    /// Send a command: one attempt, and on `1002` the spec's cure: the clock was re-learned
+    /// from that answer's `Date`, so retry once at once; with `ts_unit = "auto"`, if that is
+    /// still refused, try the other unit once and keep it if it works.
+    pub async fn call(&self, cmd: Cmd, data: Option<&str>) -> Result<Reply, CallError> {
+        let unit = self.unit();
+        let first = self.attempt(cmd, data, unit).await?;
+        if first.verdict != Verdict::AuthFailed {
+            return Ok(first);
+        }
+        tracing::warn!(
+            cmd = cmd.name(),
+            offset_ms = self.clock.offset_ms(),
+            "platform refused the signature (1002); re-synced the clock, retrying once"
+        );
+        let second = self.attempt(cmd, data, unit).await?;
+        if second.verdict != Verdict::AuthFailed || self.setting != TsUnitSetting::Auto {
+            return Ok(second);
+        }
+        let other = unit.other();
+        let third = self.attempt(cmd, data, other).await?;
+        if third.verdict != Verdict::AuthFailed {
+            tracing::warn!(
+                from = unit.as_str(),
+                to = other.as_str(),
+                "ts unit switched: the platform accepts ts in this unit"
+            );
+            self.unit.store(unit_code(other), Ordering::Relaxed);
+            if let Some(l) = &self.on_unit {
+                l(other);
+            }
+        }
+        Ok(third)
+    }
+}
+
+fn unit_code(u: TsUnit) -> u8 {
+    match u {
+        TsUnit::Ms => 0,
+        TsUnit::S => 1,
+    }
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Vectors {
+        vectors: Vec<Vector>,
+    }
+    #[derive(Deserialize)]
+    struct Vector {
+        cmd: String,
+        #[serde(rename = "lotCode")]
+        lot_code: String,
+        ts: String,
+        token: String,
+        auth: String,
+    }
+
+    fn vectors_path() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/vectors/auth.json")
+    }
+
+    #[test]
+    fn signatures_match_every_vector_in_the_shared_spec() {
+        let text = std::fs::read_to_string(vectors_path()).expect("shared/spec/vectors/auth.json");
+        let v: Vectors = serde_json::from_str(&text).expect("vectors parse");
+        assert!(v.vectors.len() >= 12);
+        for x in &v.vectors {
+            assert_eq!(
+                sign(&x.cmd, &x.lot_code, &x.ts, &x.token, AuthCase::Lower),
+                x.auth,
+                "{} {} {}",
+                x.cmd,
+                x.lot_code,
+                x.ts
+            );
+            assert_eq!(
+                sign(&x.cmd, &x.lot_code, &x.ts, &x.token, AuthCase::Upper),
+                x.auth.to_uppercase()
+            );
+        }
+    }
+
+    #[test]
+    fn zero_and_200_as_strings_or_numbers_are_success() {
+        for body in [
+            r#"{"code":"0","msg":"操作成功","data":""}"#,
+            r#"{"code":0,"msg":"ok"}"#,
+            r#"{"code":"200","msg":"ok"}"#,
+            r#"{"code":200}"#,
+        ] {
+            assert_eq!(parse_reply(body.as_bytes()).unwrap().verdict, Verdict::Success, "{body}");
+        }
+    }
+
+    #[test]
+    fn every_code_of_the_spec_table_is_classified_as_the_spec_says() {
+        let table = [
+            ("1000", Verdict::Fault),
+            ("1001", Verdict::Fault),
+            ("1002", Verdict::AuthFailed),
+            ("1003", Verdict::Transient),
+            ("1004", Verdict::Exists),
+            ("1005", Verdict::Fault),
+            ("1006", Verdict::Fault),
+            ("1007", Verdict::Fault),
+            ("1008", Verdict::Fault),
+            ("1014", Verdict::Fault),
+            ("1107", Verdict::Transient),
+            ("1501", Verdict::Malformed),
+            ("1502", Verdict::Malformed),
+            ("2000", Verdict::Transient),
+            ("2001", Verdict::Business),
+            ("9999", Verdict::Transient),
+        ];
+        for (code, v) in table {
+            assert_eq!(Verdict::of_code(code), v, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_the_platform_json_is_not_a_reply() {
+        assert!(parse_reply(b"<html>bad gateway</html>").is_none());
+        assert!(parse_reply(b"{\"msg\":\"no code\"}").is_none());
+        assert!(parse_reply(b"").is_none());
+    }
+
+    #[test]
+    fn the_clock_learns_a_one_hour_offset_from_a_date_header() {
+        let c = Clock::default();
+        let local = Clock::local_ms();
+        let ahead = SystemTime::now() + Duration::from_secs(3600);
+        assert!(c.learn_from_date(&httpdate::fmt_http_date(ahead), local));
+        let off = c.offset_ms();
+        assert!((3_598_000..=3_601_500).contains(&off), "offset {off}");
+        assert!(!c.learn_from_date("yesterday", local));
+    }
+
+    #[test]
+    fn a_date_within_a_second_keeps_a_zero_offset() {
+        let c = Clock::default();
+        let local = Clock::local_ms();
+        c.learn_from_date(&httpdate::fmt_http_date(SystemTime::now()), local);
+        assert_eq!(c.offset_ms(), 0);
+    }
+
+    #[test]
+    fn the_envelope_is_signed_and_data_encoded_as_configured() {
+        let raw = crate::config::from_str(
+            std::path::Path::new("t"),
+            "[platform]\nurl='http://127.0.0.1:1'\nlot_code='350'\ntoken='test-token'\ndata_encoding='string'\n[space]\ntotal=5\n",
+        )
+        .unwrap();
+        let client = Client::new(
+            &raw.platform,
+            Secret::new("test-token"),
+            Arc::new(Clock::default()),
+            None,
+        )
+        .unwrap();
+        let body = client.envelope(Cmd::ParkSpace, Some(r#"{"totalSpace":5,"surplusSpace":1}"#), TsUnit::S);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let ts = v["ts"].as_str().unwrap();
+        assert!(ts.len() == 10 && ts.bytes().all(|b| b.is_ascii_digit()));
+        assert_eq!(v["auth"], sign("parkSpace", "350", ts, "test-token", AuthCase::Lower));
+        assert_eq!(v["data"], r#"{"totalSpace":5,"surplusSpace":1}"#);
+        assert!(!body.contains("test-token"));
+        assert!(!format!("{client:?}").contains("test-token"));
+        let hb = client.envelope(Cmd::Heartbeat, None, TsUnit::Ms);
+        assert!(!hb.contains("data"));
+    }
+}
