@@ -35,7 +35,7 @@
 //!
 //! ## When a record is safe
 //!
-//! [`Outbox::submit`] returns only after `flush_async` has completed for a point after the
+//! [`Outbox::submit`] returns only after an fsync (`Outbox::flush`) has completed for a point after the
 //! record's batch: then it is on disk (fsynced) and survives SIGKILL and power loss. sled
 //! makes concurrent flushes share the work (group commit). Drivers acknowledge their source
 //! only after `submit` returned. A duplicate also waits for a flush before it is answered,
@@ -285,6 +285,11 @@ struct Inner {
     counters: Mutex<Counters>,
     notify: Notify,
     submits: AtomicU64,
+    /// Group commit: tickets taken after a write was applied…
+    written: AtomicU64,
+    /// …and the highest ticket a completed flush covers. Held while flushing, so one flush
+    /// runs at a time and everyone who wrote before it started shares it.
+    flushed: tokio::sync::Mutex<u64>,
 }
 
 /// The durable outbox. Cheap to clone; one per process (see the module docs).
@@ -454,6 +459,8 @@ impl Outbox {
                 counters: Mutex::new(counters),
                 notify: Notify::new(),
                 submits: AtomicU64::new(0),
+                written: AtomicU64::new(0),
+                flushed: tokio::sync::Mutex::new(0),
             }),
         };
         ob.gc_dedupe()?;
@@ -469,9 +476,26 @@ impl Outbox {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Make everything written so far durable.
+    /// Make everything written so far durable (fsync), sharing the work with concurrent
+    /// callers (group commit).
+    ///
+    /// sled 0.34's own `flush_async` can deadlock when called concurrently (sled issues
+    /// #1308, #1241; seen here as a hung submit in the crash test), so the outbox runs at
+    /// most one blocking `flush` at a time on a blocking thread, and a caller whose write
+    /// was applied before a flush started is covered by it.
     pub async fn flush(&self) -> Result<(), OutboxError> {
-        self.inner.db.flush_async().await?;
+        let ticket = self.inner.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = self.inner.flushed.lock().await;
+        if *flushed >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to `target` belongs to a write applied before this point.
+        let target = self.inner.written.load(Ordering::SeqCst);
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| OutboxError::Store(format!("flush task failed: {e}")))??;
+        *flushed = target;
         Ok(())
     }
 

@@ -1,0 +1,156 @@
+//! Shared harness for the end-to-end tests: a platform simulator on 127.0.0.1, a gateway
+//! running the real pipeline with a temporary sled outbox, and a driver the test feeds.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lotlink::app::{Gateway, RunOptions};
+use lotlink::drivers::{
+    Accepted, CancellationToken, CarStyle, Direction, Driver, DriverFuture, Event, EventSink,
+    PlateEvent, SinkError,
+};
+use lotlink::sim::{PlatformSim, SimConfig};
+use lotlink::space::SpaceSource;
+use tokio::sync::{mpsc, oneshot};
+
+pub const LOT: &str = "350";
+pub const TOKEN: &str = "test-token-猫";
+
+/// A driver whose events come from the test.
+pub struct FeedDriver {
+    rx: mpsc::Receiver<(Event, oneshot::Sender<Result<Accepted, SinkError>>)>,
+}
+
+/// The test's end of a [`FeedDriver`].
+#[derive(Clone)]
+pub struct Feed {
+    tx: mpsc::Sender<(Event, oneshot::Sender<Result<Accepted, SinkError>>)>,
+}
+
+impl Feed {
+    /// Submit through the gateway; returns what the driver would see.
+    pub async fn send(&self, ev: Event) -> Result<Accepted, SinkError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((ev, tx)).await.map_err(|_| SinkError::Closed)?;
+        rx.await.map_err(|_| SinkError::Closed)?
+    }
+}
+
+impl Driver for FeedDriver {
+    fn name(&self) -> &str {
+        "feed"
+    }
+    fn run(mut self: Box<Self>, sink: EventSink, shutdown: CancellationToken) -> DriverFuture {
+        Box::pin(async move {
+            loop {
+                let (ev, reply) = tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    m = self.rx.recv() => match m { Some(m) => m, None => return Ok(()) },
+                };
+                let _ = reply.send(sink.submit(ev).await);
+            }
+        })
+    }
+}
+
+pub fn feed() -> (Feed, Box<dyn Driver>) {
+    let (tx, rx) = mpsc::channel(16);
+    (Feed { tx }, Box::new(FeedDriver { rx }))
+}
+
+/// A small real JPEG (passes through the image stage untouched).
+pub fn small_jpeg(seed: u64) -> Vec<u8> {
+    lotlink::imaging::synth_jpeg(96, 64, seed, 80)
+}
+
+pub fn plate(key: &str, plate: &str, image: Option<Vec<u8>>) -> Event {
+    Event::Plate(PlateEvent {
+        source_key: key.to_string(),
+        node_name: "入口1".into(),
+        direction: Direction::In,
+        plate: Some(plate.to_string()),
+        captured_at_ms: Some(1_764_288_000_000),
+        color: Some("蓝".into()),
+        style: CarStyle::Car,
+        brand: None,
+        image,
+        remark: None,
+    })
+}
+
+/// Config text for a gateway pointed at `url`.
+pub fn config_text(url: &str, outbox: &Path, platform_extra: &str) -> String {
+    format!(
+        "[platform]\nurl = \"{url}\"\nlot_code = \"{LOT}\"\ntoken = \"{TOKEN}\"\nrequest_timeout = \"2s\"\n{platform_extra}\n\n[outbox]\npath = \"{}\"\n\n[space]\ntotal = 100\n",
+        outbox.display()
+    )
+}
+
+pub fn fast_options() -> RunOptions {
+    RunOptions {
+        space_source: SpaceSource::Plates,
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(300),
+        backoff_cap_fault: Duration::from_millis(500),
+        cache_capacity: 4 << 20,
+    }
+}
+
+pub struct Harness {
+    pub sim: PlatformSim,
+    pub dir: tempfile::TempDir,
+    pub feed: Feed,
+    pub gw: Gateway,
+}
+
+pub async fn sim() -> PlatformSim {
+    PlatformSim::start(SimConfig::new(LOT, TOKEN))
+        .await
+        .expect("simulator starts")
+}
+
+/// Start a simulator and a gateway. `platform_extra` adds `[platform]` lines.
+pub async fn start(platform_extra: &str) -> Harness {
+    let sim = sim().await;
+    start_with(sim, platform_extra).await
+}
+
+pub async fn start_with(sim: PlatformSim, platform_extra: &str) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(&sim.url(), &dir.path().join("outbox"), platform_extra);
+    let cfg = lotlink::config::from_str(Path::new("test.toml"), &text).expect("valid config");
+    let (feed, driver) = feed();
+    let gw = Gateway::start(&cfg, vec![driver], fast_options())
+        .await
+        .expect("gateway starts");
+    Harness { sim, dir, feed, gw }
+}
+
+/// Wait for a condition with a deadline (checked on a short tick; no fixed sleep).
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tick.tick().await;
+    }
+}
+
+/// The plates (carNo) the platform stored, in arrival order.
+pub fn delivered_plates(sim: &PlatformSim) -> Vec<String> {
+    sim.records()
+        .iter()
+        .map(|r| r["carNo"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+pub fn arc<T>(t: T) -> Arc<T> {
+    Arc::new(t)
+}
