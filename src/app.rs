@@ -13,7 +13,9 @@ use crate::ingest::{Ingest, QUEUE_CAPACITY};
 use crate::outbox::{OpenReport, Outbox, OutboxError, OutboxOptions};
 use crate::protocol::{Client, ClientError, Clock};
 use crate::space::{SpaceSource, SpaceTracker};
-use crate::uploader::{Health, PlatformHealth, UploadSettings, Uploader, BACKOFF_BASE, BACKOFF_CAP, BACKOFF_CAP_FAULT};
+use crate::uploader::{
+    Health, PlatformHealth, UploadSettings, Uploader, BACKOFF_BASE, BACKOFF_CAP, BACKOFF_CAP_FAULT,
+};
 
 /// Errors starting the gateway.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +77,11 @@ pub struct Gateway {
 
 impl Gateway {
     /// Start everything. Returns once the outbox is open and every task is running.
-    pub async fn start(cfg: &Config, drivers: Vec<Box<dyn Driver>>, opts: RunOptions) -> Result<Gateway, AppError> {
+    pub async fn start(
+        cfg: &Config,
+        drivers: Vec<Box<dyn Driver>>,
+        opts: RunOptions,
+    ) -> Result<Gateway, AppError> {
         let token = resolve_token(&cfg.platform.token).map_err(AppError::Token)?;
         let path = cfg.outbox.path.clone();
         let oopts = OutboxOptions {
@@ -95,11 +101,12 @@ impl Gateway {
             _ => None,
         });
         let ob = outbox.clone();
-        let client = Client::new(&cfg.platform, token, clock.clone(), saved_unit)?.with_unit_listener(Arc::new(move |u| {
-            if let Err(e) = ob.set_setting("ts_unit", u.as_str()) {
-                tracing::warn!(error = %e, "could not persist the ts unit");
-            }
-        }));
+        let client = Client::new(&cfg.platform, token, clock.clone(), saved_unit)?
+            .with_unit_listener(Arc::new(move |u| {
+                if let Err(e) = ob.set_setting("ts_unit", u.as_str()) {
+                    tracing::warn!(error = %e, "could not persist the ts unit");
+                }
+            }));
         let client = Arc::new(client);
         let space = SpaceTracker::new(outbox.clone(), cfg.space.total, opts.space_source)?;
         let health: Health = Arc::new(Mutex::new(PlatformHealth::default()));
@@ -180,7 +187,12 @@ impl Gateway {
 }
 
 /// Run the gateway until `shutdown` resolves.
-pub async fn run(cfg: &Config, drivers: Vec<Box<dyn Driver>>, opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+pub async fn run(
+    cfg: &Config,
+    drivers: Vec<Box<dyn Driver>>,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
     let gw = Gateway::start(cfg, drivers, opts).await?;
     shutdown.await;
     tracing::info!("shutting down");

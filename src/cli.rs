@@ -152,10 +152,20 @@ pub fn check_config(path: &std::path::Path) -> i32 {
     }
 }
 
-async fn send(what: SendWhat, path: &std::path::Path, surplus: Option<u64>) -> Result<i32, CliError> {
+async fn send(
+    what: SendWhat,
+    path: &std::path::Path,
+    surplus: Option<u64>,
+) -> Result<i32, CliError> {
     let cfg = config::load(path)?;
     let token = config::resolve_token(&cfg.platform.token).map_err(CliError::Other)?;
-    let client = Client::new(&cfg.platform, token, std::sync::Arc::new(Clock::default()), None).map_err(app::AppError::from)?;
+    let client = Client::new(
+        &cfg.platform,
+        token,
+        std::sync::Arc::new(Clock::default()),
+        None,
+    )
+    .map_err(app::AppError::from)?;
     let (cmd, data) = match what {
         SendWhat::Heartbeat => (Cmd::Heartbeat, None),
         SendWhat::Space => {
@@ -165,10 +175,16 @@ async fn send(what: SendWhat, path: &std::path::Path, surplus: Option<u64>) -> R
                 None => {
                     let path = cfg.outbox.path.clone();
                     let occupied = tokio::task::spawn_blocking(move || {
-                        Outbox::open(&path, OutboxOptions { cache_capacity: 1 << 20, ..OutboxOptions::default() })
-                            .ok()
-                            .and_then(|(ob, _)| ob.setting("occupied").ok().flatten())
-                            .and_then(|s| s.parse::<u64>().ok())
+                        Outbox::open(
+                            &path,
+                            OutboxOptions {
+                                cache_capacity: 1 << 20,
+                                ..OutboxOptions::default()
+                            },
+                        )
+                        .ok()
+                        .and_then(|(ob, _)| ob.setting("occupied").ok().flatten())
+                        .and_then(|s| s.parse::<u64>().ok())
                     })
                     .await
                     .map_err(|e| CliError::Other(e.to_string()))?;
@@ -183,16 +199,32 @@ async fn send(what: SendWhat, path: &std::path::Path, surplus: Option<u64>) -> R
                 }
             };
             if surplus > total {
-                return Err(CliError::Other(format!("--surplus {surplus} is more than space.total {total}")));
+                return Err(CliError::Other(format!(
+                    "--surplus {surplus} is more than space.total {total}"
+                )));
             }
-            (Cmd::ParkSpace, Some(format!("{{\"totalSpace\":{total},\"surplusSpace\":{surplus}}}")))
+            (
+                Cmd::ParkSpace,
+                Some(format!(
+                    "{{\"totalSpace\":{total},\"surplusSpace\":{surplus}}}"
+                )),
+            )
         }
     };
-    println!("POST {}{} (cmd {}, lotCode {})", cfg.platform.url, cmd.path(), cmd.name(), cfg.platform.lot_code);
+    println!(
+        "POST {}{} (cmd {}, lotCode {})",
+        cfg.platform.url,
+        cmd.path(),
+        cmd.name(),
+        cfg.platform.lot_code
+    );
     let r = client.call(cmd, data.as_deref()).await;
     println!("answer: {}", crate::uploader::describe(&r));
     if client.clock().is_learned() {
-        println!("clock offset to the platform: {} ms", client.clock().offset_ms());
+        println!(
+            "clock offset to the platform: {} ms",
+            client.clock().offset_ms()
+        );
     }
     Ok(match r {
         Ok(rep) if rep.verdict == crate::protocol::Verdict::Success => 0,

@@ -198,6 +198,7 @@ impl TsUnit {
         }
     }
     /// The other unit.
+    #[must_use]
     pub fn other(self) -> TsUnit {
         match self {
             TsUnit::Ms => TsUnit::S,
@@ -413,7 +414,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a size; write e.g. \"2MiB\""))?;
     let bytes = n * mult as f64;
-    if !(bytes.is_finite() && bytes >= 0.0 && bytes < 1.8e19) {
+    if !(bytes.is_finite() && (0.0..1.8e19).contains(&bytes)) {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(bytes as u64)
@@ -549,10 +550,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
         )
         .and_then(|d| {
             if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
-                c.bad(
-                    "platform.request_timeout",
-                    "must be between 100ms and 300s",
-                );
+                c.bad("platform.request_timeout", "must be between 100ms and 300s");
                 None
             } else {
                 Some(d)
@@ -836,7 +834,9 @@ total = -1
     #[test]
     fn an_unknown_key_is_an_error_naming_the_line() {
         let text = GOOD.replace("token = \"test-token\"", "token = \"t\"\ntokne = \"x\"");
-        let err = from_str(Path::new("t.toml"), &text).unwrap_err().to_string();
+        let err = from_str(Path::new("t.toml"), &text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tokne"), "{err}");
         assert!(err.contains("line 6"), "{err}");
     }
@@ -847,7 +847,9 @@ total = -1
             "token = \"test-token\"",
             "token = \"t\"\ntoken_file = \"/x\"",
         );
-        let err = from_str(Path::new("t.toml"), &text).unwrap_err().to_string();
+        let err = from_str(Path::new("t.toml"), &text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("exactly one"), "{err}");
     }
 

@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lotlink_drivers::{Accepted, CancellationToken, CarStyle, Direction, Driver, DriverFuture, Event, EventSink, PlateEvent};
+use lotlink_drivers::{
+    Accepted, CancellationToken, CarStyle, Direction, Driver, DriverFuture, Event, EventSink,
+    PlateEvent,
+};
 use rand::Rng;
 
 use crate::app::{Gateway, RunOptions};
@@ -86,7 +89,10 @@ impl Driver for SimLane {
                 n += 1;
                 let (plate, color) = {
                     let mut rng = rand::thread_rng();
-                    (random_plate(&mut rng), COLORS[rng.gen_range(0..COLORS.len())])
+                    (
+                        random_plate(&mut rng),
+                        COLORS[rng.gen_range(0..COLORS.len())],
+                    )
                 };
                 let image = self.images[(n as usize) % self.images.len().max(1)].clone();
                 let ev = PlateEvent {
@@ -105,7 +111,11 @@ impl Driver for SimLane {
                     Ok(Accepted::Stored(id)) => {
                         self.stats.stored.fetch_add(1, Ordering::Relaxed);
                         if self.verbose {
-                            println!("  camera {:<4} {:<3} {plate}  → on disk as record #{id}", self.name, self.direction.as_str());
+                            println!(
+                                "  camera {:<4} {:<3} {plate}  → on disk as record #{id}",
+                                self.name,
+                                self.direction.as_str()
+                            );
                         }
                     }
                     Ok(_) => {}
@@ -113,7 +123,10 @@ impl Driver for SimLane {
                     Err(e) => {
                         self.stats.refused.fetch_add(1, Ordering::Relaxed);
                         if self.verbose {
-                            println!("  camera {:<4} {plate}: not stored ({e}); the camera keeps it", self.name);
+                            println!(
+                                "  camera {:<4} {plate}: not stored ({e}); the camera keeps it",
+                                self.name
+                            );
                         }
                     }
                 }
@@ -148,20 +161,38 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
     let sim = PlatformSim::start(SimConfig::new("350", "demo-token"))
         .await
         .map_err(|e| other(&e))?;
-    let dir = tempfile::Builder::new().prefix("lotlink-demo-").tempdir().map_err(|e| other(&e))?;
+    let dir = tempfile::Builder::new()
+        .prefix("lotlink-demo-")
+        .tempdir()
+        .map_err(|e| other(&e))?;
     let cfg_text = demo_config(&sim.url(), &dir.path().join("outbox"));
     let cfg = crate::config::from_str(std::path::Path::new("<demo>"), &cfg_text)?;
-    println!("lotlink demo: platform simulator at {}, sled outbox in {}", sim.url(), dir.path().display());
-    println!("  two lanes (入口1 in, 出口1 out) send a plate with a 1920x1080 JPEG every ~{:?};", opts.interval);
-    println!("  the platform is online for {:?}, then offline for {:?}, repeating. Ctrl-C to stop.", opts.online, opts.outage);
+    println!(
+        "lotlink demo: platform simulator at {}, sled outbox in {}",
+        sim.url(),
+        dir.path().display()
+    );
+    println!(
+        "  two lanes (入口1 in, 出口1 out) send a plate with a 1920x1080 JPEG every ~{:?};",
+        opts.interval
+    );
+    println!(
+        "  the platform is online for {:?}, then offline for {:?}, repeating. Ctrl-C to stop.",
+        opts.online, opts.outage
+    );
 
     let images = tokio::task::spawn_blocking(|| {
-        (0..3u64).map(|s| crate::imaging::synth_jpeg(1920, 1080, s, 90)).collect::<Vec<_>>()
+        (0..3u64)
+            .map(|s| crate::imaging::synth_jpeg(1920, 1080, s, 90))
+            .collect::<Vec<_>>()
     })
     .await
     .map_err(|e| other(&e))?;
     if let Some(i) = images.first() {
-        println!("  camera images are {} KB each; the gateway shrinks them to fit 50,000 Base64 chars", i.len() / 1024);
+        println!(
+            "  camera images are {} KB each; the gateway shrinks them to fit 50,000 Base64 chars",
+            i.len() / 1024
+        );
     }
     let images = Arc::new(images);
     let stats = Arc::new(LaneStats::default());
@@ -211,11 +242,18 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
             if online {
                 sim.set_mode(Mode::Up);
                 phase_end = now + opts.online;
-                println!("[{:>4}s] platform back ONLINE: the uploader drains the outbox", start.elapsed().as_secs());
+                println!(
+                    "[{:>4}s] platform back ONLINE: the uploader drains the outbox",
+                    start.elapsed().as_secs()
+                );
             } else {
                 sim.set_mode(Mode::Refuse);
                 phase_end = now + opts.outage;
-                println!("[{:>4}s] platform OFFLINE (connections refused) for {:?}: events wait on disk", start.elapsed().as_secs(), opts.outage);
+                println!(
+                    "[{:>4}s] platform OFFLINE (connections refused) for {:?}: events wait on disk",
+                    start.elapsed().as_secs(),
+                    opts.outage
+                );
             }
         }
         shown = print_new(&sim, shown, &gw, start);
@@ -223,7 +261,10 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
     }
 
     // Stop the cameras, bring the platform back, and let the outbox drain.
-    println!("[{:>4}s] stopping the cameras; waiting for the outbox to drain", start.elapsed().as_secs());
+    println!(
+        "[{:>4}s] stopping the cameras; waiting for the outbox to drain",
+        start.elapsed().as_secs()
+    );
     let mut gw = gw;
     gw.stop_drivers().await;
     sim.set_mode(Mode::Up);
@@ -241,7 +282,10 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
     let records = sim.records();
     let stored = stats.stored.load(Ordering::Relaxed);
     let delivered = records.len() as u64;
-    let unique: HashSet<String> = records.iter().map(|r| r["imgName"].as_str().unwrap_or("").to_string()).collect();
+    let unique: HashSet<String> = records
+        .iter()
+        .map(|r| r["imgName"].as_str().unwrap_or("").to_string())
+        .collect();
     let dupes = delivered - unique.len() as u64;
     let lost = stored.saturating_sub(unique.len() as u64);
     let spaces = sim.space_reports();

@@ -78,7 +78,9 @@ impl Ingest {
         let node_name = fit(node, 20, "nodeName", &mut notes);
         let ms = ev.captured_at_ms.unwrap_or_else(|| self.clock.now_ms());
         let Some(t) = self.timezone.timestamp_millis_opt(ms).single() else {
-            return Err(IngestError::Invalid(format!("capture time {ms} ms is out of range")));
+            return Err(IngestError::Invalid(format!(
+                "capture time {ms} ms is out of range"
+            )));
         };
         let in_out_time = t.format("%Y-%m-%d %H:%M:%S").to_string();
         let stamp = t.format("%Y%m%d%H%M%S").to_string();
@@ -105,7 +107,12 @@ impl Ingest {
                 imaging::placeholder_jpeg().to_vec()
             }
         };
-        let mut remark = ev.remark.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+        let mut remark = ev
+            .remark
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
         for n in notes {
             remark = Some(append_remark(remark.as_deref(), &n));
         }
@@ -166,7 +173,10 @@ impl Ingest {
                 }
             }
             Event::Pass { loop_name, lane } => {
-                self.space.on_pass(&loop_name, lane).await.map_err(|e| SinkError::Unavailable(e.to_string()))?;
+                self.space
+                    .on_pass(&loop_name, lane)
+                    .await
+                    .map_err(|e| SinkError::Unavailable(e.to_string()))?;
                 Ok(Accepted::Applied)
             }
         }
@@ -182,7 +192,9 @@ impl Ingest {
                 () = shutdown.cancelled() => break,
                 s = rx.recv() => match s { Some(s) => s, None => break },
             };
-            let Ok(permit) = workers.clone().acquire_owned().await else { break };
+            let Ok(permit) = workers.clone().acquire_owned().await else {
+                break;
+            };
             let this = self.clone();
             tasks.spawn(async move {
                 let answer = this.handle(sub.event).await;

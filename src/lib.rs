@@ -18,7 +18,9 @@
     clippy::cast_possible_truncation, // u64 <-> u128 millisecond conversions are range-checked
     clippy::cast_precision_loss,     // sizes shown as floats in logs
     clippy::cast_sign_loss,          // as above
-    clippy::too_many_lines           // validation reads best as one function
+    clippy::too_many_lines,          // validation reads best as one function
+    clippy::similar_names,           // geometry (x0/y0) and option pairs read naturally
+    clippy::single_match_else        // `match` on Result/Option with an error branch reads better here
 )]
 
 pub mod app;

@@ -36,8 +36,8 @@
 //! ## When a record is safe
 //!
 //! [`Outbox::submit`] returns only after an fsync (`Outbox::flush`) has completed for a point after the
-//! record's batch: then it is on disk (fsynced) and survives SIGKILL and power loss. sled
-//! makes concurrent flushes share the work (group commit). Drivers acknowledge their source
+//! record's batch: then it is on disk (fsynced) and survives SIGKILL and power loss. Concurrent
+//! submits share one fsync (group commit, see [`Outbox::flush`]). Drivers acknowledge their source
 //! only after `submit` returned. A duplicate also waits for a flush before it is answered,
 //! since the first copy may still be in flight.
 //!
@@ -381,7 +381,9 @@ fn is_lock_error(e: &sled::Error) -> bool {
 
 fn is_corruption(e: &sled::Error) -> bool {
     match e {
-        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) | sled::Error::Unsupported(_) => true,
+        sled::Error::Corruption { .. }
+        | sled::Error::ReportableBug(_)
+        | sled::Error::Unsupported(_) => true,
         sled::Error::Io(io) => matches!(
             io.kind(),
             std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
@@ -524,11 +526,7 @@ impl Outbox {
             k.push(P_DEDUPE);
             k.extend_from_slice(rec.source_key.as_bytes());
             if let Some(v) = db.get(&k)? {
-                let at = v
-                    .as_ref()
-                    .try_into()
-                    .map(i64::from_be_bytes)
-                    .unwrap_or(i64::MIN);
+                let at = v.as_ref().try_into().map_or(i64::MIN, i64::from_be_bytes);
                 if (now - at).abs() < window {
                     return Ok(Submitted::Duplicate);
                 }
@@ -564,7 +562,12 @@ impl Outbox {
     }
 
     /// Replace images of the oldest pending records with the placeholder until `need` fits.
-    fn degrade_for(&self, c: &mut Counters, batch: &mut sled::Batch, need: u64) -> Result<(), OutboxError> {
+    fn degrade_for(
+        &self,
+        c: &mut Counters,
+        batch: &mut sled::Batch,
+        need: u64,
+    ) -> Result<(), OutboxError> {
         let max = self.inner.opts.max_disk;
         let start = key(P_RECORD, c.degraded_below);
         let end = key(P_RECORD, u64::MAX);
@@ -577,12 +580,17 @@ impl Outbox {
             let (k, v) = item?;
             let Some(id) = id_of(&k) else { continue };
             c.degraded_below = id + 1;
-            let Ok(mut r) = decode_record(id, &v) else { continue };
+            let Ok(mut r) = decode_record(id, &v) else {
+                continue;
+            };
             if r.meta.degraded || r.image.len() <= placeholder.len() {
                 continue;
             }
             r.meta.degraded = true;
-            r.meta.remark = Some(crate::ingest::append_remark(r.meta.remark.as_deref(), DEGRADED_REMARK));
+            r.meta.remark = Some(crate::ingest::append_remark(
+                r.meta.remark.as_deref(),
+                DEGRADED_REMARK,
+            ));
             let nv = encode_record(&r.meta, placeholder);
             c.bytes = c.bytes - v.len() as u64 + nv.len() as u64;
             batch.insert(&*k, nv);
@@ -602,7 +610,11 @@ impl Outbox {
     /// The oldest pending records: at most `max_records`, and (but always at least one)
     /// at most `max_bytes` of estimated request size. A record that cannot be decoded is
     /// moved to the dead letters with the reason, never returned and never lost.
-    pub fn peek(&self, max_records: usize, max_bytes: u64) -> Result<Vec<StoredRecord>, OutboxError> {
+    pub fn peek(
+        &self,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<StoredRecord>, OutboxError> {
         let mut out = Vec::new();
         let mut size = 0u64;
         let mut corrupt = Vec::new();
@@ -662,7 +674,11 @@ impl Outbox {
         };
         let mut dv = Vec::with_capacity(4 + reason.len() + v.len());
         dv.extend_from_slice(&u32::try_from(reason.len()).unwrap_or(0).to_be_bytes());
-        dv.extend_from_slice(if reason.len() <= u32::MAX as usize { reason.as_bytes() } else { b"" });
+        dv.extend_from_slice(if u32::try_from(reason.len()).is_ok() {
+            reason.as_bytes()
+        } else {
+            b""
+        });
         dv.extend_from_slice(&v);
         let mut next = *c;
         next.pending = next.pending.saturating_sub(1);
@@ -785,7 +801,9 @@ impl Outbox {
     /// When the oldest pending record was accepted (Unix ms).
     pub fn oldest_submitted_ms(&self) -> Option<i64> {
         let (k, v) = self.inner.db.scan_prefix([P_RECORD]).next()?.ok()?;
-        decode_record(id_of(&k)?, &v).ok().map(|r| r.meta.submitted_ms)
+        decode_record(id_of(&k)?, &v)
+            .ok()
+            .map(|r| r.meta.submitted_ms)
     }
 
     /// Wait until something may be pending (a submit, a dead-letter retry, a space change).
@@ -801,7 +819,7 @@ impl Outbox {
     /// Record the newest space figures; coalesces: only the newest is kept.
     pub fn set_space(&self, total: u64, surplus: u64) -> Result<Option<SpaceReport>, OutboxError> {
         let db = &self.inner.db;
-        let _c = self.lock();
+        let guard = self.lock();
         let cur = self.space_latest()?;
         if let Some(cur) = cur {
             if cur.total == total && cur.surplus == surplus {
@@ -814,7 +832,7 @@ impl Outbox {
             seq: cur.map_or(1, |c| c.seq + 1),
         };
         db.insert(K_SPACE, serde_json::to_vec(&rep).unwrap_or_default())?;
-        drop(_c);
+        drop(guard);
         self.inner.notify.notify_one();
         Ok(Some(rep))
     }
@@ -868,11 +886,7 @@ impl Outbox {
         let mut n = 0u32;
         for item in self.inner.db.scan_prefix([P_DEDUPE]) {
             let (k, v) = item?;
-            let at = v
-                .as_ref()
-                .try_into()
-                .map(i64::from_be_bytes)
-                .unwrap_or(i64::MIN);
+            let at = v.as_ref().try_into().map_or(i64::MIN, i64::from_be_bytes);
             if (now - at).abs() >= window {
                 batch.remove(k);
                 n += 1;
@@ -953,18 +967,34 @@ mod tests {
         let plates: Vec<_> = got.iter().map(|r| r.meta.car_no.clone().unwrap()).collect();
         assert_eq!(plates, ["晋A00000", "晋A00001", "晋A00002"]);
         assert_eq!(got[0].image, vec![0xFF, 0xD8, 0]);
-        assert_eq!(got[0].meta.img_name, format!("350_入口1_20261128080000_{}.jpg", got[0].id));
+        assert_eq!(
+            got[0].meta.img_name,
+            format!("350_入口1_20261128080000_{}.jpg", got[0].id)
+        );
         ob.ack(&[got[0].id, got[1].id]).await.unwrap();
         assert_eq!(ob.len(), 3);
-        assert_eq!(ob.peek(1, u64::MAX).unwrap()[0].meta.car_no.as_deref(), Some("晋A00002"));
+        assert_eq!(
+            ob.peek(1, u64::MAX).unwrap()[0].meta.car_no.as_deref(),
+            Some("晋A00002")
+        );
     }
 
     #[tokio::test]
     async fn the_same_source_key_is_accepted_once() {
         let d = tempfile::tempdir().unwrap();
         let ob = open(d.path(), 1 << 30);
-        assert!(matches!(ob.submit(rec("cam1/1/晋A1", "晋A1", vec![1])).await.unwrap(), Submitted::Stored(_)));
-        assert_eq!(ob.submit(rec("cam1/1/晋A1", "晋A1", vec![1])).await.unwrap(), Submitted::Duplicate);
+        assert!(matches!(
+            ob.submit(rec("cam1/1/晋A1", "晋A1", vec![1]))
+                .await
+                .unwrap(),
+            Submitted::Stored(_)
+        ));
+        assert_eq!(
+            ob.submit(rec("cam1/1/晋A1", "晋A1", vec![1]))
+                .await
+                .unwrap(),
+            Submitted::Duplicate
+        );
         assert_eq!(ob.len(), 1);
     }
 
@@ -972,7 +1002,9 @@ mod tests {
     async fn dead_letters_keep_the_record_and_the_reason_and_can_be_retried() {
         let d = tempfile::tempdir().unwrap();
         let ob = open(d.path(), 1 << 30);
-        let Submitted::Stored(id) = ob.submit(rec("", "BAD", vec![9; 10])).await.unwrap() else { panic!() };
+        let Submitted::Stored(id) = ob.submit(rec("", "BAD", vec![9; 10])).await.unwrap() else {
+            panic!()
+        };
         ob.dead_letter(id, "1502 参数不符合规定值").await.unwrap();
         assert_eq!((ob.len(), ob.dead_len()), (0, 1));
         let dead = ob.dead_list().unwrap();
@@ -993,7 +1025,11 @@ mod tests {
         let img = vec![7u8; 200_000];
         let mut ids = Vec::new();
         for i in 0..5 {
-            match ob.submit(rec("", &format!("P{i}"), img.clone())).await.unwrap() {
+            match ob
+                .submit(rec("", &format!("P{i}"), img.clone()))
+                .await
+                .unwrap()
+            {
                 Submitted::Stored(id) => ids.push(id),
                 Submitted::Duplicate => panic!(),
             }
@@ -1005,13 +1041,24 @@ mod tests {
         let first = &ob.peek(1, u64::MAX).unwrap()[0];
         assert!(first.meta.degraded);
         assert_eq!(first.image, crate::imaging::placeholder_jpeg());
-        assert!(first.meta.remark.as_deref().unwrap().contains("outbox full"));
+        assert!(first
+            .meta
+            .remark
+            .as_deref()
+            .unwrap()
+            .contains("outbox full"));
         // A record that cannot fit even with every image replaced: a clear error, and
         // still nothing deleted.
         let before = ob.len();
         let refused = ob.submit(rec("", "HUGE", vec![1u8; 1 << 20])).await;
-        assert!(matches!(refused, Err(OutboxError::Full { .. })), "{refused:?}");
-        assert!(refused.unwrap_err().to_string().contains("source keeps the event"));
+        assert!(
+            matches!(refused, Err(OutboxError::Full { .. })),
+            "{refused:?}"
+        );
+        assert!(refused
+            .unwrap_err()
+            .to_string()
+            .contains("source keeps the event"));
         assert_eq!(ob.len(), before);
         assert!(ob.len() >= 6);
         let all = ob.peek(1000, u64::MAX).unwrap();
@@ -1025,7 +1072,11 @@ mod tests {
             let ob = open(d.path(), 1 << 30);
             let mut ids = vec![];
             for i in 0..3 {
-                if let Submitted::Stored(id) = ob.submit(rec(&format!("k{i}"), "X", vec![1; 100])).await.unwrap() {
+                if let Submitted::Stored(id) = ob
+                    .submit(rec(&format!("k{i}"), "X", vec![1; 100]))
+                    .await
+                    .unwrap()
+                {
                     ids.push(id);
                 }
             }
@@ -1034,8 +1085,13 @@ mod tests {
         };
         let ob = open(d.path(), 1 << 30);
         assert_eq!((ob.len(), ob.dead_len()), (2, 1));
-        assert_eq!(ob.submit(rec("k1", "X", vec![1])).await.unwrap(), Submitted::Duplicate);
-        let Submitted::Stored(n) = ob.submit(rec("k9", "X", vec![1])).await.unwrap() else { panic!() };
+        assert_eq!(
+            ob.submit(rec("k1", "X", vec![1])).await.unwrap(),
+            Submitted::Duplicate
+        );
+        let Submitted::Stored(n) = ob.submit(rec("k9", "X", vec![1])).await.unwrap() else {
+            panic!()
+        };
         assert!(n > ids[2], "ids never go back");
     }
 
@@ -1052,12 +1108,22 @@ mod tests {
         ob.space_sent(r.seq).unwrap();
         assert_eq!(ob.space_to_send(false).unwrap(), None);
         assert_eq!(ob.space_to_send(true).unwrap().unwrap().surplus, 499);
-        assert_eq!(ob.set_space(500, 499).unwrap(), None, "no change, no report");
+        assert_eq!(
+            ob.set_space(500, 499).unwrap(),
+            None,
+            "no change, no report"
+        );
     }
 
     #[test]
     fn a_garbage_record_value_is_an_error_not_a_panic() {
-        for v in [&b""[..], b"\x01", b"\x01\xff\xff\xff\xff{}", b"\x02abc", b"\x01\x00\x00\x00\x02{}"] {
+        for v in [
+            &b""[..],
+            b"\x01",
+            b"\x01\xff\xff\xff\xff{}",
+            b"\x02abc",
+            b"\x01\x00\x00\x00\x02{}",
+        ] {
             let _ = decode_record(1, v);
         }
         assert!(decode_record(1, b"\x01\x00\x00\x00\x02{}").is_err());

@@ -345,7 +345,12 @@ impl Client {
     }
 
     /// One attempt: sign with a fresh ts, post, learn the clock, parse the answer.
-    async fn attempt(&self, cmd: Cmd, data: Option<&str>, unit: TsUnit) -> Result<Reply, CallError> {
+    async fn attempt(
+        &self,
+        cmd: Cmd,
+        data: Option<&str>,
+        unit: TsUnit,
+    ) -> Result<Reply, CallError> {
         let body = self.envelope(cmd, data, unit);
         let url = format!("{}{}", self.base, cmd.path());
         let resp = self
@@ -496,7 +501,11 @@ mod tests {
             r#"{"code":"200","msg":"ok"}"#,
             r#"{"code":200}"#,
         ] {
-            assert_eq!(parse_reply(body.as_bytes()).unwrap().verdict, Verdict::Success, "{body}");
+            assert_eq!(
+                parse_reply(body.as_bytes()).unwrap().verdict,
+                Verdict::Success,
+                "{body}"
+            );
         }
     }
 
@@ -565,11 +574,18 @@ mod tests {
             None,
         )
         .unwrap();
-        let body = client.envelope(Cmd::ParkSpace, Some(r#"{"totalSpace":5,"surplusSpace":1}"#), TsUnit::S);
+        let body = client.envelope(
+            Cmd::ParkSpace,
+            Some(r#"{"totalSpace":5,"surplusSpace":1}"#),
+            TsUnit::S,
+        );
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let ts = v["ts"].as_str().unwrap();
         assert!(ts.len() == 10 && ts.bytes().all(|b| b.is_ascii_digit()));
-        assert_eq!(v["auth"], sign("parkSpace", "350", ts, "test-token", AuthCase::Lower));
+        assert_eq!(
+            v["auth"],
+            sign("parkSpace", "350", ts, "test-token", AuthCase::Lower)
+        );
         assert_eq!(v["data"], r#"{"totalSpace":5,"surplusSpace":1}"#);
         assert!(!body.contains("test-token"));
         assert!(!format!("{client:?}").contains("test-token"));

@@ -32,7 +32,9 @@ pub struct SpaceTracker {
 
 impl std::fmt::Debug for SpaceTracker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SpaceTracker").field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("SpaceTracker")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
@@ -40,7 +42,11 @@ const OCCUPIED: &str = "occupied";
 
 impl SpaceTracker {
     /// Load the persisted occupied count and publish the current report.
-    pub fn new(outbox: Outbox, total: u32, source: SpaceSource) -> Result<SpaceTracker, OutboxError> {
+    pub fn new(
+        outbox: Outbox,
+        total: u32,
+        source: SpaceSource,
+    ) -> Result<SpaceTracker, OutboxError> {
         let occupied = outbox
             .setting(OCCUPIED)?
             .and_then(|s| s.parse::<u64>().ok())
@@ -59,7 +65,10 @@ impl SpaceTracker {
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let mut g = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut g)
     }
 

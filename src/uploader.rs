@@ -176,7 +176,12 @@ pub fn records_json(recs: &[StoredRecord]) -> String {
 
 impl Uploader {
     /// A new uploader.
-    pub fn new(client: Arc<Client>, outbox: Outbox, settings: UploadSettings, health: Health) -> Self {
+    pub fn new(
+        client: Arc<Client>,
+        outbox: Outbox,
+        settings: UploadSettings,
+        health: Health,
+    ) -> Self {
         Uploader {
             client,
             outbox,
@@ -283,7 +288,11 @@ impl Uploader {
                     self.outbox.space_sent(rep.seq).map_err(Stop::Store)?;
                     *space_due = false;
                     self.note_success();
-                    tracing::info!(total = rep.total, surplus = rep.surplus, "space report delivered");
+                    tracing::info!(
+                        total = rep.total,
+                        surplus = rep.surplus,
+                        "space report delivered"
+                    );
                     sent = true;
                 }
                 Verdict::Malformed => {
@@ -347,7 +356,12 @@ impl Uploader {
                     self.outbox.ack(&ids).await.map_err(Stop::Store)?;
                     self.note_success();
                     health_mut(&self.health, |h| h.delivered += ids.len() as u64);
-                    tracing::info!(records = ids.len(), first = ids[0], pending = self.outbox.len(), "records delivered");
+                    tracing::info!(
+                        records = ids.len(),
+                        first = ids[0],
+                        pending = self.outbox.len(),
+                        "records delivered"
+                    );
                 }
                 Verdict::Exists | Verdict::Malformed if recs.len() > 1 => {
                     tracing::info!(code = %reply.code, records = recs.len(), "platform refused the batch; splitting it to find the record concerned");
@@ -360,12 +374,18 @@ impl Uploader {
                     self.outbox.ack(&ids).await.map_err(Stop::Store)?;
                     self.note_success();
                     health_mut(&self.health, |h| h.delivered += 1);
-                    tracing::info!(id = ids[0], "platform already has this record (1004): counted as delivered");
+                    tracing::info!(
+                        id = ids[0],
+                        "platform already has this record (1004): counted as delivered"
+                    );
                 }
                 Verdict::Malformed => {
                     let r = &recs[0];
                     let reason = format!("{} {}", reply.code, reply.msg);
-                    self.outbox.dead_letter(r.id, &reason).await.map_err(Stop::Store)?;
+                    self.outbox
+                        .dead_letter(r.id, &reason)
+                        .await
+                        .map_err(Stop::Store)?;
                     health_mut(&self.health, |h| h.dead_lettered += 1);
                     tracing::error!(id = r.id, plate = r.meta.car_no.as_deref().unwrap_or(""), node = %r.meta.node_name, code = %reply.code, msg = %reply.msg, "platform rejected a record; moved to the dead letters (lotlink dead list)");
                 }
@@ -387,7 +407,12 @@ fn stop_for(v: Verdict, reply: &Reply) -> Stop {
 }
 
 /// Send a heartbeat every `interval` until shutdown. Not queued: a missed beat is not re-sent.
-pub async fn heartbeat_loop(client: Arc<Client>, interval: Duration, health: Health, shutdown: CancellationToken) {
+pub async fn heartbeat_loop(
+    client: Arc<Client>,
+    interval: Duration,
+    health: Health,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -419,7 +444,9 @@ pub async fn heartbeat_loop(client: Arc<Client>, interval: Duration, health: Hea
                 tracing::warn!(code = %reply.code, msg = %reply.msg, "heartbeat refused");
             }
             Err(e) => {
-                health_mut(&health, |h| h.last_error = Some((e.kind().to_string(), e.to_string())));
+                health_mut(&health, |h| {
+                    h.last_error = Some((e.kind().to_string(), e.to_string()));
+                });
                 tracing::warn!(error = %e, "heartbeat failed");
             }
         }
@@ -447,7 +474,10 @@ mod tests {
             assert!(d <= BACKOFF_CAP);
             max_seen = max_seen.max(d);
         }
-        assert!(max_seen > Duration::from_secs(60), "jitter reaches high values: {max_seen:?}");
+        assert!(
+            max_seen > Duration::from_secs(60),
+            "jitter reaches high values: {max_seen:?}"
+        );
         b.reset();
         for _ in 0..50 {
             let mut fresh = Backoff::new(Duration::from_secs(1));

@@ -81,13 +81,27 @@ fn child_main(dir: &str, start: u64) {
 #[test]
 fn crash_child_entry() {
     // Only does something when re-run by the crash test below.
-    if let (Ok(dir), Ok(start)) = (std::env::var("LOTLINK_CRASH_DIR"), std::env::var("LOTLINK_CRASH_START")) {
+    if let (Ok(dir), Ok(start)) = (
+        std::env::var("LOTLINK_CRASH_DIR"),
+        std::env::var("LOTLINK_CRASH_START"),
+    ) {
         child_main(&dir, start.parse().expect("start"));
     }
 }
 
+/// `ACK n` or `DUP n`: the child's acknowledgement of event n.
+fn parse_ack(line: &str) -> Option<u64> {
+    let mut parts = line.split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some("ACK" | "DUP"), Some(n)) => n.parse().ok(),
+        _ => None,
+    }
+}
+
 fn open_with_retry(path: &Path) -> Outbox {
-    Outbox::open(path, OutboxOptions::default()).expect("reopen after crash").0
+    Outbox::open(path, OutboxOptions::default())
+        .expect("reopen after crash")
+        .0
 }
 
 #[test]
@@ -99,9 +113,18 @@ fn events_acknowledged_before_a_sigkill_survive_it_and_are_delivered_exactly_onc
     let mut next_start = 1u64;
     let mut rng = rand::thread_rng();
     for round in 0..ROUNDS {
-        let kill_after: usize = if round % 6 == 0 { 0 } else { rng.gen_range(1..300) };
+        let kill_after: usize = if round % 6 == 0 {
+            0
+        } else {
+            rng.gen_range(1..300)
+        };
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child_entry", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("LOTLINK_CRASH_DIR", &store)
             .env("LOTLINK_CRASH_START", next_start.to_string())
             .stdout(Stdio::piped())
@@ -118,14 +141,10 @@ fn events_acknowledged_before_a_sigkill_survive_it_and_are_delivered_exactly_onc
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
                 break;
             }
-            let mut parts = line.split_whitespace();
-            match (parts.next(), parts.next().and_then(|n| n.parse::<u64>().ok())) {
-                (Some("ACK" | "DUP"), Some(n)) => {
-                    acked.insert(n);
-                    max_n = max_n.max(n);
-                    seen += 1;
-                }
-                _ => {}
+            if let Some(n) = parse_ack(&line) {
+                acked.insert(n);
+                max_n = max_n.max(n);
+                seen += 1;
             }
         }
         child.kill().expect("SIGKILL");
@@ -133,32 +152,47 @@ fn events_acknowledged_before_a_sigkill_survive_it_and_are_delivered_exactly_onc
         let _ = child.wait();
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
-        for l in rest.lines() {
-            let mut parts = l.split_whitespace();
-            if let (Some("ACK" | "DUP"), Some(n)) = (parts.next(), parts.next().and_then(|n| n.parse::<u64>().ok())) {
-                acked.insert(n);
-                max_n = max_n.max(n);
-            }
+        for n in rest.lines().filter_map(parse_ack) {
+            acked.insert(n);
+            max_n = max_n.max(n);
         }
         next_start = max_n + 1;
-        eprintln!("round {round}: killed after {seen} lines, {} acknowledged so far", acked.len());
+        eprintln!(
+            "round {round}: killed after {seen} lines, {} acknowledged so far",
+            acked.len()
+        );
 
         // After each kill: every acknowledged event is there, none twice.
         let ob = open_with_retry(&store);
         let all = ob.peek(usize::MAX, u64::MAX).unwrap();
-        assert_eq!(all.len() as u64, ob.len(), "round {round}: counter matches the records");
+        assert_eq!(
+            all.len() as u64,
+            ob.len(),
+            "round {round}: counter matches the records"
+        );
         let mut count: HashMap<String, u32> = HashMap::new();
         for r in &all {
             *count.entry(r.meta.car_no.clone().unwrap()).or_default() += 1;
         }
         for n in &acked {
-            assert_eq!(count.get(&format!("K{n}")).copied(), Some(1), "round {round}: K{n} acknowledged but not stored exactly once");
+            assert_eq!(
+                count.get(&format!("K{n}")).copied(),
+                Some(1),
+                "round {round}: K{n} acknowledged but not stored exactly once"
+            );
         }
-        assert!(count.values().all(|c| *c == 1), "round {round}: a key stored twice");
+        assert!(
+            count.values().all(|c| *c == 1),
+            "round {round}: a key stored twice"
+        );
         drop(all);
         drop(ob);
     }
-    assert!(acked.len() > 100, "the rounds acknowledged enough events: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the rounds acknowledged enough events: {}",
+        acked.len()
+    );
 
     // Deliver what survived: every acknowledged event reaches the platform exactly once.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -166,13 +200,18 @@ fn events_acknowledged_before_a_sigkill_survive_it_and_are_delivered_exactly_onc
         let sim = common::sim().await;
         let text = common::config_text(&sim.url(), &store, "");
         let cfg = lotlink::config::from_str(Path::new("t.toml"), &text).unwrap();
-        let gw = lotlink::app::Gateway::start(&cfg, vec![], common::fast_options()).await.unwrap();
+        let gw = lotlink::app::Gateway::start(&cfg, vec![], common::fast_options())
+            .await
+            .unwrap();
         assert!(common::eventually(Duration::from_secs(60), || gw.outbox.is_empty()).await);
         let plates = common::delivered_plates(&sim);
         let unique: HashSet<&String> = plates.iter().collect();
         assert_eq!(unique.len(), plates.len(), "no event delivered twice");
         for n in &acked {
-            assert!(unique.contains(&format!("K{n}")), "K{n} acknowledged but never delivered");
+            assert!(
+                unique.contains(&format!("K{n}")),
+                "K{n} acknowledged but never delivered"
+            );
         }
         gw.stop().await;
     });

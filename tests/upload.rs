@@ -43,14 +43,20 @@ async fn records_are_delivered_once_in_order_with_every_field_the_platform_check
     let h = start("").await;
     submit_n(&h, 5, "A").await;
     assert!(h.sim.wait_for_records(5, T).await);
-    assert_eq!(delivered_plates(&h.sim), ["A000", "A001", "A002", "A003", "A004"]);
+    assert_eq!(
+        delivered_plates(&h.sim),
+        ["A000", "A001", "A002", "A003", "A004"]
+    );
     let r = &h.sim.records()[0];
     assert_eq!(r["inOutType"], "in");
     assert_eq!(r["inOutTime"], "2025-11-28 08:00:00");
     assert_eq!(r["nodeName"], "入口1");
     assert_eq!(r["carColor"], "蓝");
     assert_eq!(r["carStyle"], "0");
-    assert!(r["imgName"].as_str().unwrap().starts_with("350_入口1_20251128080000_"));
+    assert!(r["imgName"]
+        .as_str()
+        .unwrap()
+        .starts_with("350_入口1_20251128080000_"));
     assert!(eventually(T, || h.gw.outbox.is_empty()).await);
 }
 
@@ -87,14 +93,22 @@ async fn the_body_cap_is_respected_when_images_are_big() {
     assert!(img.len() > 20_000, "test image is big: {}", img.len());
     for i in 0..12 {
         h.feed
-            .send(plate(&format!("C{i}"), &format!("C{i:03}"), Some(img.clone())))
+            .send(plate(
+                &format!("C{i}"),
+                &format!("C{i:03}"),
+                Some(img.clone()),
+            ))
             .await
             .unwrap();
     }
     h.sim.set_mode(Mode::Up);
     assert!(h.sim.wait_for_records(12, T).await);
     let st = h.sim.stats();
-    assert!(st.batch_sizes.len() >= 4, "split by size: {:?}", st.batch_sizes);
+    assert!(
+        st.batch_sizes.len() >= 4,
+        "split by size: {:?}",
+        st.batch_sizes
+    );
     for size in &st.car_in_out_body_sizes {
         assert!(*size <= 128 * 1024, "body of {size} bytes over the cap");
     }
@@ -106,8 +120,15 @@ async fn a_poison_record_in_a_batch_of_100_is_dead_lettered_and_the_99_others_de
     h.sim.set_poison(Some("POISON".into()));
     h.sim.set_mode(Mode::Refuse);
     for i in 0..100 {
-        let p = if i == 37 { "POISON".to_string() } else { format!("D{i:03}") };
-        h.feed.send(plate(&format!("D{i}"), &p, Some(small_jpeg(i)))).await.unwrap();
+        let p = if i == 37 {
+            "POISON".to_string()
+        } else {
+            format!("D{i:03}")
+        };
+        h.feed
+            .send(plate(&format!("D{i}"), &p, Some(small_jpeg(i))))
+            .await
+            .unwrap();
     }
     h.sim.set_mode(Mode::Up);
     assert!(h.sim.wait_for_records(99, T).await);
@@ -127,7 +148,12 @@ async fn a_batch_refused_with_1004_for_one_known_record_still_delivers_the_99_ne
     sim.set_mode(Mode::Refuse);
     let h = Harness { sim, dir, feed, gw };
     submit_n(&h, 100, "E").await;
-    let Harness { sim, dir, feed: _, gw } = h;
+    let Harness {
+        sim,
+        dir,
+        feed: _,
+        gw,
+    } = h;
     // The platform already has the oldest record (an earlier answer was lost). Stop the
     // gateway, store that record at the platform by a request of our own (signed
     // independently of the gateway's client), then start the gateway again.
@@ -145,10 +171,15 @@ async fn a_batch_refused_with_1004_for_one_known_record_still_delivers_the_99_ne
     assert_eq!(sim.records().len(), 1);
     let text = config_text(&sim.url(), &dir.path().join("outbox"), "");
     let cfg = lotlink::config::from_str(std::path::Path::new("t.toml"), &text).unwrap();
-    let gw = lotlink::app::Gateway::start(&cfg, vec![], fast_options()).await.unwrap();
+    let gw = lotlink::app::Gateway::start(&cfg, vec![], fast_options())
+        .await
+        .unwrap();
     assert!(sim.wait_for_records(100, T).await);
     assert!(eventually(T, || gw.outbox.is_empty()).await);
-    assert!(sim.stats().rejected_with(1004) >= 1, "the whole batch was refused once");
+    assert!(
+        sim.stats().rejected_with(1004) >= 1,
+        "the whole batch was refused once"
+    );
     assert_eq!(gw.outbox.dead_len(), 0);
     let plates: HashSet<String> = delivered_plates(&sim).into_iter().collect();
     assert_eq!(plates.len(), 100, "all 100 at the platform exactly once");
@@ -189,7 +220,11 @@ async fn configuration_fault_codes_keep_the_data_and_raise_a_health_fault() {
 async fn a_single_1002_is_cured_by_one_immediate_retry() {
     let h = one_record_with(vec![Scripted::Code(1002)]).await;
     assert!(h.sim.wait_for_records(1, T).await);
-    assert_eq!(last_error(&h), None, "no back-off round: cured inside the call");
+    assert_eq!(
+        last_error(&h),
+        None,
+        "no back-off round: cured inside the call"
+    );
 }
 
 #[tokio::test]
@@ -213,9 +248,14 @@ async fn a_single_record_answered_1004_counts_as_delivered() {
 async fn a_single_record_answered_1501_or_1502_is_dead_lettered() {
     for code in [1501, 1502] {
         let h = one_record_with(vec![Scripted::Code(code)]).await;
-        assert!(eventually(T, || h.gw.outbox.dead_len() == 1).await, "code {code}");
+        assert!(
+            eventually(T, || h.gw.outbox.dead_len() == 1).await,
+            "code {code}"
+        );
         assert!(h.gw.outbox.is_empty());
-        assert!(h.gw.outbox.dead_list().unwrap()[0].reason.starts_with(&code.to_string()));
+        assert!(h.gw.outbox.dead_list().unwrap()[0]
+            .reason
+            .starts_with(&code.to_string()));
         assert_eq!(h.sim.records().len(), 0);
     }
 }
@@ -223,9 +263,15 @@ async fn a_single_record_answered_1501_or_1502_is_dead_lettered() {
 #[tokio::test]
 async fn code_2001_is_retried_twice_then_treated_as_1502() {
     let h = one_record_with(vec![Scripted::Code(2001); 2]).await;
-    assert!(h.sim.wait_for_records(1, T).await, "two 2001s: still delivered");
+    assert!(
+        h.sim.wait_for_records(1, T).await,
+        "two 2001s: still delivered"
+    );
     let h = one_record_with(vec![Scripted::Code(2001); 3]).await;
-    assert!(eventually(T, || h.gw.outbox.dead_len() == 1).await, "three 2001s: dead letter");
+    assert!(
+        eventually(T, || h.gw.outbox.dead_len() == 1).await,
+        "three 2001s: dead letter"
+    );
     assert_eq!(h.sim.records().len(), 0);
 }
 
@@ -250,7 +296,11 @@ async fn platform_down_for_a_while_then_back_delivers_every_record_once() {
     h.sim.set_mode(Mode::Refuse);
     submit_n(&h, 20, "F").await;
     h.sim.set_mode(Mode::Http500);
-    assert!(h.sim.wait_until(T, |s| s.http_errors.get(&500).copied().unwrap_or(0) >= 2).await);
+    assert!(
+        h.sim
+            .wait_until(T, |s| s.http_errors.get(&500).copied().unwrap_or(0) >= 2)
+            .await
+    );
     h.sim.set_mode(Mode::Reset);
     let c = h.sim.stats().connections;
     assert!(h.sim.wait_until(T, |s| s.connections >= c + 2).await);
@@ -287,7 +337,11 @@ async fn ts_unit_auto_settles_on_seconds_when_the_platform_wants_seconds_and_rem
     submit_n(&h, 1, "S").await;
     assert!(h.sim.wait_for_records(1, T).await);
     assert_eq!(h.gw.client.unit(), lotlink::config::TsUnit::S);
-    assert!(eventually(T, || h.gw.outbox.setting("ts_unit").unwrap().as_deref() == Some("s")).await);
+    assert!(
+        eventually(T, || h.gw.outbox.setting("ts_unit").unwrap().as_deref()
+            == Some("s"))
+        .await
+    );
 }
 
 #[tokio::test]
@@ -302,7 +356,10 @@ async fn space_reports_are_sent_at_start_and_coalesce_while_the_platform_is_down
     assert!(h.sim.wait_for_records(5, T).await);
     let reports = h.sim.space_reports();
     assert_eq!(*reports.last().unwrap(), (100, 95));
-    assert!(!reports.contains(&(100, 97)), "coalesced, not replayed: {reports:?}");
+    assert!(
+        !reports.contains(&(100, 97)),
+        "coalesced, not replayed: {reports:?}"
+    );
 }
 
 #[tokio::test]

@@ -33,7 +33,10 @@ impl Feed {
     /// Submit through the gateway; returns what the driver would see.
     pub async fn send(&self, ev: Event) -> Result<Accepted, SinkError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send((ev, tx)).await.map_err(|_| SinkError::Closed)?;
+        self.tx
+            .send((ev, tx))
+            .await
+            .map_err(|_| SinkError::Closed)?;
         rx.await.map_err(|_| SinkError::Closed)?
     }
 }

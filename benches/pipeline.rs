@@ -1,0 +1,205 @@
+//! P1, P2, P5 of the spine issue, printed beside their anchors measured in the same run.
+//!
+//! - P1: durable submits per second with 1, 8 and 64 concurrent submitters, beside the raw
+//!   rate of appending + fsync to a plain file on the same disk (one fsync per append, and
+//!   grouped: 64 appends per fsync).
+//! - P2: CPU time per uploaded record against the in-process simulator, 100-record batches.
+//! - P5: time from opening a store with 100,000 pending records to the first upload, and
+//!   the process RSS after loading them.
+//!
+//! Run with `cargo bench --bench pipeline`. Set `LOTLINK_BENCH_DIR` to measure another disk.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lotlink::outbox::{ImgName, NewRecord, Outbox, OutboxOptions, RecordMeta};
+
+fn record(n: u64, image: &[u8]) -> NewRecord {
+    NewRecord {
+        source_key: format!("bench/{n}"),
+        meta: RecordMeta {
+            car_no: Some(format!("晋A{n:05}")),
+            in_out_type: "in".into(),
+            in_out_time: "2026-11-28 08:00:00".into(),
+            img_name: String::new(),
+            node_name: "入口1".into(),
+            car_color: Some("蓝".into()),
+            car_style: "0".into(),
+            car_brand: None,
+            remark: None,
+            submitted_ms: 0,
+            degraded: false,
+        },
+        img_name: ImgName::Auto {
+            lot: "350".into(),
+            node: "入口1".into(),
+            stamp: "20261128080000".into(),
+        },
+        image: image.to_vec(),
+    }
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    match std::env::var_os("LOTLINK_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d).expect("bench dir"),
+        None => tempfile::tempdir_in(".").expect("bench dir"),
+    }
+}
+
+fn raw_fsync_rate(dir: &Path, per_sync: usize, total: usize, size: usize) -> f64 {
+    let p = dir.join(format!("raw-{per_sync}"));
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).unwrap();
+    let buf = vec![7u8; size];
+    let t = Instant::now();
+    for i in 0..total {
+        f.write_all(&buf).unwrap();
+        if (i + 1) % per_sync == 0 {
+            f.sync_data().unwrap();
+        }
+    }
+    f.sync_data().unwrap();
+    total as f64 / t.elapsed().as_secs_f64()
+}
+
+async fn p1(image: &[u8]) {
+    let dir = bench_dir();
+    let raw1 = raw_fsync_rate(dir.path(), 1, 500, image.len() + 200);
+    let raw64 = raw_fsync_rate(dir.path(), 64, 20_000, image.len() + 200);
+    println!("P1 anchor: raw append+fsync, one fsync per append: {raw1:.0}/s; grouped (64 per fsync): {raw64:.0}/s");
+    for submitters in [1u64, 8, 64] {
+        let path = dir.path().join(format!("ob-{submitters}"));
+        let (ob, _) = Outbox::open(&path, OutboxOptions::default()).unwrap();
+        let per = if submitters == 1 { 500 } else { 20_000 / submitters };
+        let image = Arc::new(image.to_vec());
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for s in 0..submitters {
+            let (ob, image) = (ob.clone(), image.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per {
+                    ob.submit(record(s * 1_000_000 + i, &image)).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let rate = (submitters * per) as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "P1 durable submits/s with {submitters:>2} submitters: {rate:>8.0}/s  ({:.0} % of grouped raw fsync)",
+            100.0 * rate / raw64
+        );
+    }
+}
+
+fn cpu_time() -> Duration {
+    // utime + stime of this process, in clock ticks (100 Hz on Linux).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn config(url: &str, path: &Path) -> lotlink::config::Config {
+    let text = format!(
+        "[platform]\nurl = \"{url}\"\nlot_code = \"350\"\ntoken = \"bench\"\nmax_body = \"8MiB\"\n[outbox]\npath = \"{}\"\nmax_disk = \"8GiB\"\n[space]\ntotal = 100\n",
+        path.display()
+    );
+    lotlink::config::from_str(Path::new("bench.toml"), &text).unwrap()
+}
+
+async fn fill(path: &PathBuf, n: u64, image: &[u8]) {
+    let (ob, _) = Outbox::open(path, OutboxOptions::default()).unwrap();
+    let image = Arc::new(image.to_vec());
+    let mut tasks = Vec::new();
+    for s in 0..64u64 {
+        let (ob, image) = (ob.clone(), image.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (s..n).step_by(64) {
+                ob.submit(record(i, &image)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn p2(image: &[u8]) {
+    let dir = bench_dir();
+    let path = dir.path().join("p2");
+    let n = 5_000u64;
+    fill(&path, n, image).await;
+    let sim = lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench")).await.unwrap();
+    let cfg = config(&sim.url(), &path);
+    let cpu0 = cpu_time();
+    let t = Instant::now();
+    let gw = lotlink::app::Gateway::start(&cfg, vec![], lotlink::app::RunOptions::default()).await.unwrap();
+    assert!(sim.wait_for_records(n as usize, Duration::from_secs(600)).await);
+    let wall = t.elapsed();
+    let cpu = cpu_time() - cpu0;
+    gw.stop().await;
+    println!(
+        "P2 CPU per uploaded record (100-record batches, {} KB images, simulator in the same process): {:.3} ms CPU, {:.3} ms wall",
+        image.len() / 1024,
+        cpu.as_secs_f64() * 1e3 / n as f64,
+        wall.as_secs_f64() * 1e3 / n as f64
+    );
+    sim.shutdown().await;
+}
+
+async fn p5(image: &[u8]) {
+    let dir = bench_dir();
+    let path = dir.path().join("p5");
+    let n = 100_000u64;
+    let t = Instant::now();
+    fill(&path, n, image).await;
+    println!("P5 setup: stored {n} records of {} bytes image in {:.1} s", image.len(), t.elapsed().as_secs_f64());
+    // Let sled release its lock before the gateway opens the store again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sim = lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench")).await.unwrap();
+    let cfg = config(&sim.url(), &path);
+    let rss0 = rss_kb();
+    let t = Instant::now();
+    let gw = lotlink::app::Gateway::start(&cfg, vec![], lotlink::app::RunOptions::default()).await.unwrap();
+    assert!(sim.wait_for_records(1, Duration::from_secs(120)).await);
+    let first = t.elapsed();
+    println!(
+        "P5 start to first upload with {n} pending: {:.3} s; process RSS {} KB (was {} KB before opening)",
+        first.as_secs_f64(),
+        rss_kb(),
+        rss0
+    );
+    gw.stop().await;
+    sim.shutdown().await;
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let small = lotlink::imaging::synth_jpeg(160, 120, 1, 80);
+    let full = {
+        let big = lotlink::imaging::synth_jpeg(1920, 1080, 2, 90);
+        lotlink::imaging::prepare(&big, lotlink::imaging::MAX_B64_CHARS).bytes
+    };
+    rt.block_on(async {
+        p1(&small).await;
+        p2(&full).await;
+        p5(&small).await;
+    });
+}

@@ -1,0 +1,141 @@
+//! The binary's commands, run as an operator would.
+
+mod common;
+
+use std::process::Command;
+
+fn lotlink() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lotlink"))
+}
+
+#[test]
+fn check_config_says_ok_for_the_shipped_example() {
+    let out = lotlink()
+        .args([
+            "check-config",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/lotlink.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+#[test]
+fn check_config_lists_every_problem_with_file_line_and_key_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "[platform]\nurl = \"x\"\nlot_code = \"350\"\ntoken = \"t\"\nmax_batch = 0\n\n[space]\ntotal = 5\n",
+    )
+    .unwrap();
+    let out = lotlink()
+        .args(["check-config", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:2: platform.url"), "{err}");
+    assert!(
+        err.contains("bad.toml:5: platform.max_batch: 0 is not allowed: 1..=100"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_names_a_missing_file() {
+    let out = lotlink()
+        .args(["check-config", "--config", "/nonexistent/lotlink.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/lotlink.toml: cannot read"));
+}
+
+#[tokio::test]
+async fn send_heartbeat_and_space_print_the_platforms_answer() {
+    let sim = common::sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        common::config_text(&sim.url(), &dir.path().join("ob"), ""),
+    )
+    .unwrap();
+    for (what, extra) in [("heartbeat", vec![]), ("space", vec!["--surplus", "42"])] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lotlink"))
+            .args(["send", what, "--config"])
+            .arg(&cfg)
+            .args(extra)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{what}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("answer: code 0"), "{stdout}");
+        assert!(!stdout.contains(common::TOKEN));
+    }
+    assert_eq!(sim.stats().heartbeats_ok, 1);
+    assert_eq!(sim.space_reports(), vec![(100, 42)]);
+}
+
+#[tokio::test]
+async fn send_reports_an_unreachable_platform_with_exit_1() {
+    let sim = common::sim().await;
+    let url = sim.url();
+    sim.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, common::config_text(&url, &dir.path().join("ob"), "")).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lotlink"))
+        .args(["send", "heartbeat", "--config"])
+        .arg(&cfg)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no answer"));
+}
+
+#[test]
+fn the_demo_runs_the_pipeline_through_an_outage_and_loses_nothing() {
+    let out = lotlink()
+        .args([
+            "demo",
+            "--duration",
+            "9s",
+            "--interval",
+            "500ms",
+            "--online",
+            "3s",
+            "--outage",
+            "3s",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("platform OFFLINE"), "{stdout}");
+    assert!(stdout.contains("platform back ONLINE"), "{stdout}");
+    assert!(stdout.contains(" 0 lost, 0 duplicates"), "{stdout}");
+    let delivered = stdout
+        .lines()
+        .filter(|l| l.contains("platform received"))
+        .count();
+    assert!(delivered >= 4, "{stdout}");
+}
