@@ -50,7 +50,11 @@ fn bench_dir() -> tempfile::TempDir {
 
 fn raw_fsync_rate(dir: &Path, per_sync: usize, total: usize, size: usize) -> f64 {
     let p = dir.join(format!("raw-{per_sync}"));
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)
+        .unwrap();
     let buf = vec![7u8; size];
     let t = Instant::now();
     for i in 0..total {
@@ -71,7 +75,11 @@ async fn p1(image: &[u8]) {
     for submitters in [1u64, 8, 64] {
         let path = dir.path().join(format!("ob-{submitters}"));
         let (ob, _) = Outbox::open(&path, OutboxOptions::default()).unwrap();
-        let per = if submitters == 1 { 500 } else { 20_000 / submitters };
+        let per = if submitters == 1 {
+            500
+        } else {
+            20_000 / submitters
+        };
         let image = Arc::new(image.to_vec());
         let t = Instant::now();
         let mut tasks = Vec::new();
@@ -143,12 +151,19 @@ async fn p2(image: &[u8]) {
     let path = dir.path().join("p2");
     let n = 5_000u64;
     fill(&path, n, image).await;
-    let sim = lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench")).await.unwrap();
+    let sim = lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench"))
+        .await
+        .unwrap();
     let cfg = config(&sim.url(), &path);
     let cpu0 = cpu_time();
     let t = Instant::now();
-    let gw = lotlink::app::Gateway::start(&cfg, vec![], lotlink::app::RunOptions::default()).await.unwrap();
-    assert!(sim.wait_for_records(n as usize, Duration::from_secs(600)).await);
+    let gw = lotlink::app::Gateway::start(&cfg, vec![], lotlink::app::RunOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        sim.wait_for_records(n as usize, Duration::from_secs(600))
+            .await
+    );
     let wall = t.elapsed();
     let cpu = cpu_time() - cpu0;
     gw.stop().await;
@@ -167,14 +182,22 @@ async fn p5(image: &[u8]) {
     let n = 100_000u64;
     let t = Instant::now();
     fill(&path, n, image).await;
-    println!("P5 setup: stored {n} records of {} bytes image in {:.1} s", image.len(), t.elapsed().as_secs_f64());
+    println!(
+        "P5 setup: stored {n} records of {} bytes image in {:.1} s",
+        image.len(),
+        t.elapsed().as_secs_f64()
+    );
     // Let sled release its lock before the gateway opens the store again.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let sim = lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench")).await.unwrap();
+    let sim = lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench"))
+        .await
+        .unwrap();
     let cfg = config(&sim.url(), &path);
     let rss0 = rss_kb();
     let t = Instant::now();
-    let gw = lotlink::app::Gateway::start(&cfg, vec![], lotlink::app::RunOptions::default()).await.unwrap();
+    let gw = lotlink::app::Gateway::start(&cfg, vec![], lotlink::app::RunOptions::default())
+        .await
+        .unwrap();
     assert!(sim.wait_for_records(1, Duration::from_secs(120)).await);
     let first = t.elapsed();
     println!(
@@ -191,7 +214,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let small = lotlink::imaging::synth_jpeg(160, 120, 1, 80);
     let full = {
         let big = lotlink::imaging::synth_jpeg(1920, 1080, 2, 90);

@@ -1141,3 +1141,42 @@ mod tests {
         assert!(n.ends_with("_20261128080000_123456789.jpg"), "{n}");
     }
 }
+
+#[cfg(test)]
+mod corruption_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_store_that_cannot_be_opened_is_moved_aside_and_a_fresh_one_started() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ob");
+        {
+            let (ob, _) = Outbox::open(&path, OutboxOptions::default()).unwrap();
+            ob.set_setting("x", "y").unwrap();
+            ob.flush().await.unwrap();
+        }
+        // Garbage over sled's files, as a dying SD card might leave them.
+        for f in ["conf", "db"] {
+            let p = path.join(f);
+            if p.exists() {
+                std::fs::write(&p, vec![0xA5u8; 4096]).unwrap();
+            }
+        }
+        let (ob, report) =
+            Outbox::open(&path, OutboxOptions::default()).expect("opens a fresh store");
+        let aside = report
+            .moved_aside
+            .expect("the corrupt store was moved aside");
+        assert!(
+            aside.to_string_lossy().contains("ob.corrupt-"),
+            "{}",
+            aside.display()
+        );
+        assert!(
+            aside.join("db").exists(),
+            "the old files are kept for an operator"
+        );
+        assert_eq!(ob.len(), 0);
+        assert_eq!(ob.setting("x").unwrap(), None, "a fresh store");
+    }
+}
