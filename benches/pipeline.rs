@@ -10,7 +10,7 @@
 //! Run with `cargo bench --bench pipeline`. Set `LOTLINK_BENCH_DIR` to measure another disk.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,7 +129,7 @@ fn config(url: &str, path: &Path) -> lotlink::config::Config {
     lotlink::config::from_str(Path::new("bench.toml"), &text).unwrap()
 }
 
-async fn fill(path: &PathBuf, n: u64, image: &[u8]) {
+async fn fill(path: &Path, n: u64, image: &[u8]) {
     let (ob, _) = Outbox::open(path, OutboxOptions::default()).unwrap();
     let image = Arc::new(image.to_vec());
     let mut tasks = Vec::new();
