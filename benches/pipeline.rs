@@ -249,8 +249,16 @@ fn main() {
         return;
     }
     rt.block_on(async {
-        p1(&small).await;
-        p2(&full).await;
-        p5(&small).await;
+        // LOTLINK_BENCH_ONLY=p1|p2|p5 runs one part.
+        let only = std::env::var("LOTLINK_BENCH_ONLY").unwrap_or_default();
+        if only.is_empty() || only == "p1" {
+            p1(&small).await;
+        }
+        if only.is_empty() || only == "p2" {
+            p2(&full).await;
+        }
+        if only.is_empty() || only == "p5" {
+            p5(&small).await;
+        }
     });
 }

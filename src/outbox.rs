@@ -465,7 +465,8 @@ impl Outbox {
                 flushed: tokio::sync::Mutex::new(0),
             }),
         };
-        ob.gc_dedupe()?;
+        // Dedupe entries are forgotten by the first submit, not here: with a big backlog the
+        // scan would delay the first upload after a restart.
         Ok((ob, report))
     }
 
@@ -508,7 +509,7 @@ impl Outbox {
         if let Submitted::Stored(_) = outcome {
             self.inner.notify.notify_one();
         }
-        if self.inner.submits.fetch_add(1, Ordering::Relaxed) % 512 == 511 {
+        if self.inner.submits.fetch_add(1, Ordering::Relaxed) % 512 == 0 {
             self.gc_dedupe()?;
         }
         Ok(outcome)
