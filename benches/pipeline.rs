@@ -14,32 +14,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lotlink::outbox::{ImgName, NewRecord, Outbox, OutboxOptions, RecordMeta};
+use lotlink::outbox::{Outbox, OutboxOptions};
 
-fn record(n: u64, image: &[u8]) -> NewRecord {
-    NewRecord {
-        source_key: format!("bench/{n}"),
-        meta: RecordMeta {
-            car_no: Some(format!("晋A{n:05}")),
-            in_out_type: "in".into(),
-            in_out_time: "2026-11-28 08:00:00".into(),
-            img_name: String::new(),
-            node_name: "入口1".into(),
-            car_color: Some("蓝".into()),
-            car_style: "0".into(),
-            car_brand: None,
-            remark: None,
-            submitted_ms: 0,
-            degraded: false,
-        },
-        img_name: ImgName::Auto {
-            lot: "350".into(),
-            node: "入口1".into(),
-            stamp: "20261128080000".into(),
-        },
-        image: image.to_vec(),
-    }
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 fn bench_dir() -> tempfile::TempDir {
     match std::env::var_os("LOTLINK_BENCH_DIR") {
@@ -87,7 +65,9 @@ async fn p1(image: &[u8]) {
             let (ob, image) = (ob.clone(), image.clone());
             tasks.push(tokio::spawn(async move {
                 for i in 0..per {
-                    ob.submit(record(s * 1_000_000 + i, &image)).await.unwrap();
+                    ob.submit(common::new_record(s * 1_000_000 + i, &image))
+                        .await
+                        .unwrap();
                 }
             }));
         }
@@ -137,7 +117,7 @@ async fn fill(path: &Path, n: u64, image: &[u8]) {
         let (ob, image) = (ob.clone(), image.clone());
         tasks.push(tokio::spawn(async move {
             for i in (s..n).step_by(64) {
-                ob.submit(record(i, &image)).await.unwrap();
+                ob.submit(common::new_record(i, &image)).await.unwrap();
             }
         }));
     }

@@ -2,7 +2,6 @@
 //! [`execute`]; everything here returns an exit code instead of exiting.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -230,9 +229,4 @@ async fn send(
         Ok(rep) if rep.verdict == crate::protocol::Verdict::Success => 0,
         _ => 1,
     })
-}
-
-/// Parse a duration argument (for tests of the CLI).
-pub fn duration_arg(s: &str) -> Result<Duration, String> {
-    config::parse_duration(s)
 }

@@ -274,7 +274,7 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
         tokio::time::sleep(Duration::from_millis(100)).await;
         shown = print_new(&sim, shown, &gw, start);
     }
-    shown = print_new(&sim, shown, &gw, start);
+    print_new(&sim, shown, &gw, start);
     let (total, occupied, free) = gw.space.figures();
     let health = gw.health.lock().map(|h| h.clone()).unwrap_or_default();
     gw.stop().await;
@@ -293,7 +293,6 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
     println!("summary: {stored} events acknowledged by the outbox, {delivered} delivered to the platform, {lost} lost, {dupes} duplicates");
     println!("         max outbox depth {max_depth}, heartbeats ok {}, space reports sent {} (last {:?}), spaces total {total} occupied {occupied} free {free}",
         health.heartbeats_ok, spaces.len(), spaces.last());
-    let _ = shown;
     sim.shutdown().await;
     Ok(i32::from(lost > 0 || dupes > 0))
 }

@@ -15,36 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lotlink::outbox::{ImgName, NewRecord, Outbox, OutboxOptions, RecordMeta, Submitted};
+use lotlink::outbox::{Outbox, OutboxOptions, Submitted};
 use rand::Rng;
 
 const ROUNDS: usize = 24;
 const SUBMITTERS: u64 = 8;
-
-fn record(n: u64, image: &[u8]) -> NewRecord {
-    NewRecord {
-        source_key: format!("cam/{n}"),
-        meta: RecordMeta {
-            car_no: Some(format!("K{n}")),
-            in_out_type: "in".into(),
-            in_out_time: "2026-11-28 08:00:00".into(),
-            img_name: String::new(),
-            node_name: "入口1".into(),
-            car_color: None,
-            car_style: "0".into(),
-            car_brand: None,
-            remark: None,
-            submitted_ms: 0,
-            degraded: false,
-        },
-        img_name: ImgName::Auto {
-            lot: "350".into(),
-            node: "入口1".into(),
-            stamp: "20261128080000".into(),
-        },
-        image: image.to_vec(),
-    }
-}
 
 /// The child: submit events from `start` on, with 8 concurrent submitters, printing
 /// `ACK n` after each submit returned. Re-submits the previous round's last keys first,
@@ -61,7 +36,10 @@ fn child_main(dir: &str, start: u64) {
             tasks.push(tokio::spawn(async move {
                 loop {
                     let n = next.fetch_add(1, Ordering::SeqCst);
-                    let r = ob.submit(record(n, &image)).await.expect("submit");
+                    let r = ob
+                        .submit(common::new_record(n, &image))
+                        .await
+                        .expect("submit");
                     let line = match r {
                         Submitted::Stored(_) => format!("ACK {n}\n"),
                         Submitted::Duplicate => format!("DUP {n}\n"),

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lotlink::app::{Gateway, RunOptions};
@@ -11,6 +10,7 @@ use lotlink::drivers::{
     Accepted, CancellationToken, CarStyle, Direction, Driver, DriverFuture, Event, EventSink,
     PlateEvent, SinkError,
 };
+use lotlink::outbox::{ImgName, NewRecord, RecordMeta};
 use lotlink::sim::{PlatformSim, SimConfig};
 use lotlink::space::SpaceSource;
 use tokio::sync::{mpsc, oneshot};
@@ -154,6 +154,29 @@ pub fn delivered_plates(sim: &PlatformSim) -> Vec<String> {
         .collect()
 }
 
-pub fn arc<T>(t: T) -> Arc<T> {
-    Arc::new(t)
+/// A record as ingest would make it, for tests that talk to the outbox directly: source
+/// key `cam/{n}`, plate `K{n}`, an automatic image name.
+pub fn new_record(n: u64, image: &[u8]) -> NewRecord {
+    NewRecord {
+        source_key: format!("cam/{n}"),
+        meta: RecordMeta {
+            car_no: Some(format!("K{n}")),
+            in_out_type: "in".into(),
+            in_out_time: "2026-11-28 08:00:00".into(),
+            img_name: String::new(),
+            node_name: "入口1".into(),
+            car_color: None,
+            car_style: "0".into(),
+            car_brand: None,
+            remark: None,
+            submitted_ms: 0,
+            degraded: false,
+        },
+        img_name: ImgName::Auto {
+            lot: LOT.into(),
+            node: "入口1".into(),
+            stamp: "20261128080000".into(),
+        },
+        image: image.to_vec(),
+    }
 }
