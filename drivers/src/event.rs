@@ -98,4 +98,18 @@ pub enum Event {
         /// `In` adds an occupied space, `Out` frees one.
         lane: Direction,
     },
+    /// A reading of a loop module's pass counter (a register that only grows, wraps at
+    /// `bits`, and restarts from 0 when the module reboots). The gateway keeps the last
+    /// reading per loop on disk, beside the occupied count, and moves the count by the
+    /// difference, so re-reading the same value, or a gateway restart, counts nothing twice.
+    Counter {
+        /// The configured loop name.
+        loop_name: String,
+        /// `In` adds an occupied space per counted pass, `Out` frees one.
+        lane: Direction,
+        /// The raw register value.
+        value: u64,
+        /// Register width: 16 or 32.
+        bits: u8,
+    },
 }

@@ -28,8 +28,10 @@
 )]
 
 pub mod event;
+pub mod status;
 
 pub use event::{CarStyle, Direction, Event, PlateEvent};
+pub use status::{should_log, DriverStatus, StatusSnapshot};
 
 use std::future::Future;
 use std::pin::Pin;
