@@ -12,7 +12,7 @@ use crate::config::{resolve_token, Config, TsUnit};
 use crate::ingest::{Ingest, QUEUE_CAPACITY};
 use crate::outbox::{OpenReport, Outbox, OutboxError, OutboxOptions};
 use crate::protocol::{Client, ClientError, Clock};
-use crate::space::{SpaceSource, SpaceTracker};
+use crate::space::SpaceTracker;
 use crate::uploader::{
     Health, PlatformHealth, UploadSettings, Uploader, BACKOFF_BASE, BACKOFF_CAP, BACKOFF_CAP_FAULT,
 };
@@ -31,8 +31,6 @@ pub enum AppError {
 /// Knobs that are not in the config file (tests and the demo set them).
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// What moves the occupied count.
-    pub space_source: SpaceSource,
     /// Base of the upload back-off.
     pub backoff_base: Duration,
     /// Cap of the back-off for transient faults.
@@ -46,7 +44,6 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            space_source: SpaceSource::Loops,
             backoff_base: BACKOFF_BASE,
             backoff_cap: BACKOFF_CAP,
             backoff_cap_fault: BACKOFF_CAP_FAULT,
@@ -108,7 +105,7 @@ impl Gateway {
                 }
             }));
         let client = Arc::new(client);
-        let space = SpaceTracker::new(outbox.clone(), cfg.space.total, opts.space_source)?;
+        let space = SpaceTracker::new(outbox.clone(), cfg.space.total, cfg.space.source)?;
         let health: Health = Arc::new(Mutex::new(PlatformHealth::default()));
 
         let upload_stop = CancellationToken::new();

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::app::{self, RunOptions};
 use crate::config::{self, ConfigError};
+use crate::hardware;
 use crate::outbox::{Outbox, OutboxOptions};
 use crate::protocol::{Client, Clock, Cmd};
 
@@ -78,6 +79,8 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     App(#[from] app::AppError),
+    #[error(transparent)]
+    Hardware(#[from] hardware::HardwareError),
     #[error("{0}")]
     Other(String),
 }
@@ -111,7 +114,9 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::CheckConfig { config } => Ok(check_config(&config)),
         Command::Run { config } => {
             let cfg = config::load(&config)?;
-            app::run(&cfg, Vec::new(), RunOptions::default(), shutdown_signal()).await?;
+            let hw = hardware::build(&cfg)?;
+            tracing::info!(drivers = ?hw, "drivers configured");
+            app::run(&cfg, hw.drivers, RunOptions::default(), shutdown_signal()).await?;
             Ok(0)
         }
         Command::Send {

@@ -13,6 +13,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod devices;
+pub use devices::{
+    CameraConfig, CameraSource, Devices, LineTerminator, LoopConfig, LoopSource, ModbusMode,
+    ModbusTarget, MqttConfig, MqttFormat, RawCamera, RawLoop, RawMqtt, RegisterKind,
+    SerialEncoding, SerialFraming,
+};
+
+use crate::space::SpaceSource;
+
 /// A secret string (the platform token). Never printed: `Debug` shows `***`, and it has no
 /// `Display`, so it cannot end up in a log line or an error message by accident.
 #[derive(Clone, PartialEq, Eq)]
@@ -60,6 +69,14 @@ pub struct RawConfig {
     /// The local status endpoint.
     #[serde(default)]
     pub status: RawStatus,
+    /// The site MQTT broker (needed by MQTT cameras and loops).
+    pub mqtt: Option<RawMqtt>,
+    /// The cameras, one `[[camera]]` table each.
+    #[serde(default)]
+    pub camera: Vec<RawCamera>,
+    /// The loop detectors, one `[[loop]]` table each.
+    #[serde(default, rename = "loop")]
+    pub loops: Vec<RawLoop>,
 }
 
 /// `[platform]`.
@@ -127,6 +144,9 @@ impl Default for RawOutbox {
 pub struct RawSpace {
     /// Total spaces of the lot (`totalSpace`), 0..1e9.
     pub total: Option<i64>,
+    /// What moves the occupied count: "loops" or "plates". Default: "loops" when any
+    /// `[[loop]]` is configured, else "plates".
+    pub source: Option<String>,
 }
 
 /// `[status]`.
@@ -265,6 +285,7 @@ pub struct OutboxConfig {
 #[derive(Debug, Clone)]
 pub struct SpaceConfig {
     pub total: u32,
+    pub source: SpaceSource,
 }
 
 /// Validated `[status]`.
@@ -280,6 +301,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub space: SpaceConfig,
     pub status: StatusConfig,
+    /// Broker, cameras and loops.
+    pub devices: Devices,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -324,7 +347,12 @@ impl ConfigErrors {
     pub fn locate(mut self, path: &Path, text: &str) -> Self {
         self.path = Some(path.to_path_buf());
         for p in &mut self.problems {
-            p.line = find_key_line(text, &p.key);
+            // A missing key points at its table.
+            p.line = find_key_line(text, &p.key).or_else(|| {
+                p.key
+                    .rsplit_once('.')
+                    .and_then(|(table, _)| find_key_line(text, table))
+            });
         }
         self
     }
@@ -353,15 +381,32 @@ impl fmt::Display for ConfigErrors {
 /// pointing a person at the right place; `None` when the key is absent (a missing key).
 fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
     let (section, key) = match dotted.rsplit_once('.') {
+        Some((_, k)) if k.parse::<usize>().is_ok() => (dotted, None),
         Some((s, k)) => (s, Some(k)),
         None => (dotted, None),
     };
+    // `camera.2` is the second `[[camera]]` table.
+    let (section, nth) = match section.rsplit_once('.') {
+        Some((s, n)) if n.parse::<usize>().is_ok() => (s, n.parse::<usize>().unwrap_or(1)),
+        _ => (section, 1),
+    };
     let mut in_section = false;
+    let mut seen = 0;
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.starts_with('[') {
-            let name = line.trim_matches(|c| c == '[' || c == ']').trim();
-            in_section = name == section;
+            let name = line
+                .split('#')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim();
+            in_section = false;
+            if name == section {
+                seen += 1;
+                in_section = seen == nth;
+            }
             if in_section && key.is_none() {
                 return Some(i + 1);
             }
@@ -618,6 +663,32 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
         }
     };
 
+    let space_source = match raw.space.source.as_deref() {
+        None if raw.loops.is_empty() => Some(SpaceSource::Plates),
+        None | Some("loops") => Some(SpaceSource::Loops),
+        Some("plates") => Some(SpaceSource::Plates),
+        Some(other) => {
+            c.bad(
+                "space.source",
+                format!("{other:?}: allowed are \"loops\", \"plates\""),
+            );
+            None
+        }
+    };
+    if space_source == Some(SpaceSource::Loops) && raw.loops.is_empty() {
+        c.bad(
+            "space.source",
+            "\"loops\" needs at least one [[loop]]; use \"plates\" to count camera passes",
+        );
+    }
+    let devices = devices::validate_devices(
+        &mut c,
+        raw.mqtt.as_ref(),
+        &raw.camera,
+        &raw.loops,
+        &lot_code,
+    );
+
     let listen = match raw.status.listen.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -652,6 +723,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
         max_disk,
         total,
         listen,
+        space_source,
     ) {
         (
             Some(token),
@@ -666,6 +738,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
             Some(max_disk),
             Some(total),
             Some(listen),
+            Some(source),
         ) => Ok(Config {
             platform: PlatformConfig {
                 url,
@@ -684,8 +757,9 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
                 path: raw.outbox.path.clone(),
                 max_disk,
             },
-            space: SpaceConfig { total },
+            space: SpaceConfig { total, source },
             status: StatusConfig { listen },
+            devices,
         }),
         _ => Err(ConfigErrors {
             path: None,

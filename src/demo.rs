@@ -18,7 +18,6 @@ use rand::Rng;
 use crate::app::{Gateway, RunOptions};
 use crate::cli::CliError;
 use crate::sim::{Mode, PlatformSim, SimConfig};
-use crate::space::SpaceSource;
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -213,7 +212,6 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
         &cfg,
         lanes,
         RunOptions {
-            space_source: SpaceSource::Plates,
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(4),
             ..RunOptions::default()

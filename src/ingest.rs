@@ -179,6 +179,18 @@ impl Ingest {
                     .map_err(|e| SinkError::Unavailable(e.to_string()))?;
                 Ok(Accepted::Applied)
             }
+            Event::Counter {
+                loop_name,
+                lane,
+                value,
+                bits,
+            } => {
+                self.space
+                    .on_counter(&loop_name, lane, value, bits)
+                    .await
+                    .map_err(|e| SinkError::Unavailable(e.to_string()))?;
+                Ok(Accepted::Applied)
+            }
         }
     }
 

@@ -27,6 +27,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod hardware;
 pub mod imaging;
 pub mod ingest;
 pub mod outbox;

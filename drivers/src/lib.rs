@@ -27,8 +27,16 @@
     clippy::must_use_candidate       // noise on small getters
 )]
 
+pub mod codec;
 pub mod event;
+pub mod jsoncam;
+pub mod loops;
+pub mod mqtt;
+pub mod plate;
+pub mod serial;
+pub mod snapshot;
 pub mod status;
+pub mod vzenith;
 
 pub use event::{CarStyle, Direction, Event, PlateEvent};
 pub use status::{should_log, DriverStatus, StatusSnapshot};

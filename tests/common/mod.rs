@@ -2,6 +2,8 @@
 //! running the real pipeline with a temporary sled outbox, and a driver the test feeds.
 #![allow(dead_code)]
 
+pub mod devices;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,6 @@ use lotlink::drivers::{
 };
 use lotlink::outbox::{ImgName, NewRecord, RecordMeta};
 use lotlink::sim::{PlatformSim, SimConfig};
-use lotlink::space::SpaceSource;
 use tokio::sync::{mpsc, oneshot};
 
 pub const LOT: &str = "350";
@@ -93,7 +94,6 @@ pub fn config_text(url: &str, outbox: &Path, platform_extra: &str) -> String {
 
 pub fn fast_options() -> RunOptions {
     RunOptions {
-        space_source: SpaceSource::Plates,
         backoff_base: Duration::from_millis(20),
         backoff_cap: Duration::from_millis(300),
         backoff_cap_fault: Duration::from_millis(500),
@@ -146,6 +146,25 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     }
 }
 
+/// Wait for an async condition with a deadline.
+pub async fn eventually_async<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tick.tick().await;
+    }
+}
+
 /// The plates (carNo) the platform stored, in arrival order.
 pub fn delivered_plates(sim: &PlatformSim) -> Vec<String> {
     sim.records()
@@ -179,4 +198,66 @@ pub fn new_record(n: u64, image: &[u8]) -> NewRecord {
         },
         image: image.to_vec(),
     }
+}
+
+/// A gateway running the drivers its config file describes (no feed driver).
+pub struct DeviceHarness {
+    pub sim: PlatformSim,
+    pub dir: tempfile::TempDir,
+    pub gw: Gateway,
+    pub statuses: Vec<lotlink::drivers::DriverStatus>,
+}
+
+impl DeviceHarness {
+    /// The status of the driver called `name`.
+    pub fn status(&self, name: &str) -> lotlink::drivers::StatusSnapshot {
+        self.statuses
+            .iter()
+            .map(lotlink::drivers::DriverStatus::snapshot)
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no driver {name}"))
+    }
+}
+
+/// Config text with device sections appended (`space_extra` goes into `[space]`).
+pub fn device_config_text(url: &str, outbox: &Path, space_extra: &str, devices: &str) -> String {
+    let base = config_text(url, outbox, "");
+    format!("{base}{space_extra}\n{devices}\n")
+}
+
+/// `LOTLINK_TEST_LOG=debug` (an env filter) prints the gateway's logs while a test runs.
+pub fn init_log() {
+    if let Ok(filter) = std::env::var("LOTLINK_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Start a gateway in `dir` whose drivers come from `devices` (TOML device sections).
+pub async fn start_devices_in(
+    sim: PlatformSim,
+    dir: tempfile::TempDir,
+    space_extra: &str,
+    devices: &str,
+) -> DeviceHarness {
+    init_log();
+    let text = device_config_text(&sim.url(), &dir.path().join("outbox"), space_extra, devices);
+    let cfg = lotlink::config::from_str(Path::new("test.toml"), &text).expect("valid config");
+    let hw = lotlink::hardware::build(&cfg).expect("drivers build");
+    let gw = Gateway::start(&cfg, hw.drivers, fast_options())
+        .await
+        .expect("gateway starts");
+    DeviceHarness {
+        sim,
+        dir,
+        gw,
+        statuses: hw.statuses,
+    }
+}
+
+pub async fn start_devices(space_extra: &str, devices: &str) -> DeviceHarness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    start_devices_in(sim().await, dir, space_extra, devices).await
 }

@@ -1,0 +1,1279 @@
+//! The device sections of the configuration: `[mqtt]`, `[[camera]]` and `[[loop]]`, as
+//! written (`Raw*`) and validated. Validation is pure, like the rest of [`super::validate`],
+//! and reports every problem with its key: `camera.2.port` is the second `[[camera]]`
+//! table's `port` (1-based, as a person counts them in the file).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lotlink_drivers::Direction;
+use serde::Deserialize;
+
+use super::{parse_duration, parse_size, Collector, Secret};
+
+/// `[mqtt]`: the site broker the MQTT cameras and loops use.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    /// `mqtt://host:port` (default port 1883) or `mqtts://host:port` (TLS, default 8883).
+    pub url: String,
+    /// Client id; must be stable so the broker keeps the session (and un-acked messages).
+    pub client_id: Option<String>,
+    /// Optional user name.
+    pub username: Option<String>,
+    /// Optional password; never logged.
+    pub password: Option<Secret>,
+    /// Largest MQTT packet accepted/sent, e.g. "1MiB" (camera messages carry images).
+    #[serde(default = "d_1mib")]
+    pub max_packet: String,
+    /// PEM file with the CA that signed the broker's certificate (mqtts only; optional:
+    /// the system's roots are used otherwise).
+    pub ca_file: Option<PathBuf>,
+    /// MQTT keep-alive, e.g. "30s".
+    #[serde(default = "d_30s")]
+    pub keep_alive: String,
+}
+
+/// One `[[camera]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCamera {
+    /// Lane name; becomes `nodeName` (≤ 20 characters, unique).
+    pub name: String,
+    /// "in" | "out": what a pass at this lane means.
+    pub direction: String,
+    /// "mqtt" | "serial".
+    pub driver: String,
+    /// mqtt: "vzenith" (default) | "json".
+    pub format: Option<String>,
+    /// mqtt vzenith: only this camera's messages (its serial number). Absent = any camera.
+    pub sn: Option<String>,
+    /// mqtt json: the topic the camera publishes to.
+    pub topic: Option<String>,
+    /// serial: the device path (prefer `/dev/serial/by-id/…`).
+    pub port: Option<String>,
+    /// serial: baud rate, default 9600.
+    pub baud: Option<i64>,
+    /// serial: "line" (default) | "vz".
+    pub framing: Option<String>,
+    /// serial: "gbk" (default) | "utf-8".
+    pub encoding: Option<String>,
+    /// serial line framing: field order; names "direction", "plate", "color", "time", "_" (skip).
+    pub fields: Option<Vec<String>>,
+    /// serial line framing: field separator, default ",".
+    pub separator: Option<String>,
+    /// serial line framing: "crlf" (default) | "lf" | "cr".
+    pub line_ending: Option<String>,
+    /// serial line framing: longest accepted line in bytes, default 1024.
+    pub max_line: Option<i64>,
+    /// Optional: fetch an image from this URL when an event has none.
+    pub snapshot_url: Option<String>,
+    /// Timeout of the snapshot fetch, default "2s".
+    pub snapshot_timeout: Option<String>,
+}
+
+/// One `[[loop]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoop {
+    /// Loop name (unique), used in logs and status.
+    pub name: String,
+    /// "in": a pass adds an occupied space; "out": a pass frees one.
+    pub lane: String,
+    /// "modbus" | "serial" (ASCII detector) | "mqtt" (camera IO input, Vzenith `gpio_in`).
+    pub driver: String,
+    /// modbus RTU / serial: the device path.
+    pub port: Option<String>,
+    /// modbus RTU / serial: baud rate, default 9600.
+    pub baud: Option<i64>,
+    /// modbus TCP: "host:port" (instead of `port`).
+    pub host: Option<String>,
+    /// modbus: slave id 1..=247, default 1.
+    pub slave: Option<i64>,
+    /// modbus: "discrete_input" (default) | "coil" | "input_register" | "holding_register".
+    pub register: Option<String>,
+    /// modbus: register/input address (0..=65535), e.g. 0x20.
+    pub address: Option<i64>,
+    /// modbus / mqtt: the input reads 0 when the loop is occupied. Default false.
+    pub active_low: Option<bool>,
+    /// modbus: "edge" (default; count release edges) | "counter" (a counter register).
+    pub mode: Option<String>,
+    /// modbus counter mode: 16 (default) or 32 bits.
+    pub counter_bits: Option<i64>,
+    /// modbus: time between polls, default "50ms".
+    pub poll_interval: Option<String>,
+    /// edge logic: ignore closures shorter than this, default "200ms".
+    pub min_hold: Option<String>,
+    /// modbus: timeout of one request, default "500ms".
+    pub timeout: Option<String>,
+    /// serial ASCII detector: "verify" (default) | "ignore" the frame checksum.
+    pub checksum: Option<String>,
+    /// serial ASCII detector: only frames of this channel (`CC`). Absent = any.
+    pub channel: Option<i64>,
+    /// serial ASCII detector: only frames of this detector id (`DD`). Absent = any.
+    pub detector: Option<i64>,
+    /// mqtt: the camera's serial number. Absent = any camera.
+    pub sn: Option<String>,
+    /// mqtt: the camera's IO input index (`TriggerResult.source`).
+    pub input: Option<i64>,
+}
+
+fn d_1mib() -> String {
+    "1MiB".into()
+}
+fn d_30s() -> String {
+    "30s".into()
+}
+
+/// Validated `[mqtt]`.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// `mqtts://`.
+    pub tls: bool,
+    /// Client id (stable).
+    pub client_id: String,
+    /// User name.
+    pub username: Option<String>,
+    /// Password (secret).
+    pub password: Option<Secret>,
+    /// Largest packet, bytes.
+    pub max_packet: usize,
+    /// CA file for TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Keep-alive.
+    pub keep_alive: Duration,
+}
+
+/// How an MQTT camera talks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttFormat {
+    /// Vzenith topics and JSON; `sn` filters to one camera.
+    Vzenith { sn: Option<String> },
+    /// lotlink's simple JSON on one topic.
+    Json { topic: String },
+}
+
+/// Serial camera framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SerialFraming {
+    /// One result per text line.
+    Line,
+    /// Vzenith binary framing.
+    Vz,
+}
+
+/// Text encoding on a serial link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SerialEncoding {
+    Gbk,
+    Utf8,
+}
+
+/// Line terminator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineTerminator {
+    /// "\n", with a preceding "\r" stripped (covers CRLF and LF).
+    Lf,
+    /// A lone "\r".
+    Cr,
+}
+
+/// Where a camera's events come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CameraSource {
+    /// Over the site MQTT broker.
+    Mqtt(MqttFormat),
+    /// Over a serial port.
+    Serial {
+        port: String,
+        baud: u32,
+        framing: SerialFraming,
+        encoding: SerialEncoding,
+        /// Field names, validated ("direction", "plate", "color", "time", "_").
+        fields: Vec<String>,
+        separator: String,
+        terminator: LineTerminator,
+        max_line: usize,
+    },
+}
+
+/// A validated `[[camera]]`.
+#[derive(Debug, Clone)]
+pub struct CameraConfig {
+    pub name: String,
+    pub direction: Direction,
+    pub source: CameraSource,
+    pub snapshot_url: Option<String>,
+    pub snapshot_timeout: Duration,
+}
+
+/// Modbus register kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RegisterKind {
+    DiscreteInput,
+    Coil,
+    InputRegister,
+    HoldingRegister,
+}
+
+/// Modbus loop mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModbusMode {
+    Edge,
+    Counter { bits: u8 },
+}
+
+/// How to reach a Modbus module.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ModbusTarget {
+    Rtu { port: String, baud: u32 },
+    Tcp { host: String },
+}
+
+/// Where a loop's passes come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoopSource {
+    Modbus {
+        target: ModbusTarget,
+        slave: u8,
+        register: RegisterKind,
+        address: u16,
+        active_low: bool,
+        mode: ModbusMode,
+        poll_interval: Duration,
+        timeout: Duration,
+    },
+    /// ASCII serial detector.
+    Serial {
+        port: String,
+        baud: u32,
+        verify_checksum: bool,
+        channel: Option<u8>,
+        detector: Option<u8>,
+    },
+    /// Vzenith camera IO input.
+    Mqtt {
+        sn: Option<String>,
+        input: u32,
+        active_low: bool,
+    },
+}
+
+/// A validated `[[loop]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopConfig {
+    pub name: String,
+    pub lane: Direction,
+    pub min_hold: Duration,
+    pub source: LoopSource,
+}
+
+/// The validated device sections.
+#[derive(Debug, Clone, Default)]
+pub struct Devices {
+    pub mqtt: Option<MqttConfig>,
+    pub cameras: Vec<CameraConfig>,
+    pub loops: Vec<LoopConfig>,
+}
+
+fn direction(c: &mut Collector, key: &str, v: &str) -> Option<Direction> {
+    match v {
+        "in" => Some(Direction::In),
+        "out" => Some(Direction::Out),
+        other => {
+            c.bad(key, format!("{other:?}: allowed are \"in\", \"out\""));
+            None
+        }
+    }
+}
+
+fn choice<T: Copy>(
+    c: &mut Collector,
+    key: &str,
+    v: Option<&str>,
+    default: T,
+    allowed: &[(&str, T)],
+) -> Option<T> {
+    let Some(v) = v else { return Some(default) };
+    if let Some((_, t)) = allowed.iter().find(|(n, _)| *n == v) {
+        return Some(*t);
+    }
+    let names: Vec<String> = allowed.iter().map(|(n, _)| format!("{n:?}")).collect();
+    c.bad(key, format!("{v:?}: allowed are {}", names.join(", ")));
+    None
+}
+
+fn ranged(
+    c: &mut Collector,
+    key: &str,
+    v: Option<i64>,
+    default: i64,
+    lo: i64,
+    hi: i64,
+) -> Option<i64> {
+    let v = v.unwrap_or(default);
+    if (lo..=hi).contains(&v) {
+        Some(v)
+    } else {
+        c.bad(key, format!("{v} is not allowed: {lo}..={hi}"));
+        None
+    }
+}
+
+fn duration_in(
+    c: &mut Collector,
+    key: &str,
+    v: Option<&str>,
+    default: Duration,
+    lo: Duration,
+    hi: Duration,
+) -> Option<Duration> {
+    let d = match v {
+        None => default,
+        Some(s) => c.take(key, parse_duration(s))?,
+    };
+    if d < lo || d > hi {
+        c.bad(
+            key,
+            format!(
+                "{} is not allowed: {}..={}",
+                humantime::format_duration(d),
+                humantime::format_duration(lo),
+                humantime::format_duration(hi)
+            ),
+        );
+        return None;
+    }
+    Some(d)
+}
+
+fn baud(c: &mut Collector, key: &str, v: Option<i64>) -> Option<u32> {
+    ranged(c, key, v, 9600, 300, 4_000_000).and_then(|b| u32::try_from(b).ok())
+}
+
+/// Keys that only some drivers use: giving one to another driver is a mistake worth saying.
+fn not_for(c: &mut Collector, key: &str, given: bool, what: &str) {
+    if given {
+        c.bad(key, format!("does not apply here: {what}"));
+    }
+}
+
+fn validate_mqtt(c: &mut Collector, m: &RawMqtt, lot_code: &str) -> Option<MqttConfig> {
+    let (tls, rest) = if let Some(r) = m.url.strip_prefix("mqtt://") {
+        (false, r)
+    } else if let Some(r) = m.url.strip_prefix("mqtts://") {
+        (true, r)
+    } else {
+        c.bad(
+            "mqtt.url",
+            format!("{:?} must start with mqtt:// or mqtts://", m.url),
+        );
+        return None;
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => (h.to_string(), p),
+            _ => {
+                c.bad("mqtt.url", format!("{p:?} is not a port number"));
+                return None;
+            }
+        },
+        None => (rest.to_string(), if tls { 8883 } else { 1883 }),
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if host.is_empty() || host.contains('/') || host.contains('@') {
+        c.bad(
+            "mqtt.url",
+            format!(
+                "{:?}: write mqtt://host:port (credentials go in username/password)",
+                m.url
+            ),
+        );
+        return None;
+    }
+    let client_id = m
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("lotlink-{lot_code}"));
+    if client_id.trim().is_empty() || client_id.len() > 64 {
+        c.bad(
+            "mqtt.client_id",
+            "must be 1..=64 bytes and stable (the broker keeps the session under it)",
+        );
+    }
+    let max_packet = c
+        .take("mqtt.max_packet", parse_size(&m.max_packet))
+        .and_then(|b| {
+            if (16 * 1024..=256 << 20).contains(&b) {
+                usize::try_from(b).ok()
+            } else {
+                c.bad(
+                    "mqtt.max_packet",
+                    "must be between 16KiB and 256MiB (camera messages with images need ~1MiB)",
+                );
+                None
+            }
+        });
+    let keep_alive = duration_in(
+        c,
+        "mqtt.keep_alive",
+        Some(&m.keep_alive),
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+        Duration::from_secs(3600),
+    );
+    if m.ca_file.is_some() && !tls {
+        c.bad("mqtt.ca_file", "only applies to mqtts:// URLs");
+    }
+    Some(MqttConfig {
+        host,
+        port,
+        tls,
+        client_id,
+        username: m.username.clone().filter(|u| !u.is_empty()),
+        password: m.password.clone().filter(|p| !p.expose().is_empty()),
+        max_packet: max_packet?,
+        ca_file: m.ca_file.clone(),
+        keep_alive: keep_alive?,
+    })
+}
+
+const FIELD_NAMES: [&str; 5] = ["direction", "plate", "color", "time", "_"];
+
+#[allow(clippy::too_many_lines)]
+fn validate_camera(
+    c: &mut Collector,
+    i: usize,
+    cam: &RawCamera,
+    have_mqtt: bool,
+) -> Option<CameraConfig> {
+    let k = |f: &str| format!("camera.{i}.{f}");
+    let name = cam.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 20 {
+        c.bad(
+            &k("name"),
+            "must be 1..=20 characters (it becomes nodeName)",
+        );
+    }
+    let dir = direction(c, &k("direction"), &cam.direction);
+    let snapshot_url = cam.snapshot_url.clone();
+    if let Some(u) = &snapshot_url {
+        if !(u.starts_with("http://") || u.starts_with("https://"))
+            || reqwest::Url::parse(u).is_err()
+        {
+            c.bad(&k("snapshot_url"), format!("{u:?} is not an http(s) URL"));
+        }
+    }
+    let snapshot_timeout = duration_in(
+        c,
+        &k("snapshot_timeout"),
+        cam.snapshot_timeout.as_deref(),
+        Duration::from_secs(2),
+        Duration::from_millis(100),
+        Duration::from_secs(30),
+    );
+    let serial_keys = [
+        ("port", cam.port.is_some()),
+        ("baud", cam.baud.is_some()),
+        ("framing", cam.framing.is_some()),
+        ("encoding", cam.encoding.is_some()),
+        ("fields", cam.fields.is_some()),
+        ("separator", cam.separator.is_some()),
+        ("line_ending", cam.line_ending.is_some()),
+        ("max_line", cam.max_line.is_some()),
+    ];
+    let source = match cam.driver.as_str() {
+        "mqtt" => {
+            for (f, given) in serial_keys {
+                not_for(c, &k(f), given, "serial cameras only");
+            }
+            if !have_mqtt {
+                c.bad(&k("driver"), "driver = \"mqtt\" needs an [mqtt] section");
+            }
+            match cam.format.as_deref().unwrap_or("vzenith") {
+                "vzenith" => {
+                    not_for(
+                        c,
+                        &k("topic"),
+                        cam.topic.is_some(),
+                        "format = \"json\" only (vzenith topics are fixed)",
+                    );
+                    Some(CameraSource::Mqtt(MqttFormat::Vzenith {
+                        sn: cam.sn.clone().filter(|s| !s.is_empty()),
+                    }))
+                }
+                "json" => {
+                    not_for(c, &k("sn"), cam.sn.is_some(), "format = \"vzenith\" only");
+                    match cam.topic.as_deref() {
+                        Some(t) if !t.is_empty() && !t.contains(['+', '#']) => {
+                            Some(CameraSource::Mqtt(MqttFormat::Json {
+                                topic: t.to_string(),
+                            }))
+                        }
+                        Some(t) => {
+                            c.bad(
+                                &k("topic"),
+                                format!("{t:?}: a plain topic without wildcards"),
+                            );
+                            None
+                        }
+                        None => {
+                            c.bad(
+                                &k("topic"),
+                                "missing: format = \"json\" needs the camera's topic",
+                            );
+                            None
+                        }
+                    }
+                }
+                other => {
+                    c.bad(
+                        &k("format"),
+                        format!("{other:?}: allowed are \"vzenith\", \"json\""),
+                    );
+                    None
+                }
+            }
+        }
+        "serial" => {
+            not_for(
+                c,
+                &k("format"),
+                cam.format.is_some(),
+                "mqtt cameras only (serial uses `framing`)",
+            );
+            not_for(c, &k("sn"), cam.sn.is_some(), "mqtt cameras only");
+            not_for(c, &k("topic"), cam.topic.is_some(), "mqtt cameras only");
+            let port = cam.port.clone().filter(|p| !p.is_empty());
+            if port.is_none() {
+                c.bad(
+                    &k("port"),
+                    "missing: the serial device, e.g. \"/dev/serial/by-id/usb-…\"",
+                );
+            }
+            let baud = baud(c, &k("baud"), cam.baud);
+            let framing = choice(
+                c,
+                &k("framing"),
+                cam.framing.as_deref(),
+                SerialFraming::Line,
+                &[("line", SerialFraming::Line), ("vz", SerialFraming::Vz)],
+            );
+            let encoding = choice(
+                c,
+                &k("encoding"),
+                cam.encoding.as_deref(),
+                SerialEncoding::Gbk,
+                &[
+                    ("gbk", SerialEncoding::Gbk),
+                    ("utf-8", SerialEncoding::Utf8),
+                    ("utf8", SerialEncoding::Utf8),
+                ],
+            );
+            let terminator = choice(
+                c,
+                &k("line_ending"),
+                cam.line_ending.as_deref(),
+                LineTerminator::Lf,
+                &[
+                    ("crlf", LineTerminator::Lf),
+                    ("lf", LineTerminator::Lf),
+                    ("cr", LineTerminator::Cr),
+                ],
+            );
+            let fields = cam.fields.clone().unwrap_or_else(|| {
+                ["direction", "plate", "color", "time"]
+                    .map(String::from)
+                    .to_vec()
+            });
+            if let Some(bad) = fields.iter().find(|f| !FIELD_NAMES.contains(&f.as_str())) {
+                c.bad(
+                    &k("fields"),
+                    format!("{bad:?}: allowed names are \"direction\", \"plate\", \"color\", \"time\", \"_\" (skip)"),
+                );
+            } else if !fields.iter().any(|f| f == "plate") {
+                c.bad(&k("fields"), "must contain \"plate\"");
+            } else if let Some(dup) = fields
+                .iter()
+                .filter(|f| *f != "_")
+                .find(|f| fields.iter().filter(|g| g == f).count() > 1)
+            {
+                c.bad(&k("fields"), format!("{dup:?} appears twice"));
+            }
+            let separator = cam.separator.clone().unwrap_or_else(|| ",".into());
+            if separator.is_empty() || separator.contains(['\r', '\n']) {
+                c.bad(
+                    &k("separator"),
+                    "must be a non-empty string without line breaks",
+                );
+            }
+            let max_line = ranged(c, &k("max_line"), cam.max_line, 1024, 16, 65_536)
+                .and_then(|v| usize::try_from(v).ok());
+            match (port, baud, framing, encoding, terminator, max_line) {
+                (
+                    Some(port),
+                    Some(baud),
+                    Some(framing),
+                    Some(encoding),
+                    Some(terminator),
+                    Some(max_line),
+                ) => Some(CameraSource::Serial {
+                    port,
+                    baud,
+                    framing,
+                    encoding,
+                    fields,
+                    separator,
+                    terminator,
+                    max_line,
+                }),
+                _ => None,
+            }
+        }
+        other => {
+            c.bad(
+                &k("driver"),
+                format!("{other:?}: allowed are \"mqtt\", \"serial\""),
+            );
+            None
+        }
+    };
+    Some(CameraConfig {
+        name,
+        direction: dir?,
+        source: source?,
+        snapshot_url,
+        snapshot_timeout: snapshot_timeout?,
+    })
+}
+
+// `c` (collector), `k` (key) and `l` (the loop) are used on almost every line.
+#[allow(clippy::too_many_lines, clippy::many_single_char_names)]
+fn validate_loop(c: &mut Collector, i: usize, l: &RawLoop, have_mqtt: bool) -> Option<LoopConfig> {
+    let k = |f: &str| format!("loop.{i}.{f}");
+    let name = l.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 40 {
+        c.bad(&k("name"), "must be 1..=40 characters");
+    }
+    let lane = direction(c, &k("lane"), &l.lane);
+    let min_hold = duration_in(
+        c,
+        &k("min_hold"),
+        l.min_hold.as_deref(),
+        Duration::from_millis(200),
+        Duration::ZERO,
+        Duration::from_secs(60),
+    );
+    let modbus_only = [
+        ("host", l.host.is_some()),
+        ("slave", l.slave.is_some()),
+        ("register", l.register.is_some()),
+        ("address", l.address.is_some()),
+        ("mode", l.mode.is_some()),
+        ("counter_bits", l.counter_bits.is_some()),
+        ("poll_interval", l.poll_interval.is_some()),
+        ("timeout", l.timeout.is_some()),
+    ];
+    let serial_only = [
+        ("checksum", l.checksum.is_some()),
+        ("channel", l.channel.is_some()),
+        ("detector", l.detector.is_some()),
+    ];
+    let mqtt_only = [("sn", l.sn.is_some()), ("input", l.input.is_some())];
+    let source = match l.driver.as_str() {
+        "modbus" => {
+            for (f, g) in serial_only.iter().chain(&mqtt_only) {
+                not_for(c, &k(f), *g, "not a modbus key");
+            }
+            let target = match (&l.port, &l.host) {
+                (Some(p), None) if !p.is_empty() => {
+                    baud(c, &k("baud"), l.baud).map(|baud| ModbusTarget::Rtu {
+                        port: p.clone(),
+                        baud,
+                    })
+                }
+                (None, Some(h)) if h.contains(':') => {
+                    not_for(
+                        c,
+                        &k("baud"),
+                        l.baud.is_some(),
+                        "modbus RTU only (not with `host`)",
+                    );
+                    Some(ModbusTarget::Tcp { host: h.clone() })
+                }
+                (None, Some(h)) => {
+                    c.bad(
+                        &k("host"),
+                        format!("{h:?}: write host:port, e.g. \"127.0.0.1:502\""),
+                    );
+                    None
+                }
+                _ => {
+                    c.bad(
+                        &k("port"),
+                        "give exactly one of `port` (Modbus RTU) and `host` (Modbus TCP)",
+                    );
+                    None
+                }
+            };
+            let slave =
+                ranged(c, &k("slave"), l.slave, 1, 0, 247).and_then(|v| u8::try_from(v).ok());
+            let register = choice(
+                c,
+                &k("register"),
+                l.register.as_deref(),
+                RegisterKind::DiscreteInput,
+                &[
+                    ("discrete_input", RegisterKind::DiscreteInput),
+                    ("coil", RegisterKind::Coil),
+                    ("input_register", RegisterKind::InputRegister),
+                    ("holding_register", RegisterKind::HoldingRegister),
+                ],
+            );
+            let address = match l.address {
+                None => {
+                    c.bad(
+                        &k("address"),
+                        "missing: the input or register address, e.g. 0x20",
+                    );
+                    None
+                }
+                Some(a) => ranged(c, &k("address"), Some(a), 0, 0, 65_535)
+                    .and_then(|v| u16::try_from(v).ok()),
+            };
+            let mode = match l.mode.as_deref().unwrap_or("edge") {
+                "edge" => {
+                    not_for(
+                        c,
+                        &k("counter_bits"),
+                        l.counter_bits.is_some(),
+                        "mode = \"counter\" only",
+                    );
+                    Some(ModbusMode::Edge)
+                }
+                "counter" => match l.counter_bits.unwrap_or(16) {
+                    b @ (16 | 32) => {
+                        if matches!(
+                            register,
+                            Some(RegisterKind::DiscreteInput | RegisterKind::Coil)
+                        ) {
+                            c.bad(
+                                &k("register"),
+                                "mode = \"counter\" reads input_register or holding_register",
+                            );
+                        }
+                        u8::try_from(b)
+                            .ok()
+                            .map(|bits| ModbusMode::Counter { bits })
+                    }
+                    b => {
+                        c.bad(&k("counter_bits"), format!("{b}: allowed are 16, 32"));
+                        None
+                    }
+                },
+                other => {
+                    c.bad(
+                        &k("mode"),
+                        format!("{other:?}: allowed are \"edge\", \"counter\""),
+                    );
+                    None
+                }
+            };
+            let poll_interval = duration_in(
+                c,
+                &k("poll_interval"),
+                l.poll_interval.as_deref(),
+                Duration::from_millis(50),
+                Duration::from_millis(10),
+                Duration::from_secs(10),
+            );
+            let timeout = duration_in(
+                c,
+                &k("timeout"),
+                l.timeout.as_deref(),
+                Duration::from_millis(500),
+                Duration::from_millis(20),
+                Duration::from_secs(10),
+            );
+            match (
+                target,
+                slave,
+                register,
+                address,
+                mode,
+                poll_interval,
+                timeout,
+            ) {
+                (
+                    Some(target),
+                    Some(slave),
+                    Some(register),
+                    Some(address),
+                    Some(mode),
+                    Some(poll_interval),
+                    Some(timeout),
+                ) => Some(LoopSource::Modbus {
+                    target,
+                    slave,
+                    register,
+                    address,
+                    active_low: l.active_low.unwrap_or(false),
+                    mode,
+                    poll_interval,
+                    timeout,
+                }),
+                _ => None,
+            }
+        }
+        "serial" => {
+            for (f, g) in modbus_only.iter().chain(&mqtt_only) {
+                not_for(c, &k(f), *g, "not a key of serial (ASCII) detectors");
+            }
+            not_for(
+                c,
+                &k("active_low"),
+                l.active_low.is_some(),
+                "modbus and mqtt loops only",
+            );
+            let port = l.port.clone().filter(|p| !p.is_empty());
+            if port.is_none() {
+                c.bad(&k("port"), "missing: the serial device of the detector");
+            }
+            let baud = baud(c, &k("baud"), l.baud);
+            let verify = choice(
+                c,
+                &k("checksum"),
+                l.checksum.as_deref(),
+                true,
+                &[("verify", true), ("ignore", false)],
+            );
+            let channel = l
+                .channel
+                .and_then(|v| ranged(c, &k("channel"), Some(v), 0, 0, 99))
+                .and_then(|v| u8::try_from(v).ok());
+            let detector = l
+                .detector
+                .and_then(|v| ranged(c, &k("detector"), Some(v), 0, 0, 99))
+                .and_then(|v| u8::try_from(v).ok());
+            match (port, baud, verify) {
+                (Some(port), Some(baud), Some(verify_checksum)) => Some(LoopSource::Serial {
+                    port,
+                    baud,
+                    verify_checksum,
+                    channel,
+                    detector,
+                }),
+                _ => None,
+            }
+        }
+        "mqtt" => {
+            for (f, g) in modbus_only.iter().chain(&serial_only) {
+                not_for(c, &k(f), *g, "not a key of mqtt (camera IO) loops");
+            }
+            not_for(
+                c,
+                &k("port"),
+                l.port.is_some(),
+                "modbus and serial loops only",
+            );
+            not_for(
+                c,
+                &k("baud"),
+                l.baud.is_some(),
+                "modbus and serial loops only",
+            );
+            if !have_mqtt {
+                c.bad(&k("driver"), "driver = \"mqtt\" needs an [mqtt] section");
+            }
+            let input = match l.input {
+                None => {
+                    c.bad(
+                        &k("input"),
+                        "missing: the camera's IO input index (TriggerResult.source)",
+                    );
+                    None
+                }
+                Some(v) => {
+                    ranged(c, &k("input"), Some(v), 0, 0, 255).and_then(|v| u32::try_from(v).ok())
+                }
+            };
+            input.map(|input| LoopSource::Mqtt {
+                sn: l.sn.clone().filter(|s| !s.is_empty()),
+                input,
+                active_low: l.active_low.unwrap_or(false),
+            })
+        }
+        other => {
+            c.bad(
+                &k("driver"),
+                format!("{other:?}: allowed are \"modbus\", \"serial\", \"mqtt\""),
+            );
+            None
+        }
+    };
+    Some(LoopConfig {
+        name,
+        lane: lane?,
+        min_hold: min_hold?,
+        source: source?,
+    })
+}
+
+/// Validate the device sections. Problems go to `c`; the result is only meaningful when
+/// `c` stayed empty.
+pub(super) fn validate_devices(
+    c: &mut Collector,
+    mqtt: Option<&RawMqtt>,
+    cameras: &[RawCamera],
+    loops: &[RawLoop],
+    lot_code: &str,
+) -> Devices {
+    let mqtt = mqtt.and_then(|m| validate_mqtt(c, m, lot_code));
+    let have_mqtt = mqtt.is_some();
+    let mut out = Devices {
+        mqtt,
+        ..Devices::default()
+    };
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (i, cam) in cameras.iter().enumerate() {
+        let n = i + 1;
+        if let Some(first) = names.insert(cam.name.trim().to_string(), n) {
+            c.bad(
+                &format!("camera.{n}.name"),
+                format!("{:?} is already the name of camera {first}", cam.name),
+            );
+        }
+        if let Some(v) = validate_camera(c, n, cam, have_mqtt) {
+            out.cameras.push(v);
+        }
+    }
+    let mut ports: HashMap<String, (usize, &str, Option<i64>)> = HashMap::new();
+    for (i, cam) in cameras.iter().enumerate() {
+        if let Some(p) = &cam.port {
+            ports.insert(p.clone(), (i + 1, "camera", cam.baud));
+        }
+    }
+    let mut loop_names: HashMap<String, usize> = HashMap::new();
+    for (i, l) in loops.iter().enumerate() {
+        let n = i + 1;
+        if let Some(first) = loop_names.insert(l.name.trim().to_string(), n) {
+            c.bad(
+                &format!("loop.{n}.name"),
+                format!("{:?} is already the name of loop {first}", l.name),
+            );
+        }
+        // Loops may share a port with each other (one bus or one detector, several lanes),
+        // never with a camera, and everyone on a port must agree on its speed and driver.
+        if let Some(p) = &l.port {
+            match ports.get(p) {
+                Some((j, "camera", _)) => c.bad(
+                    &format!("loop.{n}.port"),
+                    format!("{p:?} is already camera {j}'s port"),
+                ),
+                Some((j, kind, b)) if *kind != l.driver.as_str() || b.unwrap_or(9600) != l.baud.unwrap_or(9600) => c.bad(
+                    &format!("loop.{n}.port"),
+                    format!("{p:?} is shared with loop {j}: loops on one port need the same driver and baud"),
+                ),
+                Some(_) => {}
+                None => {
+                    let kind: &str = match l.driver.as_str() {
+                        "modbus" => "modbus",
+                        "serial" => "serial",
+                        _ => "other",
+                    };
+                    ports.insert(p.clone(), (n, kind, l.baud));
+                }
+            }
+        }
+        if let Some(v) = validate_loop(c, n, l, have_mqtt) {
+            out.loops.push(v);
+        }
+    }
+    let mut cam_ports: HashMap<&str, usize> = HashMap::new();
+    for (i, cam) in cameras.iter().enumerate() {
+        if let Some(p) = &cam.port {
+            if let Some(j) = cam_ports.insert(p.as_str(), i + 1) {
+                c.bad(
+                    &format!("camera.{}.port", i + 1),
+                    format!("{p:?} is already camera {j}'s port"),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{from_str, ConfigError};
+    use crate::space::SpaceSource;
+
+    const BASE: &str = r#"
+[platform]
+url = "https://platform.example.cn"
+lot_code = "350"
+token = "t"
+
+[space]
+total = 500
+"#;
+
+    const DEVICES: &str = r#"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+max_packet = "1MiB"
+
+[[camera]]
+name = "入口1"
+direction = "in"
+driver = "mqtt"
+sn = "a1b2c3d4-e5f60718"
+
+[[camera]]
+name = "入口2"
+direction = "in"
+driver = "mqtt"
+format = "json"
+topic = "lotlink/cam/entry2"
+
+[[camera]]
+name = "出口1"
+direction = "out"
+driver = "serial"
+port = "/dev/ttyUSB0"
+fields = ["direction", "plate", "_", "time"]
+separator = "|"
+snapshot_url = "http://192.168.1.64/snapshot.jpg"
+
+[[loop]]
+name = "入口地感"
+lane = "in"
+driver = "modbus"
+port = "/dev/ttyUSB1"
+address = 0x20
+active_low = true
+
+[[loop]]
+name = "出口地感"
+lane = "out"
+driver = "modbus"
+port = "/dev/ttyUSB1"
+address = 0x21
+active_low = true
+poll_interval = "20ms"
+
+[[loop]]
+name = "计数"
+lane = "in"
+driver = "modbus"
+host = "127.0.0.1:502"
+register = "holding_register"
+mode = "counter"
+counter_bits = 32
+address = 0x10
+
+[[loop]]
+name = "ascii"
+lane = "out"
+driver = "serial"
+port = "/dev/ttyUSB2"
+checksum = "ignore"
+
+[[loop]]
+name = "gpio"
+lane = "in"
+driver = "mqtt"
+input = 1
+"#;
+
+    fn problems(text: &str) -> String {
+        match from_str(Path::new("site.toml"), text) {
+            Err(ConfigError::Invalid(e)) => e.to_string(),
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_device_kind_validates_with_its_defaults() {
+        let c = from_str(Path::new("site.toml"), &format!("{BASE}{DEVICES}")).expect("valid");
+        let d = &c.devices;
+        let m = d.mqtt.as_ref().expect("mqtt");
+        assert_eq!((m.host.as_str(), m.port, m.tls), ("127.0.0.1", 1883, false));
+        assert_eq!(m.client_id, "lotlink-350");
+        assert_eq!(m.max_packet, 1 << 20);
+        assert_eq!(d.cameras.len(), 3);
+        assert_eq!(
+            d.cameras[0].source,
+            CameraSource::Mqtt(MqttFormat::Vzenith {
+                sn: Some("a1b2c3d4-e5f60718".into())
+            })
+        );
+        match &d.cameras[2].source {
+            CameraSource::Serial {
+                baud,
+                framing,
+                encoding,
+                separator,
+                terminator,
+                ..
+            } => {
+                assert_eq!(*baud, 9600);
+                assert_eq!(*framing, SerialFraming::Line);
+                assert_eq!(*encoding, SerialEncoding::Gbk);
+                assert_eq!(separator, "|");
+                assert_eq!(*terminator, LineTerminator::Lf);
+            }
+            other @ CameraSource::Mqtt(_) => panic!("{other:?}"),
+        }
+        assert_eq!(d.loops.len(), 5);
+        assert_eq!(d.loops[0].min_hold, Duration::from_millis(200));
+        match &d.loops[2].source {
+            LoopSource::Modbus {
+                mode,
+                register,
+                target,
+                ..
+            } => {
+                assert_eq!(*mode, ModbusMode::Counter { bits: 32 });
+                assert_eq!(*register, RegisterKind::HoldingRegister);
+                assert_eq!(
+                    *target,
+                    ModbusTarget::Tcp {
+                        host: "127.0.0.1:502".into()
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Loops are configured, so they move the count unless told otherwise.
+        assert_eq!(c.space.source, SpaceSource::Loops);
+    }
+
+    #[test]
+    fn without_loops_the_cameras_move_the_count() {
+        let c = from_str(Path::new("site.toml"), BASE).expect("valid");
+        assert_eq!(c.space.source, SpaceSource::Plates);
+        let text = BASE.replace("total = 500", "total = 500\nsource = \"loops\"");
+        assert!(problems(&text).contains("space.source"));
+    }
+
+    #[test]
+    fn device_mistakes_name_the_table_the_key_and_the_line() {
+        let text = format!(
+            "{BASE}{}",
+            r#"
+[[camera]]
+name = "一个非常非常非常非常非常非常长的车道名称啊"
+direction = "sideways"
+driver = "mqtt"
+
+[[camera]]
+name = "出口1"
+direction = "out"
+driver = "serial"
+fields = ["plate", "speed"]
+topic = "x"
+
+[[loop]]
+name = "l"
+lane = "in"
+driver = "modbus"
+host = "no-port"
+address = 70000
+mode = "counter"
+"#
+        );
+        let msg = problems(&text);
+        // Line numbers point into the file: BASE has 8 lines, the first [[camera]] is line 10.
+        assert!(msg.contains("site.toml:11: camera.1.name"), "{msg}");
+        assert!(
+            msg.contains("site.toml:12: camera.1.direction: \"sideways\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("camera.1.driver: driver = \"mqtt\" needs an [mqtt] section"),
+            "{msg}"
+        );
+        assert!(msg.contains("camera.2.port: missing"), "{msg}");
+        assert!(msg.contains("camera.2.fields: \"speed\""), "{msg}");
+        assert!(msg.contains("camera.2.topic: does not apply here"), "{msg}");
+        assert!(msg.contains("loop.1.host: \"no-port\""), "{msg}");
+        assert!(
+            msg.contains("loop.1.address: 70000 is not allowed"),
+            "{msg}"
+        );
+        assert!(msg.contains("loop.1.register: mode = \"counter\""), "{msg}");
+    }
+
+    #[test]
+    fn loops_on_one_port_must_agree_and_cameras_cannot_share_it() {
+        let text = format!(
+            "{BASE}{}",
+            r#"
+[[camera]]
+name = "c"
+direction = "in"
+driver = "serial"
+port = "/dev/ttyUSB0"
+
+[[loop]]
+name = "a"
+lane = "in"
+driver = "modbus"
+port = "/dev/ttyUSB0"
+address = 1
+
+[[loop]]
+name = "b"
+lane = "in"
+driver = "modbus"
+port = "/dev/ttyUSB1"
+address = 1
+
+[[loop]]
+name = "b"
+lane = "out"
+driver = "modbus"
+port = "/dev/ttyUSB1"
+baud = 19200
+address = 2
+"#
+        );
+        let msg = problems(&text);
+        assert!(
+            msg.contains("loop.1.port: \"/dev/ttyUSB0\" is already camera 1's port"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("loop.3.name: \"b\" is already the name of loop 2"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("loop.3.port: \"/dev/ttyUSB1\" is shared with loop 2"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_mqtt_password_never_shows_in_debug_output() {
+        let text =
+            format!("{BASE}[mqtt]\nurl = \"mqtts://broker.lan\"\npassword = \"hunter2-猫\"\n");
+        let c = from_str(Path::new("site.toml"), &text).expect("valid");
+        let m = c.devices.mqtt.as_ref().expect("mqtt");
+        assert_eq!(m.port, 8883);
+        assert!(m.tls);
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

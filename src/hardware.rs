@@ -1,0 +1,284 @@
+//! Builds the configured drivers from the validated config: one [`MqttHub`] for every MQTT
+//! camera and camera-IO loop, one [`SerialCamera`] per serial camera, one [`ModbusBus`] per
+//! Modbus port or host (loops on one bus share its connection and poll cycle), and one
+//! [`SerialDetector`] per ASCII detector port. Every driver gets a [`DriverStatus`] the status
+//! page reads.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lotlink_drivers::codec::{LineEnding, LineField, LineFormat, TextEncoding};
+use lotlink_drivers::loops::{BusTarget, LoopMode, ModbusBus, ModbusPoint, Register};
+use lotlink_drivers::mqtt::{CameraFormat, MqttCamera, MqttHub, MqttLoop, MqttSettings};
+use lotlink_drivers::serial::{CameraFraming, DetectorLoop, SerialCamera, SerialDetector};
+use lotlink_drivers::snapshot::Snapshot;
+use lotlink_drivers::{Driver, DriverStatus};
+
+use crate::config::{
+    CameraSource, Config, LineTerminator, LoopSource, ModbusMode, ModbusTarget, MqttFormat,
+    RegisterKind, SerialEncoding, SerialFraming,
+};
+
+/// How long a Vzenith quick result waits for its full result.
+pub const QUICK_RESULT_WAIT: Duration = Duration::from_secs(3);
+
+/// Errors building the drivers.
+#[derive(Debug, thiserror::Error)]
+pub enum HardwareError {
+    /// A snapshot client could not be built.
+    #[error("camera {camera}: {message}")]
+    Snapshot { camera: String, message: String },
+}
+
+/// The drivers to run and the status handles to show.
+pub struct Hardware {
+    /// Drivers, ready to start.
+    pub drivers: Vec<Box<dyn Driver>>,
+    /// One status per camera, loop group and broker connection.
+    pub statuses: Vec<DriverStatus>,
+}
+
+impl std::fmt::Debug for Hardware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hardware")
+            .field(
+                "drivers",
+                &self
+                    .drivers
+                    .iter()
+                    .map(|d| d.name().to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn register(r: RegisterKind) -> Register {
+    match r {
+        RegisterKind::DiscreteInput => Register::DiscreteInput,
+        RegisterKind::Coil => Register::Coil,
+        RegisterKind::InputRegister => Register::InputRegister,
+        RegisterKind::HoldingRegister => Register::HoldingRegister,
+    }
+}
+
+/// Build every configured driver.
+#[allow(clippy::too_many_lines)]
+pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
+    let tz = cfg.platform.timezone;
+    let dev = &cfg.devices;
+    let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
+    let mut statuses = Vec::new();
+    let mut mqtt_cameras = Vec::new();
+    let mut mqtt_loops = Vec::new();
+
+    for cam in &dev.cameras {
+        let snapshot = cam
+            .snapshot_url
+            .as_deref()
+            .map(|u| Snapshot::new(u, cam.snapshot_timeout))
+            .transpose()
+            .map_err(|e| HardwareError::Snapshot {
+                camera: cam.name.clone(),
+                message: e.to_string(),
+            })?;
+        match &cam.source {
+            CameraSource::Mqtt(format) => {
+                let status = DriverStatus::new(&cam.name, "mqtt-camera");
+                statuses.push(status.clone());
+                mqtt_cameras.push(MqttCamera {
+                    name: cam.name.clone(),
+                    direction: cam.direction,
+                    format: match format {
+                        MqttFormat::Vzenith { sn } => CameraFormat::Vzenith { sn: sn.clone() },
+                        MqttFormat::Json { topic } => CameraFormat::Json {
+                            topic: topic.clone(),
+                        },
+                    },
+                    snapshot,
+                    status,
+                });
+            }
+            CameraSource::Serial {
+                port,
+                baud,
+                framing,
+                encoding,
+                fields,
+                separator,
+                terminator,
+                max_line,
+            } => {
+                let status = DriverStatus::new(&cam.name, "serial-camera");
+                statuses.push(status.clone());
+                let framing = match framing {
+                    SerialFraming::Vz => CameraFraming::Vz,
+                    SerialFraming::Line => CameraFraming::Line {
+                        encoding: match encoding {
+                            SerialEncoding::Gbk => TextEncoding::Gbk,
+                            SerialEncoding::Utf8 => TextEncoding::Utf8,
+                        },
+                        ending: match terminator {
+                            LineTerminator::Lf => LineEnding::Lf,
+                            LineTerminator::Cr => LineEnding::Cr,
+                        },
+                        max_line: *max_line,
+                        format: LineFormat {
+                            // Validated: every name parses.
+                            fields: fields
+                                .iter()
+                                .filter_map(|f| LineField::parse(f).ok())
+                                .collect(),
+                            separator: separator.clone(),
+                        },
+                    },
+                };
+                drivers.push(Box::new(SerialCamera {
+                    name: cam.name.clone(),
+                    direction: cam.direction,
+                    port: port.clone(),
+                    baud: *baud,
+                    framing,
+                    snapshot,
+                    tz,
+                    status,
+                }));
+            }
+        }
+    }
+
+    // Loops: group by bus / port.
+    let mut buses: BTreeMap<String, (ModbusTarget, Vec<ModbusPoint>, Duration, Duration)> =
+        BTreeMap::new();
+    let mut detectors: BTreeMap<String, (u32, bool, Vec<DetectorLoop>)> = BTreeMap::new();
+    for l in &dev.loops {
+        match &l.source {
+            LoopSource::Modbus {
+                target,
+                slave,
+                register: reg,
+                address,
+                active_low,
+                mode,
+                poll_interval,
+                timeout,
+            } => {
+                let key = match target {
+                    ModbusTarget::Rtu { port, .. } => port.clone(),
+                    ModbusTarget::Tcp { host } => host.clone(),
+                };
+                let entry = buses
+                    .entry(key)
+                    .or_insert_with(|| (target.clone(), Vec::new(), *poll_interval, *timeout));
+                entry.2 = entry.2.min(*poll_interval);
+                entry.3 = entry.3.max(*timeout);
+                entry.1.push(ModbusPoint {
+                    loop_name: l.name.clone(),
+                    lane: l.lane,
+                    slave: *slave,
+                    register: register(*reg),
+                    address: *address,
+                    active_low: *active_low,
+                    mode: match mode {
+                        ModbusMode::Edge => LoopMode::Edge {
+                            min_hold: l.min_hold,
+                        },
+                        ModbusMode::Counter { bits } => LoopMode::Counter { bits: *bits },
+                    },
+                });
+            }
+            LoopSource::Serial {
+                port,
+                baud,
+                verify_checksum,
+                channel,
+                detector,
+            } => {
+                let entry = detectors
+                    .entry(port.clone())
+                    .or_insert_with(|| (*baud, *verify_checksum, Vec::new()));
+                // Any loop asking to verify makes the port verify.
+                entry.1 |= *verify_checksum;
+                entry.2.push(DetectorLoop {
+                    name: l.name.clone(),
+                    lane: l.lane,
+                    channel: *channel,
+                    detector: *detector,
+                    min_hold: l.min_hold,
+                });
+            }
+            LoopSource::Mqtt {
+                sn,
+                input,
+                active_low,
+            } => {
+                let status = DriverStatus::new(&l.name, "mqtt-loop");
+                statuses.push(status.clone());
+                mqtt_loops.push(MqttLoop {
+                    name: l.name.clone(),
+                    lane: l.lane,
+                    sn: sn.clone(),
+                    input: *input,
+                    active_low: *active_low,
+                    min_hold: l.min_hold,
+                    status,
+                });
+            }
+        }
+    }
+    for (key, (target, points, poll_interval, timeout)) in buses {
+        let names: Vec<&str> = points.iter().map(|p| p.loop_name.as_str()).collect();
+        let name = format!("modbus {key} ({})", names.join(", "));
+        let status = DriverStatus::new(&name, "modbus");
+        statuses.push(status.clone());
+        drivers.push(Box::new(ModbusBus {
+            name,
+            target: match target {
+                ModbusTarget::Rtu { port, baud } => BusTarget::Rtu { port, baud },
+                ModbusTarget::Tcp { host } => BusTarget::Tcp { host },
+            },
+            points,
+            poll_interval,
+            timeout,
+            status,
+        }));
+    }
+    for (port, (baud, verify_checksum, loops)) in detectors {
+        let names: Vec<&str> = loops.iter().map(|l| l.name.as_str()).collect();
+        let name = format!("detector {port} ({})", names.join(", "));
+        let status = DriverStatus::new(&name, "serial-detector");
+        statuses.push(status.clone());
+        drivers.push(Box::new(SerialDetector {
+            name,
+            port,
+            baud,
+            verify_checksum,
+            loops,
+            status,
+        }));
+    }
+    if let Some(m) = &dev.mqtt {
+        if !mqtt_cameras.is_empty() || !mqtt_loops.is_empty() {
+            let status = DriverStatus::new("mqtt", "mqtt-broker");
+            statuses.push(status.clone());
+            drivers.push(Box::new(MqttHub {
+                settings: MqttSettings {
+                    host: m.host.clone(),
+                    port: m.port,
+                    tls: m.tls.then(|| m.ca_file.clone()),
+                    client_id: m.client_id.clone(),
+                    username: m.username.clone(),
+                    password: m.password.as_ref().map(|p| p.expose().to_string()),
+                    max_packet: m.max_packet,
+                    keep_alive: m.keep_alive,
+                },
+                cameras: mqtt_cameras,
+                loops: mqtt_loops,
+                tz,
+                coalesce: QUICK_RESULT_WAIT,
+                status,
+            }));
+        }
+    }
+    Ok(Hardware { drivers, statuses })
+}

@@ -1,0 +1,234 @@
+//! Real peers for the device tests: an MQTT broker on 127.0.0.1 (mosquitto when installed,
+//! else rumqttd in process; `LOTLINK_REQUIRE_REAL=1` makes a missing mosquitto a failure),
+//! and pseudo-terminal "serial cables" that can be unplugged and plugged back.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// `LOTLINK_REQUIRE_REAL=1`: tools the tests need must be present (CI sets it).
+pub fn require_real() -> bool {
+    std::env::var("LOTLINK_REQUIRE_REAL").is_ok_and(|v| v == "1")
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the peer to take).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
+        .map(|d: PathBuf| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Which broker is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Mosquitto,
+    Rumqttd,
+}
+
+/// An MQTT broker on 127.0.0.1.
+pub struct Broker {
+    pub port: u16,
+    pub kind: BrokerKind,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Start mosquitto if installed, else rumqttd in process (unless real tools are required).
+    pub async fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut b = if let Some(bin) = find_tool("mosquitto") {
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 20\nmax_queued_messages 100000\n"
+                ),
+            )
+            .expect("write mosquitto.conf");
+            let child = Command::new(bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mosquitto starts");
+            Broker {
+                port,
+                kind: BrokerKind::Mosquitto,
+                child: Some(child),
+                dir,
+            }
+        } else {
+            assert!(
+                !require_real(),
+                "LOTLINK_REQUIRE_REAL=1 but mosquitto is not installed (apt-get install mosquitto)"
+            );
+            eprintln!("mosquitto not installed: using rumqttd in process");
+            start_rumqttd(port);
+            Broker {
+                port,
+                kind: BrokerKind::Rumqttd,
+                child: None,
+                dir,
+            }
+        };
+        b.wait_listening().await;
+        b
+    }
+
+    async fn wait_listening(&mut self) {
+        let port = self.port;
+        let ok = super::eventually_async(Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(ok, "broker did not start listening on {port}");
+    }
+
+    /// `mqtt://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's scratch directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_rumqttd(port: u16) {
+    use std::collections::HashMap;
+    let server = rumqttd::ServerSettings {
+        name: "v4".into(),
+        listen: ([127, 0, 0, 1], port).into(),
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 5000,
+            max_payload_size: 4 << 20,
+            max_inflight_count: 100,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 100,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 16 << 20,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: rumqttd::Strategy::default(),
+        },
+        v4: Some(HashMap::from([("v4".to_string(), server)])),
+        ..rumqttd::Config::default()
+    };
+    std::thread::spawn(move || {
+        let mut broker = rumqttd::Broker::new(config);
+        let _ = broker.start();
+    });
+}
+
+/// A test-side MQTT publisher (QoS 1, large packets allowed).
+pub struct Publisher {
+    pub client: rumqttc::AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    pub async fn connect(port: u16, id: &str) -> Publisher {
+        let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        o.set_max_packet_size(8 << 20, 8 << 20)
+            .set_keep_alive(Duration::from_secs(30));
+        let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
+        let task = tokio::spawn(async move {
+            loop {
+                if el.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        Publisher { client, task }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("publish queued");
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A serial cable made of a pseudo-terminal pair: the gateway opens `path` (a symlink to the
+/// pty's device), the test writes to the other end. Unplug drops our end (the device
+/// vanishes); plug makes a new pair and points the symlink at it.
+pub struct PtyCable {
+    pub path: PathBuf,
+    pub end: Option<tokio_serial::SerialStream>,
+}
+
+impl PtyCable {
+    pub fn new(dir: &Path, name: &str) -> PtyCable {
+        let mut c = PtyCable {
+            path: dir.join(name),
+            end: None,
+        };
+        c.plug();
+        c
+    }
+
+    /// Connect a fresh pty pair behind `path`.
+    pub fn plug(&mut self) {
+        use tokio_serial::SerialPort;
+        let (ours, theirs) = tokio_serial::SerialStream::pair().expect("pty pair");
+        let dev = theirs.name().expect("pty device name");
+        // The driver opens the device by path; our handle on it must go.
+        drop(theirs);
+        let _ = std::fs::remove_file(&self.path);
+        std::os::unix::fs::symlink(&dev, &self.path).expect("symlink to the pty");
+        self.end = Some(ours);
+    }
+
+    /// Pull the cable: the device disappears.
+    pub fn unplug(&mut self) {
+        self.end = None;
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Write bytes to the device side.
+    pub async fn write(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let end = self.end.as_mut().expect("cable plugged");
+        end.write_all(bytes).await.expect("write to pty");
+        end.flush().await.expect("flush pty");
+    }
+}

@@ -1,0 +1,394 @@
+//! Loop detectors through the whole gateway: a simulated Modbus DI module (a tokio-modbus RTU
+//! server on a real pseudo-terminal), a counter module over Modbus TCP, and pymodbus as an
+//! independent Modbus peer. Passes move the occupied count, the platform gets the free count,
+//! and a restart neither forgets nor double-counts.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::future::{ready, Ready};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::devices::{free_port, require_real};
+use common::{eventually, eventually_async, start_devices_in, DeviceHarness};
+use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A simulated I/O module: 4 active-low discrete inputs at 0x20..0x23 and holding registers.
+#[derive(Default)]
+struct ModuleState {
+    /// Raw input levels (true = 1 on the wire).
+    inputs: [bool; 4],
+    holding: BTreeMap<u16, u16>,
+    /// Requests answered so far.
+    served: u64,
+}
+
+#[derive(Clone)]
+struct Module {
+    slave: u8,
+    state: Arc<Mutex<ModuleState>>,
+}
+
+impl Module {
+    fn new(slave: u8) -> Module {
+        let m = Module {
+            slave,
+            state: Arc::new(Mutex::new(ModuleState::default())),
+        };
+        // Active-low: idle inputs read 1.
+        m.state.lock().unwrap().inputs = [true; 4];
+        m
+    }
+
+    fn served(&self) -> u64 {
+        self.state.lock().unwrap().served
+    }
+
+    fn set_input(&self, i: usize, closed: bool) {
+        self.state.lock().unwrap().inputs[i] = !closed;
+    }
+
+    fn set_holding(&self, addr: u16, v: u16) {
+        self.state.lock().unwrap().holding.insert(addr, v);
+    }
+
+    /// Wait until the gateway has read the module `n` more times.
+    async fn seen(&self, n: u64) {
+        let start = self.served();
+        assert!(
+            eventually(WAIT, || self.served() >= start + n).await,
+            "the gateway keeps polling"
+        );
+    }
+}
+
+impl tokio_modbus::server::Service for Module {
+    type Request = SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = Ready<Result<Option<Response>, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        if req.slave != self.slave {
+            // Another module on the bus would answer; this one stays silent.
+            return ready(Ok(None));
+        }
+        let mut s = self.state.lock().unwrap();
+        s.served += 1;
+        ready(match req.request {
+            Request::ReadDiscreteInputs(addr, n) => {
+                let bits: Option<Vec<bool>> = (addr..addr.saturating_add(n))
+                    .map(|a| {
+                        a.checked_sub(0x20)
+                            .and_then(|i| s.inputs.get(usize::from(i)).copied())
+                    })
+                    .collect();
+                bits.map(|b| Some(Response::ReadDiscreteInputs(b)))
+                    .ok_or(ExceptionCode::IllegalDataAddress)
+            }
+            Request::ReadHoldingRegisters(addr, n) => Ok(Some(Response::ReadHoldingRegisters(
+                (addr..addr.saturating_add(n))
+                    .map(|a| s.holding.get(&a).copied().unwrap_or(0))
+                    .collect(),
+            ))),
+            _ => Err(ExceptionCode::IllegalFunction),
+        })
+    }
+}
+
+/// Start the gateway, retrying while sled still holds the previous run's lock.
+async fn start_in(
+    sim: lotlink::sim::PlatformSim,
+    dir: tempfile::TempDir,
+    devices: &str,
+) -> DeviceHarness {
+    start_devices_in(sim, dir, "source = \"loops\"", devices).await
+}
+
+async fn free_count(h: &DeviceHarness, free: u64) -> bool {
+    eventually(WAIT, || {
+        h.sim.space_reports().last().is_some_and(|r| r.1 == free)
+    })
+    .await
+}
+
+async fn pulse(m: &Module, input: usize) {
+    m.set_input(input, true);
+    m.seen(2).await;
+    m.set_input(input, false);
+    m.seen(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_and_exit_loops_on_one_rtu_module_move_the_free_count_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("ttyDI");
+    let (ours, theirs) = tokio_serial::SerialStream::pair().expect("pty pair");
+    let dev = tokio_serial::SerialPort::name(&theirs).expect("pty name");
+    // Keep the device side open (never read): with no slave open, reads on the master
+    // side fail with EIO and the simulated module would stop.
+    let _device_side = theirs;
+    std::os::unix::fs::symlink(&dev, &link).expect("symlink");
+    let module = Module::new(1);
+    let server =
+        tokio::spawn(tokio_modbus::server::rtu::Server::new(ours).serve_forever(module.clone()));
+
+    let devices = format!(
+        r#"
+[[loop]]
+name = "入口地感"
+lane = "in"
+driver = "modbus"
+port = "{p}"
+slave = 1
+address = 0x20
+active_low = true
+poll_interval = "10ms"
+min_hold = "0s"
+
+[[loop]]
+name = "出口地感"
+lane = "out"
+driver = "modbus"
+port = "{p}"
+slave = 1
+address = 0x21
+active_low = true
+poll_interval = "10ms"
+min_hold = "0s"
+"#,
+        p = link.display()
+    );
+    let sim = common::sim().await;
+    let h = start_in(sim, dir, &devices).await;
+    assert!(free_count(&h, 100).await, "initial report: all 100 free");
+    assert!(
+        eventually(WAIT, || module.served() > 0).await,
+        "the bus polls the module: {:?}",
+        h.statuses
+            .iter()
+            .map(lotlink::drivers::DriverStatus::snapshot)
+            .collect::<Vec<_>>()
+    );
+    module.seen(2).await;
+    for _ in 0..10 {
+        pulse(&module, 0).await;
+    }
+    for _ in 0..4 {
+        pulse(&module, 1).await;
+    }
+    assert!(
+        free_count(&h, 94).await,
+        "10 in, 4 out: {:?}",
+        h.sim.space_reports().last()
+    );
+    assert_eq!(h.gw.space.figures(), (100, 6, 94));
+
+    // Restart on the same store: the count is remembered, nothing is counted again.
+    let DeviceHarness { sim, dir, gw, .. } = h;
+    gw.stop().await;
+    let h = restart(sim, dir, &devices).await;
+    module.seen(4).await;
+    assert_eq!(h.gw.space.figures(), (100, 6, 94));
+    pulse(&module, 0).await;
+    assert!(eventually(WAIT, || h.gw.space.figures() == (100, 7, 93)).await);
+    h.gw.stop().await;
+    server.abort();
+}
+
+/// Start again on the same directory; sled frees its lock from a background thread, so
+/// the first attempts right after a stop may find it still held.
+async fn restart(
+    sim: lotlink::sim::PlatformSim,
+    dir: tempfile::TempDir,
+    devices: &str,
+) -> DeviceHarness {
+    let text = common::device_config_text(
+        &sim.url(),
+        &dir.path().join("outbox"),
+        "source = \"loops\"",
+        devices,
+    );
+    let cfg = lotlink::config::from_str(std::path::Path::new("test.toml"), &text).expect("config");
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut retry = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        let hw = lotlink::hardware::build(&cfg).expect("drivers");
+        match lotlink::app::Gateway::start(&cfg, hw.drivers, common::fast_options()).await {
+            Ok(gw) => {
+                return DeviceHarness {
+                    sim,
+                    dir,
+                    gw,
+                    statuses: hw.statuses,
+                }
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("restart: {e}; retrying");
+                retry.tick().await;
+            }
+            Err(e) => panic!("restart failed: {e}"),
+        }
+    }
+}
+
+fn counter_loop(host: &str) -> String {
+    format!(
+        r#"
+[[loop]]
+name = "计数入口"
+lane = "in"
+driver = "modbus"
+host = "{host}"
+slave = 1
+register = "holding_register"
+address = 0x10
+mode = "counter"
+counter_bits = 16
+poll_interval = "10ms"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_counter_wrapping_from_65535_to_3_counts_four_and_a_restart_counts_nothing_twice() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let module = Module::new(1);
+    module.set_holding(0x10, 65_530);
+    let m = module.clone();
+    let server = tokio::spawn(async move {
+        let s = tokio_modbus::server::tcp::Server::new(listener);
+        let on_connected = move |stream, addr| {
+            let m = m.clone();
+            async move {
+                tokio_modbus::server::tcp::accept_tcp_connection(stream, addr, |_| {
+                    Ok(Some(m.clone()))
+                })
+            }
+        };
+        let _ = s.serve(&on_connected, |_| {}).await;
+    });
+
+    let devices = counter_loop(&addr.to_string());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = start_in(common::sim().await, dir, &devices).await;
+    assert!(eventually(WAIT, || h.gw.space.last_counter("计数入口") == Some(65_530)).await);
+    assert_eq!(h.gw.space.figures().1, 0, "the first reading is a baseline");
+    module.set_holding(0x10, 65_535);
+    assert!(eventually(WAIT, || h.gw.space.figures().1 == 5).await);
+    module.set_holding(0x10, 3);
+    assert!(
+        eventually(WAIT, || h.gw.space.figures().1 == 9).await,
+        "65535 → 3 is 4 passes: {:?}",
+        h.gw.space.figures()
+    );
+    assert!(free_count(&h, 91).await);
+
+    let DeviceHarness { sim, dir, gw, .. } = h;
+    gw.stop().await;
+    let h = restart(sim, dir, &devices).await;
+    module.seen(5).await;
+    assert_eq!(
+        h.gw.space.figures().1,
+        9,
+        "the remembered reading is not counted again"
+    );
+    module.set_holding(0x10, 5);
+    assert!(eventually(WAIT, || h.gw.space.figures().1 == 11).await);
+    h.gw.stop().await;
+    server.abort();
+}
+
+const PYMODBUS_SERVER: &str = r#"
+import sys
+from pymodbus.datastore import ModbusSequentialDataBlock, ModbusSlaveContext, ModbusServerContext
+from pymodbus.server import StartTcpServer
+port = int(sys.argv[1])
+block = ModbusSequentialDataBlock(0, [0] * 256)
+store = ModbusSlaveContext(hr=block, zero_mode=True)
+context = ModbusServerContext(slaves=store, single=True)
+StartTcpServer(context=context, address=("127.0.0.1", port))
+"#;
+
+fn python_with_pymodbus() -> Option<&'static str> {
+    ["/usr/bin/python3", "python3"].into_iter().find(|py| {
+        std::process::Command::new(py)
+            .args(["-c", "import pymodbus"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymodbus_as_an_independent_peer_agrees_on_counter_wrap_around() {
+    let Some(py) = python_with_pymodbus() else {
+        assert!(
+            !require_real(),
+            "LOTLINK_REQUIRE_REAL=1 but pymodbus is missing (apt-get install python3-pymodbus)"
+        );
+        eprintln!("skipped: pymodbus not installed (apt-get install python3-pymodbus)");
+        return;
+    };
+    let port = free_port();
+    let _server = Kill(
+        std::process::Command::new(py)
+            .args(["-c", PYMODBUS_SERVER, &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pymodbus server starts"),
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // Our own writer: the test plays the vehicles by writing the counter register.
+    let writer = eventually_async(WAIT, || async move {
+        tokio_modbus::client::tcp::connect(addr).await.is_ok()
+    })
+    .await;
+    assert!(writer, "pymodbus listening");
+    let mut ctx = tokio_modbus::client::tcp::connect(addr)
+        .await
+        .expect("connect");
+    use tokio_modbus::client::Writer;
+    ctx.write_single_register(0x10, 65_534)
+        .await
+        .expect("io")
+        .expect("write");
+
+    let h = start_in(
+        common::sim().await,
+        tempfile::tempdir().expect("tempdir"),
+        &counter_loop(&addr.to_string()),
+    )
+    .await;
+    assert!(eventually(WAIT, || h.gw.space.last_counter("计数入口") == Some(65_534)).await);
+    // Baseline taken at 65534; then the counter wraps to 1: 3 passes.
+    ctx.write_single_register(0x10, 65_535)
+        .await
+        .expect("io")
+        .expect("write");
+    assert!(eventually(WAIT, || h.gw.space.figures().1 == 1).await);
+    ctx.write_single_register(0x10, 1)
+        .await
+        .expect("io")
+        .expect("write");
+    assert!(
+        eventually(WAIT, || h.gw.space.figures().1 == 3).await,
+        "{:?}",
+        h.gw.space.figures()
+    );
+    h.gw.stop().await;
+}
