@@ -37,10 +37,25 @@ fields = ["direction", "plate", "color", "time"]
 async fn gbk_lines_on_a_pty_become_records_and_survive_unplugging_the_cable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cable = PtyCable::new(dir.path(), "ttyCAM");
-    let h = start_devices("", &line_camera(&cable.path)).await;
+    // A second camera whose adapter is missing: it must not hold up the first.
+    let missing = format!(
+        "{}\n[[camera]]\nname = \"出口2\"\ndirection = \"out\"\ndriver = \"serial\"\nport = \"{}\"\n",
+        line_camera(&cable.path),
+        dir.path().join("ttyGONE").display()
+    );
+    let h = start_devices("", &missing).await;
     assert!(
         eventually(WAIT, || h.status("出口1").connected).await,
         "driver opened the port"
+    );
+    assert!(
+        eventually(WAIT, || h
+            .status("出口2")
+            .last_problem
+            .is_some_and(|p| p.contains("cannot open")))
+        .await,
+        "the missing port is reported: {:?}",
+        h.status("出口2")
     );
 
     // Garbage first: the driver skips it and counts it.
@@ -181,6 +196,103 @@ async fn an_ascii_detector_moves_the_free_spaces() {
         .await,
         "the platform got the new free count"
     );
+    h.gw.stop().await;
+    h.sim.shutdown().await;
+}
+
+/// Resident memory of this process, bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+/// A one-route HTTP server on 127.0.0.1 that answers every request with `body` as a JPEG.
+async fn snapshot_server(body: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    format!("http://{addr}/snapshot.jpg")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_megabyte_of_random_serial_bytes_changes_nothing_and_later_lines_get_the_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cable = PtyCable::new(dir.path(), "ttyNOISE");
+    let jpeg = common::small_jpeg(42);
+    let url = snapshot_server(jpeg.clone()).await;
+    let devices = format!(
+        "{}snapshot_url = \"{url}\"\nmax_line = 256\n",
+        line_camera(&cable.path)
+    );
+    let h = start_devices("", &devices).await;
+    assert!(eventually(WAIT, || h.status("出口1").connected).await);
+
+    let before = rss();
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut noise = Vec::with_capacity(1 << 20);
+    while noise.len() < 1 << 20 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        noise.extend_from_slice(&seed.to_le_bytes());
+    }
+    for chunk in noise.chunks(4096) {
+        cable.write(chunk).await;
+    }
+    // End whatever line the noise left open, then a valid line.
+    cable.write(b"\r\n").await;
+    cable
+        .write(&gbk("OUT,晋D12345,蓝,2026-11-28 09:00:00\r\n"))
+        .await;
+    assert!(
+        eventually(Duration::from_secs(60), || delivered_plates(&h.sim)
+            .contains(&"晋D12345".to_string()))
+        .await,
+        "a valid line after 1 MiB of noise is delivered: {:?}",
+        h.status("出口1")
+    );
+    let st = h.status("出口1");
+    assert!(st.bad_inputs > 100, "noise counted: {st:?}");
+    assert!(st.connected, "the driver kept its port");
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 64 << 20, "memory stays flat: grew {grown} bytes");
+    // Every noise line that happened to parse became a record too; the valid one carries
+    // the camera's snapshot.
+    let rec = h
+        .sim
+        .records()
+        .into_iter()
+        .find(|r| r["carNo"] == "晋D12345")
+        .expect("record");
+    let img = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        rec["imgData"].as_str().expect("image"),
+    )
+    .expect("base64");
+    assert_eq!(img, jpeg, "the snapshot is the record's image");
+    assert!(rec["remark"].as_str().unwrap_or("").contains("snapshot"));
     h.gw.stop().await;
     h.sim.shutdown().await;
 }
