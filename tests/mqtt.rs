@@ -82,8 +82,8 @@ async fn vzenith_results_in_both_topic_layouts_arrive_with_their_big_images() {
     let broker = Broker::start().await;
     let h = start_devices("", &format!("{}{VZ_CAMERA}", mqtt_section(&broker.url()))).await;
     let p = Publisher::connect(broker.port, "camera-sim-1").await;
-    let big = jpeg_of_size(300_000);
-    assert!(big.len() >= 300_000, "test image is big: {}", big.len());
+    let big = jpeg_of_size(380_000);
+    assert!(big.len() >= 380_000, "test image is ~400 KB: {}", big.len());
 
     let first = vz_message(
         "ivs_result",
@@ -273,6 +273,7 @@ async fn camera_io_inputs_count_passes_and_garbage_storms_change_nothing() {
         .await
     );
 
+    let before = rss();
     // 10,000 garbage payloads: random bytes, truncated JSON, wrong shapes.
     let mut seed = 0x1234_5678_u64;
     let mut next = || {
@@ -322,6 +323,8 @@ async fn camera_io_inputs_count_passes_and_garbage_storms_change_nothing() {
         h.status("mqtt").connected,
         "the storm did not kill the connection"
     );
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 64 << 20, "memory stays flat: grew {grown} bytes");
     h.gw.stop().await;
     h.sim.shutdown().await;
 }
@@ -475,4 +478,15 @@ async fn a_gateway_killed_after_storing_but_before_acking_reports_the_event_exac
         "the broker re-delivered the un-acked event and the gateway recognised it; log:\n{out}"
     );
     sim.shutdown().await;
+}
+
+/// Resident memory of this process, bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
 }
