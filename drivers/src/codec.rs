@@ -653,7 +653,7 @@ mod tests {
             0x5A, // 'Z'
             0x00, // type 0: JSON text
             0x07, // sn 7
-            0x00, 0x00, 0x00, 0x11, // length 17
+            0x00, 0x00, 0x00, 0x12, // length 18
             b'{', b'"', b'p', b'"', b':', b'"', // {"p":"
         ];
         v.extend_from_slice(&JIN_GBK); // 晋 (GBK, 2 bytes)

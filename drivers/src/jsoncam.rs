@@ -345,12 +345,12 @@ mod tests {
             (
                 e.direction,
                 e.time,
-                e.image,
-                e.image_error,
-                e.color,
+                e.image.clone(),
+                e.image_error.clone(),
+                e.color.clone(),
                 e.style,
-                e.brand,
-                e.id
+                e.brand.clone(),
+                e.id.clone()
             ),
             (None, None, None, None, None, CarStyle::Car, None, None)
         );

@@ -1117,9 +1117,12 @@ mod tests {
         );
     }
 
+    /// A payload and a check of the error it must give.
+    type ErrorCase = (&'static str, fn(&VzError) -> bool);
+
     #[test]
     fn gpio_in_without_a_trigger_result_or_with_bad_numbers_is_an_error() {
-        let cases: [(&str, fn(&VzError) -> bool); 4] = [
+        let cases: [ErrorCase; 4] = [
             (r#"{"payload":{"body":{}}}"#, |e| {
                 matches!(e, VzError::MissingTriggerResult)
             }),
