@@ -26,6 +26,8 @@ pub enum AppError {
     Client(#[from] ClientError),
     #[error("platform.token: {0}")]
     Token(String),
+    #[error(transparent)]
+    Status(#[from] crate::status::StatusError),
 }
 
 /// Knobs that are not in the config file (tests and the demo set them).
@@ -39,6 +41,8 @@ pub struct RunOptions {
     pub backoff_cap_fault: Duration,
     /// sled cache, bytes.
     pub cache_capacity: u64,
+    /// The drivers' status handles, shown by the status endpoint.
+    pub driver_status: Vec<lotlink_drivers::DriverStatus>,
 }
 
 impl Default for RunOptions {
@@ -48,6 +52,7 @@ impl Default for RunOptions {
             backoff_cap: BACKOFF_CAP,
             backoff_cap_fault: BACKOFF_CAP_FAULT,
             cache_capacity: 4 << 20,
+            driver_status: Vec::new(),
         }
     }
 }
@@ -64,6 +69,10 @@ pub struct Gateway {
     pub client: Arc<Client>,
     /// What happened when the outbox was opened.
     pub open_report: OpenReport,
+    /// Where the status endpoint listens.
+    pub status_addr: std::net::SocketAddr,
+    status_stop: CancellationToken,
+    status_task: tokio::task::JoinHandle<()>,
     drivers_stop: CancellationToken,
     ingest_stop: CancellationToken,
     upload_stop: CancellationToken,
@@ -135,6 +144,25 @@ impl Gateway {
         };
         let ingest = tokio::spawn(ingest.run(rx, ingest_stop.clone()));
 
+        let listener = crate::status::bind(cfg.status.listen).await?;
+        let status_addr = listener.local_addr().unwrap_or(cfg.status.listen);
+        let status_stop = CancellationToken::new();
+        let ctx = crate::status::StatusContext {
+            outbox: outbox.clone(),
+            space: space.clone(),
+            health: health.clone(),
+            client: client.clone(),
+            drivers: opts.driver_status.clone(),
+            heartbeat_interval: cfg.platform.heartbeat_interval,
+            started_ms: crate::protocol::Clock::local_ms(),
+        };
+        let status_task = tokio::spawn(crate::status::serve(
+            listener,
+            Arc::new(ctx),
+            status_stop.clone(),
+        ));
+        tracing::info!(listen = %status_addr, "status endpoint listening");
+
         let drivers_stop = CancellationToken::new();
         let mut set = tokio::task::JoinSet::new();
         for d in drivers {
@@ -154,6 +182,9 @@ impl Gateway {
             health,
             client,
             open_report,
+            status_addr,
+            status_stop,
+            status_task,
             drivers_stop,
             ingest_stop,
             upload_stop,
@@ -176,6 +207,8 @@ impl Gateway {
         let _ = self.ingest.await;
         self.upload_stop.cancel();
         let _ = self.uploader.await;
+        self.status_stop.cancel();
+        let _ = self.status_task.await;
         if let Err(e) = self.outbox.flush().await {
             tracing::error!(error = %e, "final outbox flush failed");
         }

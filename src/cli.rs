@@ -1,5 +1,7 @@
-//! The command line: `run`, `check-config`, `send`, `demo`. `main.rs` parses and calls
-//! [`execute`]; everything here returns an exit code instead of exiting.
+//! The command line: `run`, `check-config`, `send`, `demo`, and the operator commands
+//! (`status`, `dead …`, `space set`) that talk to the running daemon through its status
+//! address. `main.rs` parses and calls [`execute`]; everything here returns an exit code
+//! instead of exiting.
 
 use std::path::PathBuf;
 
@@ -48,6 +50,21 @@ pub enum Command {
         #[arg(long)]
         surplus: Option<u64>,
     },
+    /// Show the running daemon's status (platform, outbox, spaces, drivers).
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        /// Configuration file (for the status address).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Dead letters of the running daemon.
+    #[command(subcommand)]
+    Dead(DeadCommand),
+    /// The running daemon's space count.
+    #[command(subcommand)]
+    Space(SpaceCommand),
     /// Run the real pipeline against an in-process platform simulator and simulated lanes.
     Demo {
         /// Stop after this long (e.g. "40s"); default: run until Ctrl-C.
@@ -62,6 +79,50 @@ pub enum Command {
         /// How long each platform outage lasts.
         #[arg(long, default_value = "10s")]
         outage: String,
+    },
+}
+
+/// `lotlink dead …`.
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List the dead letters (records the platform refused for good).
+    List {
+        /// Configuration file (for the status address).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Put a dead letter (or `all`) back into the outbox for upload.
+    Retry {
+        /// A dead letter id, or `all`.
+        which: String,
+        /// Configuration file (for the status address).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Delete a dead letter for good.
+    Drop {
+        /// The dead letter id.
+        id: u64,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Configuration file (for the status address).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+/// `lotlink space …`.
+#[derive(Debug, Subcommand)]
+pub enum SpaceCommand {
+    /// Re-base the occupied count (after counting the lot by hand).
+    Set {
+        /// Vehicles in the lot now.
+        #[arg(long)]
+        occupied: u64,
+        /// Configuration file (for the status address).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
 }
 
@@ -116,7 +177,11 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
             let cfg = config::load(&config)?;
             let hw = hardware::build(&cfg)?;
             tracing::info!(drivers = ?hw, "drivers configured");
-            app::run(&cfg, hw.drivers, RunOptions::default(), shutdown_signal()).await?;
+            let opts = RunOptions {
+                driver_status: hw.statuses,
+                ..RunOptions::default()
+            };
+            app::run(&cfg, hw.drivers, opts, shutdown_signal()).await?;
             Ok(0)
         }
         Command::Send {
@@ -124,6 +189,11 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
             config,
             surplus,
         } => send(what, &config, surplus).await,
+        Command::Status { json, config } => operator::status(&config, json).await,
+        Command::Dead(cmd) => operator::dead(cmd).await,
+        Command::Space(SpaceCommand::Set { occupied, config }) => {
+            operator::space_set(&config, occupied).await
+        }
         Command::Demo {
             duration,
             interval,
@@ -234,4 +304,219 @@ async fn send(
         Ok(rep) if rep.verdict == crate::protocol::Verdict::Success => 0,
         _ => 1,
     })
+}
+
+/// The operator commands: HTTP to the daemon's status address.
+mod operator {
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use serde_json::{json, Value};
+
+    use super::{CliError, DeadCommand};
+    use crate::config;
+
+    /// Exit code when the daemon is not running.
+    pub const NOT_RUNNING: i32 = 2;
+
+    fn address(path: &Path) -> Result<SocketAddr, CliError> {
+        let cfg = config::load(path)?;
+        let mut addr = cfg.status.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Ok(addr)
+    }
+
+    /// GET or POST; `Err(code)` when the daemon cannot be reached or refused.
+    async fn call(addr: SocketAddr, path: &str, body: Option<Value>) -> Result<Value, i32> {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| {
+                eprintln!("http client: {e}");
+                1
+            })?;
+        let url = format!("http://{addr}{path}");
+        let req = match body {
+            Some(b) => client.post(&url).json(&b),
+            None => client.get(&url),
+        };
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => {
+                eprintln!("lotlink is not running (nothing answers at {addr}, the [status] listen address)");
+                return Err(NOT_RUNNING);
+            }
+            Err(e) => {
+                eprintln!("{addr}: {}", e.without_url());
+                return Err(1);
+            }
+        };
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            Ok(v)
+        } else {
+            eprintln!(
+                "{status}: {}",
+                v["error"].as_str().unwrap_or("request refused")
+            );
+            Err(1)
+        }
+    }
+
+    fn show(v: &Value, key: &str) -> String {
+        match &v[key] {
+            Value::Null => "-".into(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    pub async fn status(path: &Path, raw: bool) -> Result<i32, CliError> {
+        let addr = address(path)?;
+        let v = match call(addr, "/status", None).await {
+            Ok(v) => v,
+            Err(code) => return Ok(code),
+        };
+        if raw {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            return Ok(0);
+        }
+        let p = &v["platform"];
+        let o = &v["outbox"];
+        let s = &v["spaces"];
+        println!(
+            "lotlink {}  up {} s",
+            show(&v, "version"),
+            show(&v, "uptime_s")
+        );
+        println!(
+            "platform   last success {}  last error {}  fault {}  clock offset {} ms  ts {}  delivered {}",
+            show(p, "last_success_ms"),
+            if p["last_error"].is_null() { "-".to_string() } else { format!("{} {}", show(&p["last_error"], "code"), show(&p["last_error"], "message")) },
+            show(p, "fault"),
+            show(p, "clock_offset_ms"),
+            show(p, "ts_unit"),
+            show(p, "delivered"),
+        );
+        println!(
+            "outbox     pending {}  oldest {} s  bytes {}  on disk {}  dead letters {}",
+            show(o, "pending"),
+            show(o, "oldest_age_s"),
+            show(o, "bytes"),
+            show(o, "size_on_disk"),
+            show(o, "dead_letters")
+        );
+        println!(
+            "spaces     total {}  occupied {}  free {}",
+            show(s, "total"),
+            show(s, "occupied"),
+            show(s, "free")
+        );
+        println!(
+            "{:<40} {:<16} {:<10} {:>8} {:>8}  last problem",
+            "driver", "kind", "connected", "events", "bad"
+        );
+        for d in v["drivers"].as_array().map_or(&[][..], Vec::as_slice) {
+            println!(
+                "{:<40} {:<16} {:<10} {:>8} {:>8}  {}",
+                show(d, "name"),
+                show(d, "kind"),
+                show(d, "connected"),
+                show(d, "events"),
+                show(d, "bad_inputs"),
+                show(d, "last_problem")
+            );
+        }
+        Ok(0)
+    }
+
+    pub async fn dead(cmd: DeadCommand) -> Result<i32, CliError> {
+        match cmd {
+            DeadCommand::List { config } => {
+                let addr = address(&config)?;
+                match call(addr, "/api/dead", None).await {
+                    Ok(v) => {
+                        let list = v.as_array().map_or(&[][..], Vec::as_slice);
+                        if list.is_empty() {
+                            println!("no dead letters");
+                        }
+                        for d in list {
+                            println!(
+                                "{:>8}  {:<10} {:<4} {}  {}  reason: {}",
+                                show(d, "id"),
+                                show(d, "carNo"),
+                                show(d, "inOutType"),
+                                show(d, "inOutTime"),
+                                show(d, "nodeName"),
+                                show(d, "reason")
+                            );
+                        }
+                        Ok(0)
+                    }
+                    Err(code) => Ok(code),
+                }
+            }
+            DeadCommand::Retry { which, config } => {
+                let body = if which == "all" {
+                    json!({ "all": true })
+                } else {
+                    match which.parse::<u64>() {
+                        Ok(id) => json!({ "id": id }),
+                        Err(_) => {
+                            return Err(CliError::Other(format!(
+                                "{which:?}: give a dead letter id or `all`"
+                            )))
+                        }
+                    }
+                };
+                let addr = address(&config)?;
+                match call(addr, "/api/dead/retry", Some(body)).await {
+                    Ok(v) => {
+                        let n = v["retried"].as_array().map_or(0, Vec::len);
+                        println!("{n} dead letter(s) put back for upload");
+                        Ok(0)
+                    }
+                    Err(code) => Ok(code),
+                }
+            }
+            DeadCommand::Drop { id, yes, config } => {
+                let addr = address(&config)?;
+                if !yes {
+                    eprint!("drop dead letter {id} for good? [y/N] ");
+                    let mut answer = String::new();
+                    let _ = std::io::stdin().read_line(&mut answer);
+                    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                        eprintln!("not dropped");
+                        return Ok(1);
+                    }
+                }
+                match call(addr, "/api/dead/drop", Some(json!({ "id": id }))).await {
+                    Ok(_) => {
+                        println!("dead letter {id} dropped");
+                        Ok(0)
+                    }
+                    Err(code) => Ok(code),
+                }
+            }
+        }
+    }
+
+    pub async fn space_set(path: &Path, occupied: u64) -> Result<i32, CliError> {
+        let addr = address(path)?;
+        match call(addr, "/api/space", Some(json!({ "occupied": occupied }))).await {
+            Ok(v) => {
+                println!(
+                    "occupied {} of {}: {} free (reported to the platform)",
+                    show(&v, "occupied"),
+                    show(&v, "total"),
+                    show(&v, "free")
+                );
+                Ok(0)
+            }
+            Err(code) => Ok(code),
+        }
+    }
 }

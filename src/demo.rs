@@ -147,6 +147,9 @@ request_timeout = "3s"
 path = "{}"
 max_disk = "256MiB"
 
+[status]
+listen = "127.0.0.1:0"
+
 [space]
 total = 120
 "#,

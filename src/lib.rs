@@ -34,6 +34,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod sim;
 pub mod space;
+pub mod status;
 pub mod uploader;
 
 pub use lotlink_drivers as drivers;

@@ -87,7 +87,7 @@ pub fn plate(key: &str, plate: &str, image: Option<Vec<u8>>) -> Event {
 /// Config text for a gateway pointed at `url`.
 pub fn config_text(url: &str, outbox: &Path, platform_extra: &str) -> String {
     format!(
-        "[platform]\nurl = \"{url}\"\nlot_code = \"{LOT}\"\ntoken = \"{TOKEN}\"\nrequest_timeout = \"2s\"\n{platform_extra}\n\n[outbox]\npath = \"{}\"\n\n[space]\ntotal = 100\n",
+        "[platform]\nurl = \"{url}\"\nlot_code = \"{LOT}\"\ntoken = \"{TOKEN}\"\nrequest_timeout = \"2s\"\n{platform_extra}\n\n[outbox]\npath = \"{}\"\n\n[status]\nlisten = \"127.0.0.1:0\"\n\n[space]\ntotal = 100\n",
         outbox.display()
     )
 }
@@ -98,6 +98,7 @@ pub fn fast_options() -> RunOptions {
         backoff_cap: Duration::from_millis(300),
         backoff_cap_fault: Duration::from_millis(500),
         cache_capacity: 4 << 20,
+        ..RunOptions::default()
     }
 }
 
@@ -246,9 +247,16 @@ pub async fn start_devices_in(
     let text = device_config_text(&sim.url(), &dir.path().join("outbox"), space_extra, devices);
     let cfg = lotlink::config::from_str(Path::new("test.toml"), &text).expect("valid config");
     let hw = lotlink::hardware::build(&cfg).expect("drivers build");
-    let gw = Gateway::start(&cfg, hw.drivers, fast_options())
-        .await
-        .expect("gateway starts");
+    let gw = Gateway::start(
+        &cfg,
+        hw.drivers,
+        RunOptions {
+            driver_status: hw.statuses.clone(),
+            ..fast_options()
+        },
+    )
+    .await
+    .expect("gateway starts");
     DeviceHarness {
         sim,
         dir,

@@ -1,0 +1,306 @@
+//! The local status endpoint on `[status] listen` (loopback by default): what the gateway is
+//! doing, for people and for the operator CLI.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 `ok` when the platform answered within the last 3 heartbeat intervals and the outbox is writable; else 503 with the reason |
+//! | `GET /status` | JSON: version, uptime, platform, outbox, spaces, drivers |
+//! | `GET /api/dead` | the dead letters (id, plate, reason; no image data) |
+//! | `POST /api/dead/retry` | `{"id": N}` or `{"all": true}`: back into the outbox |
+//! | `POST /api/dead/drop` | `{"id": N}`: deleted for good |
+//! | `POST /api/space` | `{"occupied": N}`: re-base the occupied count (a hand count) |
+//!
+//! Request bodies are capped at 64 KiB; a bad request is a 400 with the reason.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use lotlink_drivers::{CancellationToken, DriverStatus};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::outbox::Outbox;
+use crate::protocol::{Client, Clock};
+use crate::space::SpaceTracker;
+use crate::uploader::Health;
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Errors of the status endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The listen address cannot be bound.
+    #[error("status.listen {addr}: cannot listen: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What the status endpoint reads.
+pub struct StatusContext {
+    /// The outbox.
+    pub outbox: Outbox,
+    /// The occupied count.
+    pub space: SpaceTracker,
+    /// Platform health.
+    pub health: Health,
+    /// The platform client (clock offset, ts unit).
+    pub client: Arc<Client>,
+    /// The drivers' status handles.
+    pub drivers: Vec<DriverStatus>,
+    /// The heartbeat interval (for `/healthz`).
+    pub heartbeat_interval: Duration,
+    /// Unix ms of the start.
+    pub started_ms: i64,
+}
+
+impl std::fmt::Debug for StatusContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusContext")
+            .field("drivers", &self.drivers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bind the status address.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StatusError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StatusError::Bind { addr, source })
+}
+
+/// Serve until `shutdown`.
+pub async fn serve(listener: TcpListener, ctx: Arc<StatusContext>, shutdown: CancellationToken) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "status accept failed");
+                    continue;
+                }
+            },
+        };
+        let ctx = ctx.clone();
+        let stop = shutdown.clone();
+        conns.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(route(&ctx, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                r = conn => if let Err(e) = r { tracing::debug!(%peer, error = %e, "status connection ended") },
+                () = stop.cancelled() => {}
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    conns.shutdown().await;
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json_reply(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    reply(status, v.to_string(), "application/json")
+}
+
+fn bad(msg: impl std::fmt::Display) -> Response<Full<Bytes>> {
+    json_reply(
+        StatusCode::BAD_REQUEST,
+        &json!({ "error": msg.to_string() }),
+    )
+}
+
+async fn body_json(req: Request<hyper::body::Incoming>) -> Result<Value, String> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| format!("body is not JSON: {e}"))
+}
+
+async fn route(ctx: &StatusContext, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/healthz") => healthz(ctx),
+        (Method::GET, "/status") => json_reply(StatusCode::OK, &status_json(ctx)),
+        (Method::GET, "/api/dead") => match ctx.outbox.dead_list() {
+            Ok(list) => {
+                let items: Vec<Value> = list
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "id": d.record.id,
+                            "carNo": d.record.meta.car_no,
+                            "inOutType": d.record.meta.in_out_type,
+                            "inOutTime": d.record.meta.in_out_time,
+                            "nodeName": d.record.meta.node_name,
+                            "reason": d.reason,
+                        })
+                    })
+                    .collect();
+                json_reply(StatusCode::OK, &Value::Array(items))
+            }
+            Err(e) => json_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({ "error": e.to_string() }),
+            ),
+        },
+        (Method::POST, "/api/dead/retry") => {
+            let body = match body_json(req).await {
+                Ok(b) => b,
+                Err(e) => return bad(e),
+            };
+            let ids: Vec<u64> = if body["all"] == true {
+                match ctx.outbox.dead_list() {
+                    Ok(l) => l.iter().map(|d| d.record.id).collect(),
+                    Err(e) => return bad(e),
+                }
+            } else if let Some(id) = body["id"].as_u64() {
+                vec![id]
+            } else {
+                return bad("give {\"id\": N} or {\"all\": true}");
+            };
+            for id in &ids {
+                if let Err(e) = ctx.outbox.dead_retry(*id).await {
+                    return bad(format!("dead letter {id}: {e}"));
+                }
+            }
+            tracing::info!(
+                count = ids.len(),
+                "dead letters put back for upload by the operator"
+            );
+            json_reply(StatusCode::OK, &json!({ "retried": ids }))
+        }
+        (Method::POST, "/api/dead/drop") => {
+            let body = match body_json(req).await {
+                Ok(b) => b,
+                Err(e) => return bad(e),
+            };
+            let Some(id) = body["id"].as_u64() else {
+                return bad("give {\"id\": N}");
+            };
+            match ctx.outbox.dead_drop(id).await {
+                Ok(()) => {
+                    tracing::warn!(id, "dead letter dropped by the operator");
+                    json_reply(StatusCode::OK, &json!({ "dropped": id }))
+                }
+                Err(e) => bad(format!("dead letter {id}: {e}")),
+            }
+        }
+        (Method::POST, "/api/space") => {
+            let body = match body_json(req).await {
+                Ok(b) => b,
+                Err(e) => return bad(e),
+            };
+            let Some(n) = body["occupied"].as_u64() else {
+                return bad("give {\"occupied\": N}");
+            };
+            match ctx.space.set_occupied(n).await {
+                Ok(()) => {
+                    let (total, occupied, free) = ctx.space.figures();
+                    tracing::info!(occupied, free, "occupied count re-based by the operator");
+                    json_reply(
+                        StatusCode::OK,
+                        &json!({ "total": total, "occupied": occupied, "free": free }),
+                    )
+                }
+                Err(e) => json_reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({ "error": e.to_string() }),
+                ),
+            }
+        }
+        _ => reply(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+    }
+}
+
+fn healthz(ctx: &StatusContext) -> Response<Full<Bytes>> {
+    let now = Clock::local_ms();
+    let window = i64::try_from(ctx.heartbeat_interval.as_millis() * 3).unwrap_or(i64::MAX);
+    let last = ctx
+        .health
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .last_success_ms;
+    let mut problems = Vec::new();
+    match last {
+        Some(t) if now - t <= window => {}
+        Some(t) => problems.push(format!("platform not reached for {} s", (now - t) / 1000)),
+        None => problems.push("platform not reached since start".to_string()),
+    }
+    if let Err(e) = ctx.outbox.set_setting("probe", &now.to_string()) {
+        problems.push(format!("outbox not writable: {e}"));
+    }
+    if problems.is_empty() {
+        reply(StatusCode::OK, "ok\n", "text/plain")
+    } else {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            problems.join("; ") + "\n",
+            "text/plain",
+        )
+    }
+}
+
+/// The `/status` document.
+pub fn status_json(ctx: &StatusContext) -> Value {
+    let now = Clock::local_ms();
+    let h = ctx
+        .health
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let (total, occupied, free) = ctx.space.figures();
+    let last_report = ctx.outbox.space_latest().ok().flatten();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": (now - ctx.started_ms) / 1000,
+        "platform": {
+            "last_success_ms": h.last_success_ms,
+            "last_error": h.last_error.as_ref().map(|(code, msg)| json!({"code": code, "message": msg})),
+            "fault": h.fault,
+            "clock_offset_ms": ctx.client.clock().offset_ms(),
+            "ts_unit": ctx.client.unit().as_str(),
+            "delivered": h.delivered,
+            "dead_lettered": h.dead_lettered,
+            "heartbeats_ok": h.heartbeats_ok,
+        },
+        "outbox": {
+            "pending": ctx.outbox.len(),
+            "oldest_age_s": ctx.outbox.oldest_submitted_ms().map(|t| (now - t).max(0) / 1000),
+            "bytes": ctx.outbox.bytes(),
+            "size_on_disk": ctx.outbox.size_on_disk(),
+            "dead_letters": ctx.outbox.dead_len(),
+        },
+        "spaces": {
+            "total": total,
+            "occupied": occupied,
+            "free": free,
+            "last_report": last_report.map(|r| json!({"total": r.total, "surplus": r.surplus, "seq": r.seq})),
+        },
+        "drivers": ctx.drivers.iter().map(DriverStatus::snapshot).collect::<Vec<_>>(),
+    })
+}
