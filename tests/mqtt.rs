@@ -409,7 +409,7 @@ async fn a_gateway_killed_after_storing_but_before_acking_reports_the_event_exac
     let eater = AckEater::start(broker.port).await;
     let sim = common::sim().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut text = common::device_config_text(
+    let text = common::device_config_text(
         &sim.url(),
         &dir.path().join("outbox"),
         "",
@@ -418,10 +418,6 @@ async fn a_gateway_killed_after_storing_but_before_acking_reports_the_event_exac
             mqtt_section(&format!("mqtt://127.0.0.1:{}", eater.port))
         ),
     );
-    text.push_str(&format!(
-        "\n[status]\nlisten = \"127.0.0.1:{}\"\n",
-        free_port()
-    ));
     let config = dir.path().join("lotlink.toml");
     std::fs::write(&config, text).expect("config");
     let log1 = dir.path().join("run1.log");
