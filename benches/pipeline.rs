@@ -4,8 +4,9 @@
 //!   rate of appending + fsync to a plain file on the same disk (one fsync per append, and
 //!   grouped: 64 appends per fsync).
 //! - P2: CPU time per uploaded record against the in-process simulator, 100-record batches.
-//! - P5: time from opening a store with 100,000 pending records to the first upload, and
-//!   the process RSS after loading them.
+//! - P5: time from starting the real `lotlink run` binary on a store with 100,000 pending
+//!   records to the first record at the platform, and that process's RSS then and after
+//!   5,000 records have been uploaded.
 //!
 //! Run with `cargo bench --bench pipeline`. Set `LOTLINK_BENCH_DIR` to measure another disk.
 
@@ -92,18 +93,9 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
 fn config(url: &str, path: &Path) -> lotlink::config::Config {
     let text = format!(
-        "[platform]\nurl = \"{url}\"\nlot_code = \"350\"\ntoken = \"bench\"\nmax_body = \"8MiB\"\n[outbox]\npath = \"{}\"\nmax_disk = \"8GiB\"\n[space]\ntotal = 100\n",
+        "[platform]\nurl = \"{url}\"\nlot_code = \"350\"\ntoken = \"bench\"\nmax_body = \"8MiB\"\n[outbox]\npath = \"{}\"\nmax_disk = \"8GiB\"\n[status]\nlisten = \"127.0.0.1:0\"\n[space]\ntotal = 100\n",
         path.display()
     );
     lotlink::config::from_str(Path::new("bench.toml"), &text).unwrap()
@@ -172,43 +164,53 @@ async fn p5(image: &[u8]) {
     let sim = lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench"))
         .await
         .unwrap();
-    // The gateway runs in a child process of its own, so the RSS is the gateway's, not this
-    // bench's (which filled the store and runs the simulator).
-    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .env(
-            "LOTLINK_BENCH_P5_CHILD",
-            format!("{}|{}", sim.url(), path.display()),
-        )
-        .output()
-        .await
-        .unwrap();
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    assert!(!sim.records().is_empty(), "the child uploaded");
-    sim.shutdown().await;
-}
-
-/// The P5 child: start the gateway on the filled store, time the first upload, print RSS.
-async fn p5_child(arg: &str) {
-    let (url, path) = arg.split_once('|').unwrap();
-    let cfg = config(url, Path::new(path));
-    let rss0 = rss_kb();
+    // The gateway is the real `lotlink run` binary in a process of its own, so the RSS is
+    // the daemon's as shipped (not this bench's, which filled the store and runs the
+    // simulator). Time = from spawning it to the first record at the platform.
+    let text = format!(
+        "[platform]\nurl = \"{}\"\nlot_code = \"350\"\ntoken = \"bench\"\nmax_body = \"8MiB\"\n[outbox]\npath = \"{}\"\nmax_disk = \"8GiB\"\n[status]\nlisten = \"127.0.0.1:0\"\n[space]\ntotal = 100\n",
+        sim.url(),
+        path.display()
+    );
+    let cfg = dir.path().join("p5.toml");
+    std::fs::write(&cfg, text).unwrap();
     let t = Instant::now();
-    let gw = lotlink::app::Gateway::start(&cfg, vec![], lotlink::app::RunOptions::default())
-        .await
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lotlink"))
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .spawn()
         .unwrap();
-    let pending = gw.outbox.len();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while gw.outbox.len() == pending {
+    while sim.records().is_empty() {
         tick.tick().await;
     }
     let first = t.elapsed();
+    let rss_first = pid_rss_kb(child.id());
+    // And once it has settled into steady uploading.
+    let settle = Instant::now();
+    while sim.records().len() < 5_000 && settle.elapsed() < Duration::from_secs(30) {
+        tick.tick().await;
+    }
+    let rss_steady = pid_rss_kb(child.id());
     println!(
-        "P5 start to first upload with {pending} pending: {:.3} s; gateway process RSS {} KB after it ({} KB before opening the store)",
+        "P5 start to first upload with {n} pending: {:.3} s; lotlink RSS {rss_first} KB at the first upload, {rss_steady} KB after {} records uploaded",
         first.as_secs_f64(),
-        rss_kb(),
-        rss0
+        sim.records().len()
     );
-    gw.stop().await;
+    let _ = child.kill();
+    let _ = child.wait();
+    sim.shutdown().await;
+}
+
+fn pid_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
 }
 
 fn main() {
@@ -224,10 +226,6 @@ fn main() {
         let big = lotlink::imaging::synth_jpeg(1920, 1080, 2, 90);
         lotlink::imaging::prepare(&big, lotlink::imaging::MAX_B64_CHARS).bytes
     };
-    if let Ok(arg) = std::env::var("LOTLINK_BENCH_P5_CHILD") {
-        rt.block_on(p5_child(&arg));
-        return;
-    }
     rt.block_on(async {
         // LOTLINK_BENCH_ONLY=p1|p2|p5 runs one part.
         let only = std::env::var("LOTLINK_BENCH_ONLY").unwrap_or_default();
