@@ -7,7 +7,7 @@
 //!  "image": "<base64 JPEG>", "color": "蓝", "style": "0", "brand": "大众", "id": "<unique id>"}
 //! ```
 //!
-//! Only `plate` is required (the key must exist; `""`, `null`, `无牌车`, `_无_`, `无车牌`
+//! Only `plate` is required (the key must exist; `""`, `null`, `无牌车`, `_无_`, `无车牌`, `无`
 //! mean "no plate read"). Unknown keys are ignored: cameras add fields. `null` for an
 //! optional key is the same as leaving it out.
 //!
