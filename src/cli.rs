@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::app::{self, RunOptions};
+use crate::app;
 use crate::config::{self, ConfigError};
 use crate::hardware;
 use crate::outbox::{Outbox, OutboxOptions};
@@ -142,6 +142,8 @@ pub enum CliError {
     App(#[from] app::AppError),
     #[error(transparent)]
     Hardware(#[from] hardware::HardwareError),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
     #[error("{0}")]
     Other(String),
 }
@@ -174,14 +176,12 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::CheckConfig { config } => Ok(check_config(&config)),
         Command::Run { config } => {
-            let cfg = config::load(&config)?;
-            let hw = hardware::build(&cfg)?;
-            tracing::info!(drivers = ?hw, "drivers configured");
-            let opts = RunOptions {
-                driver_status: hw.statuses,
-                ..RunOptions::default()
-            };
-            app::run(&cfg, hw.drivers, opts, shutdown_signal()).await?;
+            crate::daemon::run(
+                &config,
+                crate::daemon::DaemonOptions::default(),
+                shutdown_signal(),
+            )
+            .await?;
             Ok(0)
         }
         Command::Send {
@@ -319,17 +319,27 @@ mod operator {
     /// Exit code when the daemon is not running.
     pub const NOT_RUNNING: i32 = 2;
 
-    fn address(path: &Path) -> Result<SocketAddr, CliError> {
+    /// Where the daemon's status endpoint is, and the bearer token it wants.
+    struct Target {
+        addr: SocketAddr,
+        token: Option<config::Secret>,
+    }
+
+    fn address(path: &Path) -> Result<Target, CliError> {
         let cfg = config::load(path)?;
         let mut addr = cfg.status.listen;
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        Ok(addr)
+        Ok(Target {
+            addr,
+            token: cfg.status.token,
+        })
     }
 
     /// GET or POST; `Err(code)` when the daemon cannot be reached or refused.
-    async fn call(addr: SocketAddr, path: &str, body: Option<Value>) -> Result<Value, i32> {
+    async fn call(target: &Target, path: &str, body: Option<Value>) -> Result<Value, i32> {
+        let addr = target.addr;
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()
@@ -338,10 +348,13 @@ mod operator {
                 1
             })?;
         let url = format!("http://{addr}{path}");
-        let req = match body {
+        let mut req = match body {
             Some(b) => client.post(&url).json(&b),
             None => client.get(&url),
         };
+        if let Some(t) = &target.token {
+            req = req.bearer_auth(t.expose());
+        }
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) if e.is_connect() => {
@@ -376,7 +389,7 @@ mod operator {
 
     pub async fn status(path: &Path, raw: bool) -> Result<i32, CliError> {
         let addr = address(path)?;
-        let v = match call(addr, "/status", None).await {
+        let v = match call(&addr, "/status", None).await {
             Ok(v) => v,
             Err(code) => return Ok(code),
         };
@@ -437,7 +450,7 @@ mod operator {
         match cmd {
             DeadCommand::List { config } => {
                 let addr = address(&config)?;
-                match call(addr, "/api/dead", None).await {
+                match call(&addr, "/api/dead", None).await {
                     Ok(v) => {
                         let list = v.as_array().map_or(&[][..], Vec::as_slice);
                         if list.is_empty() {
@@ -473,7 +486,7 @@ mod operator {
                     }
                 };
                 let addr = address(&config)?;
-                match call(addr, "/api/dead/retry", Some(body)).await {
+                match call(&addr, "/api/dead/retry", Some(body)).await {
                     Ok(v) => {
                         let n = v["retried"].as_array().map_or(0, Vec::len);
                         println!("{n} dead letter(s) put back for upload");
@@ -493,7 +506,7 @@ mod operator {
                         return Ok(1);
                     }
                 }
-                match call(addr, "/api/dead/drop", Some(json!({ "id": id }))).await {
+                match call(&addr, "/api/dead/drop", Some(json!({ "id": id }))).await {
                     Ok(_) => {
                         println!("dead letter {id} dropped");
                         Ok(0)
@@ -506,7 +519,7 @@ mod operator {
 
     pub async fn space_set(path: &Path, occupied: u64) -> Result<i32, CliError> {
         let addr = address(path)?;
-        match call(addr, "/api/space", Some(json!({ "occupied": occupied }))).await {
+        match call(&addr, "/api/space", Some(json!({ "occupied": occupied }))).await {
             Ok(v) => {
                 println!(
                     "occupied {} of {}: {} free (reported to the platform)",

@@ -77,6 +77,35 @@ pub struct RawConfig {
     /// The loop detectors, one `[[loop]]` table each.
     #[serde(default, rename = "loop")]
     pub loops: Vec<RawLoop>,
+    /// Remote management over the site broker (config push, retained status).
+    pub management: Option<RawManagement>,
+}
+
+/// `[management]`: config push and the retained status topic, over the `[mqtt]` broker.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManagement {
+    /// On or off. Default: on when `[mqtt]` is configured.
+    pub enabled: Option<bool>,
+    /// Topic prefix; `{lot_code}` is replaced. Default "lotlink/{lot_code}".
+    pub topic_prefix: Option<String>,
+    /// Key of the HMAC-SHA256 a pushed config must carry. Without it, any push that is
+    /// valid and newer is applied (the broker's ACL is then the only guard).
+    pub hmac_key: Option<Secret>,
+    /// How long a pushed config is watched before it counts as good, e.g. "60s".
+    #[serde(default = "d_60s")]
+    pub watch: String,
+}
+
+impl Default for RawManagement {
+    fn default() -> Self {
+        RawManagement {
+            enabled: None,
+            topic_prefix: None,
+            hmac_key: None,
+            watch: d_60s(),
+        }
+    }
 }
 
 /// `[platform]`.
@@ -156,11 +185,17 @@ pub struct RawStatus {
     /// Address of the local status endpoint, e.g. "127.0.0.1:9870".
     #[serde(default = "d_listen")]
     pub listen: String,
+    /// Bearer token every request must carry (`Authorization: Bearer …`). Required when
+    /// `listen` is not a loopback address; optional otherwise.
+    pub token: Option<Secret>,
 }
 
 impl Default for RawStatus {
     fn default() -> Self {
-        RawStatus { listen: d_listen() }
+        RawStatus {
+            listen: d_listen(),
+            token: None,
+        }
     }
 }
 
@@ -259,7 +294,7 @@ pub enum TokenSource {
 }
 
 /// Validated `[platform]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlatformConfig {
     pub url: String,
     pub lot_code: String,
@@ -275,27 +310,44 @@ pub struct PlatformConfig {
 }
 
 /// Validated `[outbox]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OutboxConfig {
     pub path: PathBuf,
     pub max_disk: u64,
 }
 
 /// Validated `[space]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpaceConfig {
     pub total: u32,
     pub source: SpaceSource,
 }
 
 /// Validated `[status]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusConfig {
     pub listen: SocketAddr,
+    /// Bearer token; always set when `listen` is not loopback.
+    pub token: Option<Secret>,
 }
 
+/// Validated `[management]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagementConfig {
+    /// Topic prefix, `{lot_code}` replaced, no trailing `/`.
+    pub topic_prefix: String,
+    /// HMAC key of pushed configs.
+    pub hmac_key: Option<Secret>,
+    /// Watch window after a pushed config is applied.
+    pub watch: Duration,
+}
+
+/// The token value the shipped example carries: refused, so a box with the example config
+/// never starts talking to the platform with it.
+pub const EXAMPLE_TOKEN: &str = "replace-with-the-platform-token";
+
 /// The configuration the gateway runs on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub platform: PlatformConfig,
     pub outbox: OutboxConfig,
@@ -303,6 +355,10 @@ pub struct Config {
     pub status: StatusConfig,
     /// Broker, cameras and loops.
     pub devices: Devices,
+    /// Remote management; `None` when off (or no broker).
+    pub management: Option<ManagementConfig>,
+    /// First 16 hex digits of the SHA-256 of the file's text ("" when built without text).
+    pub hash: String,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -518,6 +574,11 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
         (Some(t), None) => {
             if t.expose().trim().is_empty() {
                 c.bad("platform.token", "must not be empty");
+            } else if t.expose().trim() == EXAMPLE_TOKEN {
+                c.bad(
+                    "platform.token",
+                    "is still the example value: put the token the platform assigned to this lot",
+                );
             }
             Some(TokenSource::Inline(t.clone()))
         }
@@ -703,6 +764,21 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
         }
     };
 
+    let status_token = raw.status.token.clone();
+    if let Some(t) = &status_token {
+        if t.expose().trim().len() < 16 {
+            c.bad("status.token", "must be at least 16 characters");
+        }
+    }
+    if listen.is_some_and(|a| !a.ip().is_loopback()) && status_token.is_none() {
+        c.bad(
+            "status.token",
+            "missing: `listen` is not a loopback address, so every request must carry a bearer token",
+        );
+    }
+
+    let management = validate_management(&mut c, raw, &lot_code);
+
     if !c.0.is_empty() {
         return Err(ConfigErrors {
             path: None,
@@ -758,8 +834,13 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
                 max_disk,
             },
             space: SpaceConfig { total, source },
-            status: StatusConfig { listen },
+            status: StatusConfig {
+                listen,
+                token: status_token,
+            },
             devices,
+            management,
+            hash: String::new(),
         }),
         _ => Err(ConfigErrors {
             path: None,
@@ -770,6 +851,63 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
             }],
         }),
     }
+}
+
+fn validate_management(
+    c: &mut Collector,
+    raw: &RawConfig,
+    lot_code: &str,
+) -> Option<ManagementConfig> {
+    let default = RawManagement::default();
+    let m = raw.management.as_ref().unwrap_or(&default);
+    let enabled = m.enabled.unwrap_or(raw.mqtt.is_some());
+    if enabled && raw.mqtt.is_none() {
+        c.bad(
+            "management.enabled",
+            "remote management needs the site broker: add an [mqtt] table",
+        );
+    }
+    let prefix = m
+        .topic_prefix
+        .as_deref()
+        .unwrap_or("lotlink/{lot_code}")
+        .replace("{lot_code}", lot_code);
+    let prefix = prefix.trim_end_matches('/').to_string();
+    if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.starts_with('$') {
+        c.bad(
+            "management.topic_prefix",
+            format!(
+                "{prefix:?}: must be a topic without wildcards (+ #), not empty, not $-prefixed"
+            ),
+        );
+    }
+    if m.hmac_key.as_ref().is_some_and(|k| k.expose().len() < 16) {
+        c.bad("management.hmac_key", "must be at least 16 characters");
+    }
+    let watch = c
+        .take("management.watch", parse_duration(&m.watch))
+        .and_then(|d| {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+                c.bad("management.watch", "must be between 1s and 1h");
+                None
+            } else {
+                Some(d)
+            }
+        });
+    match (enabled, watch) {
+        (true, Some(watch)) => Some(ManagementConfig {
+            topic_prefix: prefix,
+            hmac_key: m.hmac_key.clone(),
+            watch,
+        }),
+        _ => None,
+    }
+}
+
+/// The short hash of a config file's text shown by `/status`.
+pub fn text_hash(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
 }
 
 /// Parse TOML text into the raw struct. Syntax errors and unknown keys name the line.
@@ -783,7 +921,9 @@ pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
 /// Parse and validate TOML text (no file access).
 pub fn from_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let raw = parse(path, text)?;
-    validate(&raw).map_err(|e| ConfigError::Invalid(e.locate(path, text)))
+    let mut cfg = validate(&raw).map_err(|e| ConfigError::Invalid(e.locate(path, text)))?;
+    cfg.hash = text_hash(text);
+    Ok(cfg)
 }
 
 /// Read, parse and validate a configuration file, and check its `token_file` can be read.
@@ -862,9 +1002,64 @@ total = 500
 
     #[test]
     fn the_shipped_example_config_validates() {
-        let text = include_str!("../config/lotlink.toml");
-        let c = from_str(Path::new("config/lotlink.toml"), text).expect("example is valid");
+        let text = include_str!("../config/lotlink.toml").replace(EXAMPLE_TOKEN, "a-real-token");
+        let c = from_str(Path::new("config/lotlink.toml"), &text).expect("example is valid");
         assert_eq!(c.platform.max_batch, 100);
+        assert!(c.management.is_none(), "no broker, no management");
+        assert_eq!(c.hash.len(), 16);
+    }
+
+    #[test]
+    fn the_example_token_is_refused_so_a_fresh_install_does_not_start() {
+        let text = include_str!("../config/lotlink.toml");
+        let err = from_str(Path::new("lotlink.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("platform.token: is still the example value"),
+            "{err}"
+        );
+        assert!(
+            err.starts_with("lotlink.toml:"),
+            "names the file and line: {err}"
+        );
+    }
+
+    #[test]
+    fn a_status_endpoint_off_loopback_needs_a_token() {
+        let open = format!("{GOOD}\n[status]\nlisten = \"0.0.0.0:9870\"\n");
+        let err = from_str(Path::new("t.toml"), &open)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("status.token: missing"), "{err}");
+        let with = open.replace("listen =", "token = \"0123456789abcdef-x\"\nlisten =");
+        let c = from_str(Path::new("t.toml"), &with).expect("valid with a token");
+        assert!(c.status.token.is_some());
+        assert!(!format!("{c:?}").contains("0123456789abcdef-x"));
+    }
+
+    #[test]
+    fn management_follows_the_broker_and_fills_in_the_lot_code() {
+        let with_broker = format!("{GOOD}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n");
+        let c = from_str(Path::new("t.toml"), &with_broker).expect("valid");
+        let m = c.management.expect("on by default with a broker");
+        assert_eq!(m.topic_prefix, "lotlink/350");
+        assert_eq!(m.watch, Duration::from_secs(60));
+        let off = format!("{with_broker}\n[management]\nenabled = false\n");
+        assert!(from_str(Path::new("t.toml"), &off)
+            .unwrap()
+            .management
+            .is_none());
+        let wild = format!("{with_broker}\n[management]\ntopic_prefix = \"site/#\"\n");
+        let err = from_str(Path::new("t.toml"), &wild)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("management.topic_prefix"), "{err}");
+        let no_broker = format!("{GOOD}\n[management]\nenabled = true\n");
+        let err = from_str(Path::new("t.toml"), &no_broker)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[mqtt]"), "{err}");
     }
 
     #[test]

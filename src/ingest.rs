@@ -57,12 +57,23 @@ fn opt_fit(s: Option<&str>, max: usize, field: &str, notes: &mut Vec<String>) ->
         .map(|s| fit(s, max, field, notes))
 }
 
+/// The settings ingest names records with; changed in place by a config reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Naming {
+    /// `lotCode`, the first part of `imgName`.
+    pub lot_code: String,
+    /// Time zone of `inOutTime`.
+    pub timezone: chrono_tz::Tz,
+}
+
+/// Shared handle on [`Naming`]; a reload swaps the value, records already built keep theirs.
+pub type SharedNaming = Arc<std::sync::RwLock<Naming>>;
+
 /// Shared settings of the ingest stage.
 #[derive(Clone)]
 pub struct Ingest {
     pub outbox: Outbox,
-    pub lot_code: String,
-    pub timezone: chrono_tz::Tz,
+    pub naming: SharedNaming,
     pub clock: Arc<Clock>,
     pub space: SpaceTracker,
 }
@@ -77,7 +88,12 @@ impl Ingest {
         }
         let node_name = fit(node, 20, "nodeName", &mut notes);
         let ms = ev.captured_at_ms.unwrap_or_else(|| self.clock.now_ms());
-        let Some(t) = self.timezone.timestamp_millis_opt(ms).single() else {
+        let Naming { lot_code, timezone } = self
+            .naming
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(t) = timezone.timestamp_millis_opt(ms).single() else {
             return Err(IngestError::Invalid(format!(
                 "capture time {ms} ms is out of range"
             )));
@@ -133,7 +149,7 @@ impl Ingest {
                 degraded: false,
             },
             img_name: ImgName::Auto {
-                lot: self.lot_code.clone(),
+                lot: lot_code,
                 node: node_name,
                 stamp,
             },

@@ -26,10 +26,13 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod hardware;
 pub mod imaging;
 pub mod ingest;
+pub mod manage;
+pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod sim;

@@ -33,14 +33,14 @@ struct State {
 #[derive(Clone)]
 pub struct SpaceTracker {
     outbox: Outbox,
-    source: SpaceSource,
+    source: Arc<Mutex<SpaceSource>>,
     state: Arc<Mutex<State>>,
 }
 
 impl std::fmt::Debug for SpaceTracker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SpaceTracker")
-            .field("source", &self.source)
+            .field("source", &self.source())
             .finish_non_exhaustive()
     }
 }
@@ -74,7 +74,7 @@ impl SpaceTracker {
         state.occupied = state.occupied.min(state.total);
         let t = SpaceTracker {
             outbox,
-            source,
+            source: Arc::new(Mutex::new(source)),
             state: Arc::new(Mutex::new(state)),
         };
         t.update(|_| ())?;
@@ -94,7 +94,23 @@ impl SpaceTracker {
 
     /// What moves the count.
     pub fn source(&self) -> SpaceSource {
-        self.source
+        *self
+            .source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A reloaded `[space]`: the new total (the occupied count is kept, clamped) and source.
+    /// The report changes (and is sent) only when the figures change.
+    pub fn reconfigure(&self, total: u32, source: SpaceSource) -> Result<(), OutboxError> {
+        *self
+            .source
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = source;
+        if self.lock().total != u64::from(total) {
+            self.update(|s| s.total = u64::from(total))?;
+        }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -128,7 +144,7 @@ impl SpaceTracker {
 
     /// A plate event was stored: moves the count when the source is `plates`.
     pub fn on_plate(&self, direction: Direction) {
-        if self.source == SpaceSource::Plates {
+        if self.source() == SpaceSource::Plates {
             if let Err(e) = self.update(|s| Self::step(s, direction, 1)) {
                 tracing::warn!(error = %e, "space count not updated");
             }
@@ -137,7 +153,7 @@ impl SpaceTracker {
 
     /// A loop pass: moves the count when the source is `loops`. Persisted before it returns.
     pub async fn on_pass(&self, loop_name: &str, lane: Direction) -> Result<(), OutboxError> {
-        if self.source == SpaceSource::Loops {
+        if self.source() == SpaceSource::Loops {
             self.update(|s| Self::step(s, lane, 1))?;
             tracing::debug!(loop_name, lane = lane.as_str(), "loop pass counted");
             self.outbox.flush().await?;
@@ -155,7 +171,7 @@ impl SpaceTracker {
         value: u64,
         bits: u8,
     ) -> Result<u64, OutboxError> {
-        let counts = self.source == SpaceSource::Loops;
+        let counts = self.source() == SpaceSource::Loops;
         let step = self.update(|s| {
             let last = s.counters.get(loop_name).copied();
             let step = counter_delta(last, value, bits);

@@ -3,14 +3,23 @@
 //!
 //! | route | answer |
 //! |---|---|
+//! | `GET /` | a small self-contained HTML page showing `/status`, refreshing itself |
 //! | `GET /healthz` | 200 `ok` when the platform answered within the last 3 heartbeat intervals and the outbox is writable; else 503 with the reason |
-//! | `GET /status` | JSON: version, uptime, platform, outbox, spaces, drivers |
+//! | `GET /status` | JSON: version, config hash and version, uptime, platform, outbox, spaces, drivers, management |
+//! | `GET /metrics` | the same figures in the Prometheus text format (`lotlink_…`) |
 //! | `GET /api/dead` | the dead letters (id, plate, reason; no image data) |
 //! | `POST /api/dead/retry` | `{"id": N}` or `{"all": true}`: back into the outbox |
 //! | `POST /api/dead/drop` | `{"id": N}`: deleted for good |
 //! | `POST /api/space` | `{"occupied": N}`: re-base the occupied count (a hand count) |
 //!
 //! Request bodies are capped at 64 KiB; a bad request is a 400 with the reason.
+//!
+//! With `[status] token` set (required when `listen` is not loopback) every route wants
+//! `Authorization: Bearer <token>`, else 401. A browser cannot set that header when it opens
+//! the page, so `GET /` alone also takes `?token=…`; the page then sends the header itself.
+//!
+//! A reload swaps the context the routes read (a [`watch`] channel) without dropping the
+//! listener; a changed `listen` or `token` restarts the server.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,11 +33,18 @@ use hyper_util::rt::TokioIo;
 use lotlink_drivers::{CancellationToken, DriverStatus};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Secret;
+use crate::manage::ManagementState;
 
 use crate::outbox::Outbox;
 use crate::protocol::{Client, Clock};
 use crate::space::SpaceTracker;
 use crate::uploader::Health;
+
+/// The page at `/`: no external assets; polls `/status` every 2 s.
+const PAGE: &str = include_str!("status_page.html");
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -60,6 +76,12 @@ pub struct StatusContext {
     pub heartbeat_interval: Duration,
     /// Unix ms of the start.
     pub started_ms: i64,
+    /// Short hash of the config file's text.
+    pub config_hash: String,
+    /// Bearer token every request must carry, when set.
+    pub token: Option<Secret>,
+    /// Remote management (config version, last push), when on.
+    pub management: Option<Arc<ManagementState>>,
 }
 
 impl std::fmt::Debug for StatusContext {
@@ -77,8 +99,12 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StatusError> {
         .map_err(|source| StatusError::Bind { addr, source })
 }
 
-/// Serve until `shutdown`.
-pub async fn serve(listener: TcpListener, ctx: Arc<StatusContext>, shutdown: CancellationToken) {
+/// Serve until `shutdown`; every request reads the newest context from `ctx`.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: watch::Receiver<Arc<StatusContext>>,
+    shutdown: CancellationToken,
+) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -95,8 +121,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<StatusContext>, shutdown: Can
         let stop = shutdown.clone();
         conns.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route(&ctx, req).await) }
+                let ctx = ctx.borrow().clone();
+                async move { Ok::<_, Infallible>(guarded(&ctx, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -141,11 +167,61 @@ async fn body_json(req: Request<hyper::body::Incoming>) -> Result<Value, String>
     serde_json::from_slice(&bytes).map_err(|e| format!("body is not JSON: {e}"))
 }
 
+/// Equal in constant time (for the bearer token).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether the request carries the token (header, or `?token=` for the page).
+fn authorized(token: &Secret, req: &Request<hyper::body::Incoming>) -> bool {
+    let want = token.expose().as_bytes();
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same(t.trim().as_bytes(), want));
+    let query = req.uri().path() == "/"
+        && req.uri().query().is_some_and(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.strip_prefix("token="))
+                .any(|t| same(t.as_bytes(), want))
+        });
+    header || query
+}
+
+async fn guarded(
+    ctx: &StatusContext,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    if let Some(token) = &ctx.token {
+        if !authorized(token, &req) {
+            let mut r = reply(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required ([status] token)\n",
+                "text/plain",
+            );
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    }
+    route(ctx, req).await
+}
+
 async fn route(ctx: &StatusContext, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/") => reply(StatusCode::OK, PAGE, "text/html; charset=utf-8"),
         (Method::GET, "/healthz") => healthz(ctx),
         (Method::GET, "/status") => json_reply(StatusCode::OK, &status_json(ctx)),
+        (Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            crate::metrics::render(ctx),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
         (Method::GET, "/api/dead") => match ctx.outbox.dead_list() {
             Ok(list) => {
                 let items: Vec<Value> = list
@@ -277,6 +353,7 @@ pub fn status_json(ctx: &StatusContext) -> Value {
     let last_report = ctx.outbox.space_latest().ok().flatten();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "config_hash": ctx.config_hash,
         "uptime_s": (now - ctx.started_ms) / 1000,
         "platform": {
             "last_success_ms": h.last_success_ms,
@@ -302,5 +379,6 @@ pub fn status_json(ctx: &StatusContext) -> Value {
             "last_report": last_report.map(|r| json!({"total": r.total, "surplus": r.surplus, "seq": r.seq})),
         },
         "drivers": ctx.drivers.iter().map(DriverStatus::snapshot).collect::<Vec<_>>(),
+        "management": ctx.management.as_ref().map(|m| m.to_json()),
     })
 }

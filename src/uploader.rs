@@ -31,6 +31,21 @@ pub const BACKOFF_CAP_FAULT: Duration = Duration::from_secs(900);
 /// `2001` answers for the same request before it is treated as `1502`.
 pub const BUSINESS_STRIKES: u32 = 3;
 
+/// How often the data loop shows it is alive while it waits (for the systemd watchdog).
+pub const LIVENESS_TICK: Duration = Duration::from_secs(5);
+
+/// Unix ms of the data loop's last sign of life: bumped on every loop turn, every request
+/// and every [`LIVENESS_TICK`] while waiting. The watchdog pings systemd only while it is
+/// fresh, so a wedged uploader gets the daemon restarted.
+pub type Liveness = Arc<std::sync::atomic::AtomicI64>;
+
+fn bump(l: &Liveness) {
+    l.store(
+        crate::protocol::Clock::local_ms(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 /// Exponential back-off with full jitter.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -118,6 +133,7 @@ pub struct Uploader {
     settings: UploadSettings,
     health: Health,
     strikes: Option<(Vec<u64>, u32)>,
+    liveness: Liveness,
 }
 
 /// JSON of one record as the platform wants it.
@@ -188,7 +204,15 @@ impl Uploader {
             settings,
             health,
             strikes: None,
+            liveness: Liveness::default(),
         }
+    }
+
+    /// Report signs of life to this handle (see [`Liveness`]).
+    #[must_use]
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = liveness;
+        self
     }
 
     fn note_success(&self) {
@@ -223,6 +247,7 @@ impl Uploader {
         let mut backoff = Backoff::new(self.settings.backoff_base);
         let mut space_due = true;
         loop {
+            bump(&self.liveness);
             if shutdown.is_cancelled() {
                 return;
             }
@@ -242,10 +267,15 @@ impl Uploader {
                         backoff.reset();
                         continue;
                     }
-                    // Nothing to do: wait for work.
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = self.outbox.changed() => {}
+                    // Nothing to do: wait for work (showing signs of life meanwhile).
+                    let changed = self.outbox.changed();
+                    tokio::pin!(changed);
+                    loop {
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = &mut changed => break,
+                            () = tokio::time::sleep(LIVENESS_TICK) => bump(&self.liveness),
+                        }
                     }
                     continue;
                 }
@@ -266,9 +296,17 @@ impl Uploader {
                     backoff.next(self.settings.backoff_cap)
                 }
             };
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
+            let until = tokio::time::Instant::now() + delay;
+            loop {
+                bump(&self.liveness);
+                let step = until.saturating_duration_since(tokio::time::Instant::now());
+                if step.is_zero() {
+                    break;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(step.min(LIVENESS_TICK)) => {}
+                }
             }
         }
     }
@@ -317,7 +355,10 @@ impl Uploader {
     }
 
     async fn call(&self, cmd: Cmd, data: &str) -> Result<Reply, Stop> {
-        self.client.call(cmd, Some(data)).await.map_err(|e| {
+        bump(&self.liveness);
+        let r = self.client.call(cmd, Some(data)).await;
+        bump(&self.liveness);
+        r.map_err(|e| {
             let code = e.kind().to_string();
             if e.wants_long_backoff() {
                 Stop::Fault(code, e.to_string())

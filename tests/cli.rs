@@ -9,13 +9,37 @@ fn lotlink() -> Command {
 }
 
 #[test]
-fn check_config_says_ok_for_the_shipped_example() {
+fn check_config_refuses_the_shipped_example_until_the_token_is_filled_in_then_says_ok() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/lotlink.toml");
     let out = lotlink()
-        .args([
-            "check-config",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/lotlink.toml"),
-        ])
+        .args(["check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = std::fs::read_to_string(example)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("token = "))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "lotlink.toml:{line}: platform.token: is still the example value"
+        )),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let filled = dir.path().join("lotlink.toml");
+    let text = std::fs::read_to_string(example).unwrap().replace(
+        lotlink::config::EXAMPLE_TOKEN,
+        "the-token-the-platform-assigned",
+    );
+    std::fs::write(&filled, text).unwrap();
+    let out = lotlink()
+        .args(["check-config", "--config"])
+        .arg(&filled)
         .output()
         .unwrap();
     assert!(

@@ -140,6 +140,32 @@ async fn the_operator_cli_reads_status_and_handles_dead_letters_and_the_space_co
     assert!(String::from_utf8_lossy(&out.stdout).contains("93 free"));
     assert!(eventually(WAIT, || sim.space_reports().last() == Some(&(100, 93))).await);
 
+    // The same figures for Prometheus.
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "lotlink_outbox_pending_records 0",
+        "lotlink_outbox_dead_letters 0",
+        "lotlink_spaces_free 93",
+        "lotlink_platform_up 1",
+        "lotlink_driver_events_total{driver=\"出口1\",kind=\"serial-camera\"} 1",
+        "lotlink_driver_connected{driver=\"出口1\",kind=\"serial-camera\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from:\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("lotlink_build_info{version="), "{metrics}");
+    assert!(metrics.ends_with("# EOF\n"));
+    assert_eq!(status()["config_hash"].as_str().map(str::len), Some(16));
+
     let out = lotlink(&["status", "--config", cfg]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -150,5 +176,131 @@ async fn the_operator_cli_reads_status_and_handles_dead_letters_and_the_space_co
     // Dropping asks first; without a yes on stdin nothing is dropped.
     let out = lotlink(&["dead", "drop", "99", "--config", cfg]);
     assert_eq!(out.status.code(), Some(1));
+    sim.shutdown().await;
+}
+
+/// A token on the status endpoint guards every route; the page at `/` (opened with
+/// `?token=`) renders in headless Chromium and shows the outbox depth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_token_guards_every_route_and_the_page_shows_the_outbox_depth_in_chromium() {
+    const STATUS_TOKEN: &str = "status-token-0123456789";
+    let sim = common::sim().await;
+    sim.set_mode(lotlink::sim::Mode::Refuse);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = common::config_text(&sim.url(), &dir.path().join("outbox"), "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:0\"\ntoken = \"{STATUS_TOKEN}\""),
+    );
+    let cfg = lotlink::config::from_str(std::path::Path::new("t.toml"), &text).expect("config");
+    let (feed, driver) = common::feed();
+    let gw = lotlink::app::Gateway::start(&cfg, vec![driver], common::fast_options())
+        .await
+        .expect("gateway");
+    for n in 0..3 {
+        feed.send(common::plate(
+            &format!("k{n}"),
+            &format!("晋T0000{n}"),
+            None,
+        ))
+        .await
+        .expect("stored");
+    }
+    let base = format!("http://{}", gw.status_addr);
+    let http = reqwest::Client::new();
+    for route in ["/", "/status", "/metrics", "/healthz", "/api/dead"] {
+        let r = http
+            .get(format!("{base}{route}"))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 401, "{route} without the token");
+        let r = http
+            .get(format!("{base}{route}"))
+            .bearer_auth("wrong-token-0123456789")
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 401, "{route} with a wrong token");
+    }
+    let r = http
+        .post(format!("{base}/api/space"))
+        .json(&serde_json::json!({"occupied": 1}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 401, "POST without the token");
+    let v: serde_json::Value = http
+        .get(format!("{base}/status"))
+        .bearer_auth(STATUS_TOKEN)
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["outbox"]["pending"], 3);
+    assert!(
+        !v.to_string().contains(STATUS_TOKEN),
+        "the token is not shown"
+    );
+    // `?token=` opens the page only, not the data routes.
+    let r = http
+        .get(format!("{base}/status?token={STATUS_TOKEN}"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 401);
+    let page = http
+        .get(format!("{base}/?token={STATUS_TOKEN}"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external assets"
+    );
+
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|n| common::devices::find_tool(n))
+    else {
+        assert!(
+            !common::devices::require_real(),
+            "chromium is required (LOTLINK_REQUIRE_REAL=1)"
+        );
+        eprintln!("SKIPPED the Chromium part: no chromium installed (apt-get install chromium)");
+        return;
+    };
+    let profile = tempfile::tempdir().expect("profile dir");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("{base}/?token={STATUS_TOKEN}"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finishes")
+    .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains(r#"id="pending">3</dd>"#),
+        "the rendered page shows 3 pending; stderr:\n{}\nDOM:\n{dom}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dom.contains(r#"id="total">100</dd>"#), "{dom}");
+    gw.stop().await;
     sim.shutdown().await;
 }

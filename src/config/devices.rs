@@ -127,7 +127,7 @@ fn d_30s() -> String {
 }
 
 /// Validated `[mqtt]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttConfig {
     /// Broker host.
     pub host: String,
@@ -203,7 +203,7 @@ pub enum CameraSource {
 }
 
 /// A validated `[[camera]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CameraConfig {
     pub name: String,
     pub direction: Direction,
@@ -274,7 +274,7 @@ pub struct LoopConfig {
 }
 
 /// The validated device sections.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Devices {
     pub mqtt: Option<MqttConfig>,
     pub cameras: Vec<CameraConfig>,

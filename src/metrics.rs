@@ -1,0 +1,210 @@
+//! `GET /metrics`: the figures of `/status` in the Prometheus/OpenMetrics text format.
+//!
+//! The figures live where the work happens (outbox, space tracker, platform health, driver
+//! status handles); a scrape copies them into a fresh [`Registry`] and encodes it. A
+//! scrape is rare (every 15–60 s) and small (a few dozen series), so this is cheaper than
+//! keeping a second set of counters in step with the first.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `lotlink_build_info` | info | `version` |
+//! | `lotlink_uptime_seconds` | gauge | |
+//! | `lotlink_config_version` | gauge | (last pushed version applied; 0 = none) |
+//! | `lotlink_platform_up` | gauge | (1 when the last success is within 3 heartbeats) |
+//! | `lotlink_platform_last_success_timestamp_seconds` | gauge | |
+//! | `lotlink_platform_clock_offset_milliseconds` | gauge | |
+//! | `lotlink_platform_fault` | gauge | (1 while the platform refuses our configuration) |
+//! | `lotlink_records_delivered` | counter | |
+//! | `lotlink_records_dead_lettered` | counter | |
+//! | `lotlink_heartbeats_ok` | counter | |
+//! | `lotlink_outbox_pending_records` | gauge | |
+//! | `lotlink_outbox_oldest_age_seconds` | gauge | |
+//! | `lotlink_outbox_record_bytes` / `lotlink_outbox_disk_bytes` | gauge | |
+//! | `lotlink_outbox_dead_letters` | gauge | |
+//! | `lotlink_spaces_total` / `_occupied` / `_free` | gauge | |
+//! | `lotlink_driver_connected` | gauge | `driver`, `kind` |
+//! | `lotlink_driver_events` / `_bad_inputs` / `_unusual_plates` | counter | `driver`, `kind` |
+//! | `lotlink_driver_last_event_timestamp_seconds` | gauge | `driver`, `kind` |
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::protocol::Clock;
+use crate::status::StatusContext;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    reg.register(name, help, g);
+}
+
+fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(v);
+    reg.register(name, help, c);
+}
+
+/// Encode the current figures.
+pub fn render(ctx: &StatusContext) -> String {
+    let now = Clock::local_ms();
+    let h = ctx
+        .health
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let mut reg = Registry::with_prefix("lotlink");
+    reg.register(
+        "build",
+        "Version of the running gateway",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
+    );
+    gauge(
+        &mut reg,
+        "uptime_seconds",
+        "Seconds since the gateway started",
+        (now - ctx.started_ms) / 1000,
+    );
+    let config_version = ctx
+        .management
+        .as_ref()
+        .map_or(0, |m| i64::try_from(m.config_version()).unwrap_or(i64::MAX));
+    gauge(
+        &mut reg,
+        "config_version",
+        "Version of the last pushed configuration applied (0: none)",
+        config_version,
+    );
+    let window = i64::try_from(ctx.heartbeat_interval.as_millis() * 3).unwrap_or(i64::MAX);
+    gauge(
+        &mut reg,
+        "platform_up",
+        "1 when the platform answered with success within the last 3 heartbeat intervals",
+        i64::from(h.last_success_ms.is_some_and(|t| now - t <= window)),
+    );
+    gauge(
+        &mut reg,
+        "platform_last_success_timestamp_seconds",
+        "Unix time of the platform's last success answer (0: none since start)",
+        h.last_success_ms.unwrap_or(0) / 1000,
+    );
+    gauge(
+        &mut reg,
+        "platform_clock_offset_milliseconds",
+        "Platform clock minus ours, learned from its Date header",
+        ctx.client.clock().offset_ms(),
+    );
+    gauge(
+        &mut reg,
+        "platform_fault",
+        "1 while the platform refuses the gateway's configuration (operator must act)",
+        i64::from(h.fault.is_some()),
+    );
+    counter(
+        &mut reg,
+        "records_delivered",
+        "Records the platform confirmed since start",
+        h.delivered,
+    );
+    counter(
+        &mut reg,
+        "records_dead_lettered",
+        "Records the platform refused for good since start",
+        h.dead_lettered,
+    );
+    counter(
+        &mut reg,
+        "heartbeats_ok",
+        "Heartbeats answered with success since start",
+        h.heartbeats_ok,
+    );
+    let sat = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    gauge(
+        &mut reg,
+        "outbox_pending_records",
+        "Records waiting for the platform",
+        sat(ctx.outbox.len()),
+    );
+    gauge(
+        &mut reg,
+        "outbox_oldest_age_seconds",
+        "Age of the oldest pending record (0 when none)",
+        ctx.outbox
+            .oldest_submitted_ms()
+            .map_or(0, |t| (now - t).max(0) / 1000),
+    );
+    gauge(
+        &mut reg,
+        "outbox_record_bytes",
+        "Bytes of the stored records (what the quota counts)",
+        sat(ctx.outbox.bytes()),
+    );
+    gauge(
+        &mut reg,
+        "outbox_disk_bytes",
+        "Bytes the store's files take on disk",
+        sat(ctx.outbox.size_on_disk()),
+    );
+    gauge(
+        &mut reg,
+        "outbox_dead_letters",
+        "Records the platform refused, kept for the operator",
+        sat(ctx.outbox.dead_len()),
+    );
+    let (total, occupied, free) = ctx.space.figures();
+    gauge(&mut reg, "spaces_total", "Spaces of the lot", sat(total));
+    gauge(
+        &mut reg,
+        "spaces_occupied",
+        "Occupied spaces",
+        sat(occupied),
+    );
+    gauge(&mut reg, "spaces_free", "Free spaces", sat(free));
+
+    let connected = Family::<Labels, Gauge>::default();
+    let last_event = Family::<Labels, Gauge>::default();
+    let events = Family::<Labels, Counter>::default();
+    let bad = Family::<Labels, Counter>::default();
+    let unusual = Family::<Labels, Counter>::default();
+    for d in &ctx.drivers {
+        let s = d.snapshot();
+        let l: Labels = vec![("driver", s.name.clone()), ("kind", s.kind.clone())];
+        connected.get_or_create(&l).set(i64::from(s.connected));
+        last_event.get_or_create(&l).set(s.last_event_ms / 1000);
+        events.get_or_create(&l).inc_by(s.events);
+        bad.get_or_create(&l).inc_by(s.bad_inputs);
+        unusual.get_or_create(&l).inc_by(s.unusual_plates);
+    }
+    reg.register(
+        "driver_connected",
+        "1 while the driver is connected to its device or broker",
+        connected,
+    );
+    reg.register(
+        "driver_last_event_timestamp_seconds",
+        "Unix time of the driver's last event (0: none)",
+        last_event,
+    );
+    reg.register("driver_events", "Events handed to the gateway", events);
+    reg.register(
+        "driver_bad_inputs",
+        "Inputs that could not be understood",
+        bad,
+    );
+    reg.register(
+        "driver_unusual_plates",
+        "Plates outside the usual Chinese plate rules (still reported)",
+        unusual,
+    );
+
+    let mut out = String::new();
+    if encode(&mut out, &reg).is_err() {
+        out = "# metrics could not be encoded\n# EOF\n".into();
+    }
+    out
+}
