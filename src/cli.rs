@@ -401,10 +401,29 @@ mod operator {
         let o = &v["outbox"];
         let s = &v["spaces"];
         println!(
-            "lotlink {}  up {} s",
+            "lotlink {}  up {} s  config {}",
             show(&v, "version"),
-            show(&v, "uptime_s")
+            show(&v, "uptime_s"),
+            show(&v, "config_hash")
         );
+        let m = &v["management"];
+        if m["enabled"] == true {
+            println!(
+                "management connected {}  config version {}  last push {}",
+                show(m, "connected"),
+                show(m, "config_version"),
+                if m["last_result"].is_null() {
+                    "-".to_string()
+                } else {
+                    format!(
+                        "v{} {} ({})",
+                        show(&m["last_result"], "version"),
+                        show(&m["last_result"], "outcome"),
+                        show(&m["last_result"], "reason")
+                    )
+                }
+            );
+        }
         println!(
             "platform   last success {}  last error {}  fault {}  clock offset {} ms  ts {}  delivered {}",
             show(p, "last_success_ms"),

@@ -41,6 +41,14 @@ pub enum DaemonError {
 /// How often the systemd `STATUS=` line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
+/// `RELOADING=1` with the `MONOTONIC_USEC=` systemd wants beside it.
+fn notify_reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[NotifyState::Reloading, now]),
+        Err(_) => notify(&[NotifyState::Reloading]),
+    }
+}
+
 fn notify(state: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(false, state) {
         tracing::debug!(error = %e, "sd_notify failed");
@@ -121,12 +129,12 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             Some(()) = hup.recv() => {
-                notify(&[NotifyState::Reloading]);
+                notify_reloading();
                 reload_file(&mut gw, path, &config_tx).await;
                 notify(&[NotifyState::Ready]);
             }
             Some(Control::Apply { cfg, reply }) = control_rx.recv() => {
-                notify(&[NotifyState::Reloading]);
+                notify_reloading();
                 let r = gw.reload(*cfg).await.map_err(|e| e.to_string());
                 let _ = config_tx.send(gw.config().clone());
                 let _ = reply.send(r);
