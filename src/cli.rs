@@ -397,29 +397,28 @@ mod operator {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             return Ok(0);
         }
-        let p = &v["platform"];
-        let o = &v["outbox"];
-        let s = &v["spaces"];
+        let (p, o, s) = (&v["platform"], &v["outbox"], &v["spaces"]);
         println!(
             "lotlink {}  up {} s  config {}",
             show(&v, "version"),
             show(&v, "uptime_s"),
             show(&v, "config_hash")
         );
-        let m = &v["management"];
-        if m["enabled"] == true {
+        let mgmt = &v["management"];
+        if mgmt["enabled"] == true {
+            let last = &mgmt["last_result"];
             println!(
                 "management connected {}  config version {}  last push {}",
-                show(m, "connected"),
-                show(m, "config_version"),
-                if m["last_result"].is_null() {
+                show(mgmt, "connected"),
+                show(mgmt, "config_version"),
+                if last.is_null() {
                     "-".to_string()
                 } else {
                     format!(
                         "v{} {} ({})",
-                        show(&m["last_result"], "version"),
-                        show(&m["last_result"], "outcome"),
-                        show(&m["last_result"], "reason")
+                        show(last, "version"),
+                        show(last, "outcome"),
+                        show(last, "reason")
                     )
                 }
             );

@@ -207,7 +207,7 @@ async fn reload_file(gw: &mut Gateway, path: &Path, config_tx: &watch::Sender<Co
                 }
                 Ok(parts) => tracing::info!(hash = %hash, parts = ?parts, "config reloaded"),
                 Err(e) => {
-                    tracing::error!(error = %e, "config reload failed; still running on the previous config")
+                    tracing::error!(error = %e, "config reload failed; still running on the previous config");
                 }
             }
             let _ = config_tx.send(gw.config().clone());

@@ -433,7 +433,7 @@ impl Handler {
                     tracing::warn!(version = r.version, outcome = r.outcome, reason = %r.reason, "config push");
                 }
                 _ => {
-                    tracing::info!(version = r.version, outcome = r.outcome, reason = %r.reason, "config push")
+                    tracing::info!(version = r.version, outcome = r.outcome, reason = %r.reason, "config push");
                 }
             }
             *self
