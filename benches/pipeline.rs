@@ -8,6 +8,9 @@
 //!   records to the first record at the platform, and that process's RSS then and after
 //!   5,000 records have been uploaded.
 //!
+//! - IMG: images inline in sled values vs fsynced image files beside small sled records:
+//!   bytes written to disk and space used for 2,000 full-size records stored and drained.
+//!
 //! Run with `cargo bench --bench pipeline`. Set `LOTLINK_BENCH_DIR` to measure another disk.
 
 use std::io::Write;
@@ -150,6 +153,10 @@ async fn p2(image: &[u8]) {
 
 async fn p5(image: &[u8]) {
     let dir = bench_dir();
+    // LOTLINK_BENCH_KEEP=1 keeps the filled store and its config for profiling by hand.
+    if std::env::var_os("LOTLINK_BENCH_KEEP").is_some() {
+        println!("P5 store kept in {}", dir.path().display());
+    }
     let path = dir.path().join("p5");
     let n = 100_000u64;
     let t = Instant::now();
@@ -202,6 +209,114 @@ async fn p5(image: &[u8]) {
     let _ = child.kill();
     let _ = child.wait();
     sim.shutdown().await;
+    if std::env::var_os("LOTLINK_BENCH_KEEP").is_some() {
+        let _ = dir.keep();
+    }
+}
+
+/// Bytes this process has caused to be written to storage so far (`/proc/self/io`).
+fn write_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn du(path: &Path) -> u64 {
+    std::fs::read_dir(path).map_or(0, |rd| {
+        rd.flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => du(&e.path()),
+                Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+                Err(_) => 0,
+            })
+            .sum()
+    })
+}
+
+/// Images inline in the sled values (what the outbox does) against images as fsynced files
+/// named by record id beside a sled record without the image: bytes written to the disk
+/// (the SD card's wear) and space used, for a backlog that is stored and then drained.
+async fn images_inline_vs_files(image: &[u8]) {
+    let n = 2_000u64;
+    let data = n * image.len() as u64;
+    let report = |what: &str, written: u64, peak: u64, left: u64, secs: f64| {
+        println!(
+            "IMG {what}: {n} records of {} KB images ({:.0} MB of data) stored and drained: {:.0} MB written to disk ({:.1}x), peak {:.0} MB on disk ({:.1}x), {:.0} MB left after draining, {:.1} s",
+            image.len() / 1024,
+            data as f64 / 1e6,
+            written as f64 / 1e6,
+            written as f64 / data as f64,
+            peak as f64 / 1e6,
+            peak as f64 / data as f64,
+            left as f64 / 1e6,
+            secs
+        );
+    };
+
+    // Inline: the outbox as shipped.
+    let dir = bench_dir();
+    let path = dir.path().join("inline");
+    let w0 = write_bytes();
+    let t = Instant::now();
+    {
+        let (ob, _) = Outbox::open(&path, OutboxOptions::default()).unwrap();
+        for i in 0..n {
+            ob.submit(common::new_record(i, image)).await.unwrap();
+        }
+        let peak = du(&path);
+        loop {
+            let batch = ob.peek(100, u64::MAX).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
+            ob.ack(&ids).await.unwrap();
+        }
+        ob.flush().await.unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        report("inline in sled", write_bytes() - w0, peak, du(&path), secs);
+    }
+
+    // Files: image written and fsynced first, then a small sled record, flushed.
+    let path = dir.path().join("files");
+    let imgs = path.join("img");
+    std::fs::create_dir_all(&imgs).unwrap();
+    let w0 = write_bytes();
+    let t = Instant::now();
+    let db = sled::Config::new()
+        .path(path.join("db"))
+        .cache_capacity(4 << 20)
+        .open()
+        .unwrap();
+    let meta = vec![b'm'; 400];
+    for i in 0..n {
+        let f = imgs.join(format!("{i:016x}.jpg"));
+        let mut file = std::fs::File::create(&f).unwrap();
+        file.write_all(image).unwrap();
+        file.sync_data().unwrap();
+        std::fs::File::open(&imgs).unwrap().sync_all().unwrap();
+        db.insert(i.to_be_bytes(), meta.as_slice()).unwrap();
+        db.flush().unwrap();
+    }
+    let peak = du(&path);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let mut b = sled::Batch::default();
+        for i in chunk {
+            b.remove(&i.to_be_bytes());
+        }
+        db.apply_batch(b).unwrap();
+        db.flush().unwrap();
+        for i in chunk {
+            let _ = std::fs::remove_file(imgs.join(format!("{i:016x}.jpg")));
+        }
+    }
+    std::fs::File::open(&imgs).unwrap().sync_all().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    drop(db);
+    report("files + sled", write_bytes() - w0, peak, du(&path), secs);
 }
 
 fn pid_rss_kb(pid: u32) -> u64 {
@@ -237,6 +352,9 @@ fn main() {
         }
         if only.is_empty() || only == "p5" {
             p5(&small).await;
+        }
+        if only.is_empty() || only == "img" {
+            images_inline_vs_files(&full).await;
         }
     });
 }

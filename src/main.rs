@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
+    tune_malloc();
     // One TLS provider for the whole process (ring: no C library beyond what ring builds).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = lotlink::cli::Cli::parse();
@@ -55,4 +56,18 @@ fn stderr_is_journal() -> bool {
     }
     #[cfg(not(unix))]
     false
+}
+
+/// glibc raises its mmap threshold each time a large block is freed, so after a while the
+/// store's 512 KiB log buffers come from the heap and their memory is never given back
+/// (measured: RSS 38 MB → 102 MB in 24 s of draining a 100,000-record backlog). A fixed
+/// threshold keeps large buffers in their own mappings, returned on free (RSS then stays
+/// at 29–49 MB). musl and other targets do not need it.
+#[allow(unsafe_code)]
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
