@@ -1141,6 +1141,60 @@ mod tests {
         assert!(n.chars().count() <= 50, "{n}");
         assert!(n.ends_with("_20261128080000_123456789.jpg"), "{n}");
     }
+
+    /// Ids and byte counts are u64 on every target: on armv7 (32-bit usize) ids past
+    /// u32::MAX keep their order, names and keys, and a store over 4 GiB counts correctly.
+    #[tokio::test]
+    async fn ids_and_sizes_past_u32_work_on_32_bit_targets() {
+        let d = tempfile::tempdir().unwrap();
+        let first = u64::from(u32::MAX) - 1;
+        let five_gib = 5u64 << 30;
+        {
+            let ob = open(d.path(), 6 << 30);
+            ob.inner.db.insert(K_NEXT_ID, &first.to_be_bytes()).unwrap();
+            ob.inner
+                .db
+                .insert(K_BYTES, &five_gib.to_be_bytes())
+                .unwrap();
+            ob.flush().await.unwrap();
+        }
+        let ob = open(d.path(), 6 << 30);
+        let mut ids = vec![];
+        for i in 0..3 {
+            match ob.submit(rec(&format!("big{i}"), "X", vec![7; 64])).await {
+                Ok(Submitted::Stored(id)) => ids.push(id),
+                other => panic!("submit {i}: {other:?}"),
+            }
+        }
+        assert_eq!(ids, [first, first + 1, first + 2]);
+        assert_eq!(ids[2], 1 << 32, "the third id is past u32::MAX");
+        assert!(ob.bytes() > five_gib, "{}", ob.bytes());
+        let got = ob.peek(10, u64::MAX).unwrap();
+        assert_eq!(
+            got.iter().map(|r| r.id).collect::<Vec<_>>(),
+            ids,
+            "oldest first"
+        );
+        assert!(
+            got[2].meta.img_name.ends_with("_4294967296.jpg"),
+            "{}",
+            got[2].meta.img_name
+        );
+        let before = ob.bytes();
+        ob.ack(&[ids[2]]).await.unwrap();
+        assert_eq!(ob.len(), 2);
+        assert!(ob.bytes() < before && ob.bytes() > five_gib);
+        ob.dead_letter(ids[1], "r").await.unwrap();
+        assert_eq!(ob.dead_list().unwrap()[0].record.id, u64::from(u32::MAX));
+        let bytes = ob.bytes();
+        drop(ob);
+        let ob = open(d.path(), 6 << 30);
+        assert_eq!((ob.len(), ob.dead_len(), ob.bytes()), (1, 1, bytes));
+        let Submitted::Stored(n) = ob.submit(rec("big9", "X", vec![1])).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(n, (1 << 32) + 1, "ids never go back, even past 2^32");
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 
 fn lotlink() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_lotlink"))
+    common::lotlink_command()
 }
 
 #[test]
@@ -94,7 +94,7 @@ async fn send_heartbeat_and_space_print_the_platforms_answer() {
     )
     .unwrap();
     for (what, extra) in [("heartbeat", vec![]), ("space", vec!["--surplus", "42"])] {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lotlink"))
+        let out = tokio::process::Command::from(common::lotlink_command())
             .args(["send", what, "--config"])
             .arg(&cfg)
             .args(extra)
@@ -122,7 +122,7 @@ async fn send_reports_an_unreachable_platform_with_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, common::config_text(&url, &dir.path().join("ob"), "")).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lotlink"))
+    let out = tokio::process::Command::from(common::lotlink_command())
         .args(["send", "heartbeat", "--config"])
         .arg(&cfg)
         .output()
@@ -134,17 +134,19 @@ async fn send_reports_an_unreachable_platform_with_exit_1() {
 
 #[test]
 fn the_demo_runs_the_pipeline_through_an_outage_and_loses_nothing() {
+    // Under emulation every phase is stretched, so the same number of events fits in it.
+    let ms = |n: u32| format!("{}ms", n * common::time_scale());
     let out = lotlink()
         .args([
             "demo",
             "--duration",
-            "9s",
+            &ms(9000),
             "--interval",
-            "500ms",
+            &ms(500),
             "--online",
-            "3s",
+            &ms(3000),
             "--outage",
-            "3s",
+            &ms(3000),
         ])
         .output()
         .unwrap();

@@ -10,7 +10,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,7 +96,7 @@ fn events_acknowledged_before_a_sigkill_survive_it_and_are_delivered_exactly_onc
         } else {
             rng.gen_range(1..300)
         };
-        let mut child = Command::new(&exe)
+        let mut child = common::target_command(&exe)
             .args([
                 "--exact",
                 "crash_child_entry",

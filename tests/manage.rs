@@ -130,7 +130,7 @@ async fn config_push_applies_rejects_rolls_back_and_reports_every_outcome() {
     let log = dir.path().join("daemon.log");
     let mut op = Operator::connect(broker.port).await;
     let mut daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_lotlink"))
+        common::lotlink_command()
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "lotlink=debug")

@@ -393,7 +393,7 @@ impl Drop for AckEater {
 
 fn spawn_gateway(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
     let log = std::fs::File::create(log).expect("log file");
-    std::process::Command::new(env!("CARGO_BIN_EXE_lotlink"))
+    common::lotlink_command()
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "lotlink=debug,lotlink_drivers=debug")

@@ -52,8 +52,13 @@ async fn the_daemon_tells_systemd_ready_status_reloading_watchdog_and_stopping()
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
     // systemd names the watched process in WATCHDOG_PID: the shell's pid, kept by `exec`.
+    // Under emulation the runner (LOTLINK_TEST_RUNNER) goes first; it keeps the pid too.
+    let runner = std::env::var("LOTLINK_TEST_RUNNER").unwrap_or_default();
     let mut child = Command::new("sh")
-        .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\""])
+        .args([
+            "-c",
+            &format!("WATCHDOG_PID=$$ exec {runner} \"$0\" run --config \"$1\""),
+        ])
         .arg(env!("CARGO_BIN_EXE_lotlink"))
         .arg(&config)
         .env("NOTIFY_SOCKET", &sock_path)

@@ -49,6 +49,11 @@ async fn send(cable: &mut PtyCable, n: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_refuses_a_bad_file_and_moves_to_a_new_platform_without_losing_or_repeating_a_record(
 ) {
+    if !common::devices::serial_ports_work(
+        "sighup_refuses_a_bad_file_and_moves_to_a_new_platform_without_losing_or_repeating_a_record",
+    ) {
+        return;
+    }
     let sim_a = common::sim().await;
     let sim_b = common::sim().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -68,7 +73,7 @@ async fn sighup_refuses_a_bad_file_and_moves_to_a_new_platform_without_losing_or
     std::fs::write(&config, text_for(&sim_a.url(), "")).expect("config");
     let log = dir.path().join("daemon.log");
     let daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_lotlink"))
+        common::lotlink_command()
             .args(["run", "--config"])
             .arg(&config)
             .stdout(Stdio::null())

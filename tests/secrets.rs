@@ -34,7 +34,7 @@ async fn no_secret_shows_in_logs_status_or_metrics_and_a_readable_config_is_flag
     std::fs::write(&config, text).expect("config");
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let log = dir.path().join("daemon.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lotlink"))
+    let mut child = common::lotlink_command()
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "debug")

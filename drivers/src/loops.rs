@@ -1489,6 +1489,20 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_rtu_bus_opens_its_serial_port_by_path() {
         use tokio_serial::SerialPort as _;
+        // qemu-user 7.2 lacks the termios2 ioctls serialport configures ports with: under
+        // it every open fails with ENOSYS (a real kernel has them).
+        if let Err(e) = tokio_serial::new("/dev/ptmx", 9600).open() {
+            if e.to_string().contains("Function not implemented") {
+                let why = format!("serial ports cannot be configured under this emulator ({e})");
+                eprintln!("skipped: {why}");
+                if let Some(f) = std::env::var_os("LOTLINK_TEST_SKIPS") {
+                    let line = format!("an_rtu_bus_opens_its_serial_port_by_path: {why}\n");
+                    let old = std::fs::read_to_string(&f).unwrap_or_default();
+                    let _ = std::fs::write(&f, old + &line);
+                }
+                return;
+            }
+        }
         let (server_end, pty) = tokio_serial::SerialStream::pair().expect("pty pair");
         let path = pty.name().expect("the pty has a path");
         let sim = Sim::new(&[1]);

@@ -11,6 +11,48 @@ pub fn require_real() -> bool {
     std::env::var("LOTLINK_REQUIRE_REAL").is_ok_and(|v| v == "1")
 }
 
+/// Say that `test` is skipped and why: on stderr, and as a line in the file named by
+/// `LOTLINK_TEST_SKIPS` (scripts/cross-test prints that file in its summary, since cargo
+/// hides a passing test's output).
+pub fn skip(test: &str, why: &str) {
+    eprintln!("skipped {test}: {why}");
+    if let Some(file) = std::env::var_os("LOTLINK_TEST_SKIPS") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
+}
+
+/// Whether serial ports can be configured here; if not, `test` is skipped (see [`skip`]) and
+/// the caller returns. qemu-user 7.2 (Debian 12) does not emulate the termios2 ioctls
+/// (TCGETS2/TCSETS2) that serialport sets the baud rate with, so under it opening any port
+/// fails with ENOSYS. A real kernel has them: anywhere else this is true.
+pub fn serial_ports_work(test: &str) -> bool {
+    static PROBE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let missing = PROBE.get_or_init(|| {
+        // Opening the pty multiplexer as a serial port: a new pty master, closed at once.
+        match tokio_serial::new("/dev/ptmx", 9600).open() {
+            Err(e) if e.to_string().contains("Function not implemented") => Some(e.to_string()),
+            _ => None,
+        }
+    });
+    match missing {
+        None => true,
+        Some(e) => {
+            skip(
+                test,
+                &format!("serial ports cannot be configured under this emulator ({e}: no termios2 ioctls)"),
+            );
+            false
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released for the peer to take).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

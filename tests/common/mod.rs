@@ -132,9 +132,43 @@ pub async fn start_with(sim: PlatformSim, platform_extra: &str) -> Harness {
     Harness { sim, dir, feed, gw }
 }
 
+/// A command that runs `program` (a binary cargo built for the test target) the way cargo
+/// runs the tests: directly, or, when the tests are cross-compiled and run under emulation,
+/// through the emulator named in `LOTLINK_TEST_RUNNER` (scripts/cross-test sets it, e.g.
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu`; without binfmt_misc the kernel cannot exec a
+/// foreign binary by itself).
+pub fn target_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let runner = std::env::var("LOTLINK_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(emulator) => {
+            let mut c = std::process::Command::new(emulator);
+            c.args(words).arg(program);
+            c
+        }
+        None => std::process::Command::new(program),
+    }
+}
+
+/// The `lotlink` binary of this build, as a command (see [`target_command`]).
+pub fn lotlink_command() -> std::process::Command {
+    target_command(env!("CARGO_BIN_EXE_lotlink"))
+}
+
+/// The tests' deadlines are set for native speed. Under emulation (scripts/cross-test sets
+/// `LOTLINK_TEST_TIME_SCALE=10` for qemu-user) they are stretched by this factor; it only
+/// moves deadlines, so a passing test waits no longer for it.
+pub fn time_scale() -> u32 {
+    std::env::var("LOTLINK_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&k| k >= 1)
+        .unwrap_or(1)
+}
+
 /// Wait for a condition with a deadline (checked on a short tick; no fixed sleep).
 pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + timeout * time_scale();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     loop {
         if cond() {
@@ -153,7 +187,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + timeout * time_scale();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     loop {
         if cond().await {
