@@ -8,6 +8,15 @@
 //!   records to the first record at the platform, and that process's RSS then and after
 //!   5,000 records have been uploaded.
 //!
+//! - P4: RSS of the real `lotlink run` binary with 4 MQTT cameras sending and 100,000
+//!   records pending (platform unreachable), beside an idle mosquitto's RSS (a small C
+//!   daemon for reference).
+//! - P7: MQTT event to platform receipt, one event at a time through mosquitto and the real
+//!   binary: p50/p99 without an image and with a 400 KB image.
+//!
+//! Every figure is also printed as a `=> key value unit` line, which `benches/run.sh`
+//! collects into BENCHMARKS.md.
+//!
 //! - IMG: images inline in sled values vs fsynced image files beside small sled records:
 //!   bytes written to disk and space used for 2,000 full-size records stored and drained.
 //!
@@ -18,10 +27,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use lotlink::outbox::{Outbox, OutboxOptions};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+
+/// A figure for benches/run.sh.
+fn result(key: &str, value: f64, unit: &str) {
+    println!("=> {key} {value:.3} {unit}");
+}
 
 fn bench_dir() -> tempfile::TempDir {
     match std::env::var_os("LOTLINK_BENCH_DIR") {
@@ -54,6 +69,8 @@ async fn p1(image: &[u8]) {
     let raw1 = raw_fsync_rate(dir.path(), 1, 500, image.len() + 200);
     let raw64 = raw_fsync_rate(dir.path(), 64, 20_000, image.len() + 200);
     println!("P1 anchor: raw append+fsync, one fsync per append: {raw1:.0}/s; grouped (64 per fsync): {raw64:.0}/s");
+    result("p1_raw_fsync_each", raw1, "appends/s");
+    result("p1_raw_fsync_grouped", raw64, "appends/s");
     for submitters in [1u64, 8, 64] {
         let path = dir.path().join(format!("ob-{submitters}"));
         let (ob, _) = Outbox::open(&path, OutboxOptions::default()).unwrap();
@@ -83,6 +100,7 @@ async fn p1(image: &[u8]) {
             "P1 durable submits/s with {submitters:>2} submitters: {rate:>8.0}/s  ({:.0} % of grouped raw fsync)",
             100.0 * rate / raw64
         );
+        result(&format!("p1_submits_{submitters}"), rate, "submits/s");
     }
 }
 
@@ -148,6 +166,11 @@ async fn p2(image: &[u8]) {
         cpu.as_secs_f64() * 1e3 / n as f64,
         wall.as_secs_f64() * 1e3 / n as f64
     );
+    result(
+        "p2_cpu_per_record",
+        cpu.as_secs_f64() * 1e3 / n as f64,
+        "ms",
+    );
     sim.shutdown().await;
 }
 
@@ -206,12 +229,212 @@ async fn p5(image: &[u8]) {
         first.as_secs_f64(),
         sim.records().len()
     );
+    result("p5_first_upload", first.as_secs_f64(), "s");
+    result("p5_rss_first", rss_first as f64 / 1024.0, "MB");
+    result("p5_rss_steady", rss_steady as f64 / 1024.0, "MB");
     let _ = child.kill();
     let _ = child.wait();
     sim.shutdown().await;
     if std::env::var_os("LOTLINK_BENCH_KEEP").is_some() {
         let _ = dir.keep();
     }
+}
+
+/// The real `lotlink run` binary on `config`, logging warnings only.
+fn spawn_gateway(config: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lotlink"))
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap()
+}
+
+/// `/status` of a gateway listening on `port` (None until it answers).
+async fn gateway_status(http: &reqwest::Client, port: u16) -> Option<serde_json::Value> {
+    http.get(format!("http://127.0.0.1:{port}/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+fn camera_sections(cameras: usize) -> String {
+    (1..=cameras)
+        .map(|i| {
+            format!(
+                "\n[[camera]]\nname = \"cam{i}\"\ndirection = \"{}\"\ndriver = \"mqtt\"\nformat = \"json\"\ntopic = \"bench/cam{i}\"\n",
+                if i % 2 == 1 { "in" } else { "out" }
+            )
+        })
+        .collect()
+}
+
+fn camera_message(id: &str, plate: &str, image: Option<&[u8]>) -> Vec<u8> {
+    let image = image.map_or(String::new(), |i| {
+        format!(
+            r#","image":"{}""#,
+            base64::engine::general_purpose::STANDARD.encode(i)
+        )
+    });
+    format!(r#"{{"plate":"{plate}","id":"{id}"{image}}}"#).into_bytes()
+}
+
+/// P4: 4 cameras sending into a store that already holds 100,000 pending records, the
+/// platform unreachable; RSS (and peak RSS) of the gateway once everything sent is stored.
+async fn p4(image: &[u8]) {
+    let dir = bench_dir();
+    let path = dir.path().join("p4");
+    let n = 100_000u64;
+    fill(&path, n, image).await;
+    // Let sled release its lock before the gateway opens the store again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let broker = common::devices::Broker::start().await;
+    let status_port = common::devices::free_port();
+    let dead_port = common::devices::free_port();
+    let text = format!(
+        "[platform]\nurl = \"http://127.0.0.1:{dead_port}\"\nlot_code = \"350\"\ntoken = \"bench-token-0000\"\n[outbox]\npath = \"{}\"\nmax_disk = \"8GiB\"\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n[space]\ntotal = 100\n[mqtt]\nurl = \"{}\"\nclient_id = \"lotlink-bench-p4\"\nmax_packet = \"2MiB\"\n{}",
+        path.display(),
+        broker.url(),
+        camera_sections(4)
+    );
+    let cfg = dir.path().join("p4.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = spawn_gateway(&cfg);
+    let http = reqwest::Client::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while gateway_status(&http, status_port).await.is_none() {
+        tick.tick().await;
+    }
+    let publisher = common::devices::Publisher::connect(broker.port, "bench-cameras").await;
+    let per_camera = 250u64;
+    let sent = 4 * per_camera;
+    let t = Instant::now();
+    // Until every event is stored; a message sent before the subscription is live is lost
+    // to it (QoS 1 without a session), so the ids are resent until all arrived (dedupe keeps
+    // each once).
+    let mut stored = 0;
+    while stored < n + sent && t.elapsed() < Duration::from_secs(300) {
+        for i in 0..per_camera {
+            for cam in 1..=4u64 {
+                let id = format!("p4-{cam}-{i}");
+                let plate = format!("晋A{:05}", cam * 10_000 + i);
+                publisher
+                    .publish(
+                        &format!("bench/cam{cam}"),
+                        camera_message(&id, &plate, Some(image)),
+                    )
+                    .await;
+            }
+        }
+        let settle = Instant::now();
+        while settle.elapsed() < Duration::from_secs(10) {
+            stored = gateway_status(&http, status_port)
+                .await
+                .and_then(|s| s["outbox"]["pending"].as_u64())
+                .unwrap_or(0);
+            if stored >= n + sent {
+                break;
+            }
+            tick.tick().await;
+        }
+    }
+    let (rss, hwm) = pid_rss_hwm_kb(child.id());
+    println!(
+        "P4 4 cameras, {sent} events sent into {n} pending (platform unreachable): {stored} pending; lotlink RSS {rss} KB, peak {hwm} KB, {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    result("p4_rss", rss as f64 / 1024.0, "MB");
+    result("p4_rss_peak", hwm as f64 / 1024.0, "MB");
+    if let Some(pid) = broker.pid() {
+        // The anchor: a fresh, idle mosquitto (the broker above has been busy).
+        drop(broker);
+        let idle = common::devices::Broker::start().await;
+        let idle_pid = idle.pid().unwrap_or(pid);
+        let (mrss, _) = pid_rss_hwm_kb(idle_pid);
+        println!("P4 anchor: idle mosquitto RSS {mrss} KB");
+        result("anchor_mosquitto_rss", mrss as f64 / 1024.0, "MB");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// P7: one event at a time from an MQTT camera to the platform simulator, through mosquitto
+/// and the real binary; p50/p99 of publish-to-receipt, without and with a 400 KB image.
+async fn p7() {
+    let dir = bench_dir();
+    let sim =
+        lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench-token-0000"))
+            .await
+            .unwrap();
+    let broker = common::devices::Broker::start().await;
+    let status_port = common::devices::free_port();
+    let text = format!(
+        "[platform]\nurl = \"{}\"\nlot_code = \"350\"\ntoken = \"bench-token-0000\"\n[outbox]\npath = \"{}\"\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n[space]\ntotal = 100\n[mqtt]\nurl = \"{}\"\nclient_id = \"lotlink-bench-p7\"\nmax_packet = \"2MiB\"\n{}",
+        sim.url(),
+        dir.path().join("p7").display(),
+        broker.url(),
+        camera_sections(1)
+    );
+    let cfg = dir.path().join("p7.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = spawn_gateway(&cfg);
+    let publisher = common::devices::Publisher::connect(broker.port, "bench-camera").await;
+    // Warm up until the subscription is live.
+    let mut warm = 0;
+    while sim.records().is_empty() {
+        warm += 1;
+        publisher
+            .publish(
+                "bench/cam1",
+                camera_message(&format!("warm-{warm}"), "晋W00001", None),
+            )
+            .await;
+        sim.wait_for_records(1, Duration::from_millis(200)).await;
+    }
+    let big = {
+        let mut q = 90u8;
+        loop {
+            let j = lotlink::imaging::synth_jpeg(1920, 1080, 7, q);
+            if j.len() >= 400_000 || q >= 100 {
+                break j;
+            }
+            q += 2;
+        }
+    };
+    for (label, image) in [("no image", None), ("400 KB image", Some(big.as_slice()))] {
+        let rounds = 100;
+        let mut times = Vec::with_capacity(rounds);
+        for i in 0..rounds {
+            let before = sim.records().len();
+            let msg = camera_message(&format!("p7-{label}-{i}"), &format!("晋B{i:05}"), image);
+            let t = Instant::now();
+            publisher.publish("bench/cam1", msg).await;
+            assert!(
+                sim.wait_for_records(before + 1, Duration::from_secs(30))
+                    .await,
+                "P7 event {i} arrived"
+            );
+            times.push(t.elapsed());
+        }
+        times.sort();
+        let p50 = times[rounds / 2].as_secs_f64() * 1e3;
+        let p99 = times[rounds * 99 / 100].as_secs_f64() * 1e3;
+        println!("P7 MQTT event to platform receipt, {label}: p50 {p50:.1} ms, p99 {p99:.1} ms ({rounds} events, one at a time)");
+        let key = if image.is_some() {
+            "p7_image"
+        } else {
+            "p7_plain"
+        };
+        result(&format!("{key}_p50"), p50, "ms");
+        result(&format!("{key}_p99"), p99, "ms");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    sim.shutdown().await;
 }
 
 /// Bytes this process has caused to be written to storage so far (`/proc/self/io`).
@@ -319,6 +542,19 @@ async fn images_inline_vs_files(image: &[u8]) {
     report("files + sled", write_bytes() - w0, peak, du(&path), secs);
 }
 
+/// VmRSS and VmHWM (peak) of a process, in KB.
+fn pid_rss_hwm_kb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 fn pid_rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -342,7 +578,7 @@ fn main() {
         lotlink::imaging::prepare(&big, lotlink::imaging::MAX_B64_CHARS).bytes
     };
     rt.block_on(async {
-        // LOTLINK_BENCH_ONLY=p1|p2|p5 runs one part.
+        // LOTLINK_BENCH_ONLY=p1|p2|p4|p5|p7|img runs one part.
         let only = std::env::var("LOTLINK_BENCH_ONLY").unwrap_or_default();
         if only.is_empty() || only == "p1" {
             p1(&small).await;
@@ -350,8 +586,14 @@ fn main() {
         if only.is_empty() || only == "p2" {
             p2(&full).await;
         }
+        if only.is_empty() || only == "p4" {
+            p4(&small).await;
+        }
         if only.is_empty() || only == "p5" {
             p5(&small).await;
+        }
+        if only.is_empty() || only == "p7" {
+            p7().await;
         }
         if only.is_empty() || only == "img" {
             images_inline_vs_files(&full).await;

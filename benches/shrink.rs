@@ -158,6 +158,12 @@ fn p3(c: &mut Criterion) {
         ms(median(&ours.borrow())),
         ms(median(&theirs.borrow()))
     );
+    // For benches/run.sh.
+    for (key, samples) in [("p3_prepare", &ours), ("p3_vipsthumbnail", &theirs)] {
+        if let Some(d) = median(&samples.borrow()) {
+            println!("=> {key} {:.3} ms", d.as_secs_f64() * 1e3);
+        }
+    }
 }
 
 criterion_group!(benches, p3);

@@ -293,7 +293,8 @@ impl Gateway {
                 max_body: cfg.platform.max_body,
                 heartbeat_interval: cfg.platform.heartbeat_interval,
                 backoff_base: opts.backoff_base,
-                backoff_cap: opts.backoff_cap,
+                // The config may only shorten it (tests pass a short cap in `opts`).
+                backoff_cap: cfg.platform.retry_max.min(opts.backoff_cap),
                 backoff_cap_fault: opts.backoff_cap_fault,
             },
             health.clone(),

@@ -65,6 +65,18 @@ pub enum Command {
     /// The running daemon's space count.
     #[command(subcommand)]
     Space(SpaceCommand),
+    /// Shrink an image as the gateway would before upload and say what it did (for checking a
+    /// camera's images; `--repeat` times it).
+    Shrink {
+        /// A JPEG or PNG file. Without one, a generated 1920x1080 photo-like JPEG.
+        file: Option<PathBuf>,
+        /// Write the result here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Shrink this many times and print the median time.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+    },
     /// Run the real pipeline against an in-process platform simulator and simulated lanes.
     Demo {
         /// Stop after this long (e.g. "40s"); default: run until Ctrl-C.
@@ -194,6 +206,7 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::Space(SpaceCommand::Set { occupied, config }) => {
             operator::space_set(&config, occupied).await
         }
+        Command::Shrink { file, out, repeat } => shrink(file.as_deref(), out.as_deref(), repeat),
         Command::Demo {
             duration,
             interval,
@@ -210,6 +223,48 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
             crate::demo::run(opts, shutdown_signal()).await
         }
     }
+}
+
+/// `shrink`: [`crate::imaging::prepare`] on a file, timed.
+fn shrink(
+    file: Option<&std::path::Path>,
+    out: Option<&std::path::Path>,
+    repeat: u32,
+) -> Result<i32, CliError> {
+    use crate::imaging::{self, MAX_B64_CHARS};
+    let input = match file {
+        Some(path) => std::fs::read(path)
+            .map_err(|e| CliError::Other(format!("cannot read {}: {e}", path.display())))?,
+        None => imaging::synth_jpeg(1920, 1080, 42, 90),
+    };
+    let mut times = Vec::new();
+    let mut prepared = None;
+    for _ in 0..repeat.max(1) {
+        let start = std::time::Instant::now();
+        prepared = Some(imaging::prepare(&input, MAX_B64_CHARS));
+        times.push(start.elapsed());
+    }
+    times.sort();
+    let Some(prepared) = prepared else {
+        return Ok(1);
+    };
+    println!(
+        "{} bytes in: {}; {} bytes out = {} Base64 chars (budget {MAX_B64_CHARS}); median {:.1} ms of {}",
+        input.len(),
+        prepared.action,
+        prepared.bytes.len(),
+        imaging::b64_len(prepared.bytes.len()),
+        times[times.len() / 2].as_secs_f64() * 1e3,
+        times.len()
+    );
+    if let Some(path) = out {
+        std::fs::write(path, &prepared.bytes)
+            .map_err(|e| CliError::Other(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(i32::from(matches!(
+        prepared.action,
+        imaging::ImageAction::Placeholder { .. }
+    )))
 }
 
 /// `check-config`: print "ok" or every problem.

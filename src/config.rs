@@ -135,6 +135,10 @@ pub struct RawPlatform {
     /// Whole-request timeout (connect + answer), e.g. "10s".
     #[serde(default = "d_10s")]
     pub request_timeout: String,
+    /// Longest wait between retries while the platform fails: the back-off doubles from 1s
+    /// up to this (with full jitter). 1s..=5m; a platform on the site LAN may want less.
+    #[serde(default = "d_5m")]
+    pub retry_max: String,
     /// Most records in one carInOut request, 1..=100.
     #[serde(default = "d_100")]
     pub max_batch: i64,
@@ -144,6 +148,9 @@ pub struct RawPlatform {
     /// Time zone of `inOutTime`, an IANA name.
     #[serde(default = "d_tz")]
     pub timezone: String,
+    /// PEM file of the CA certificate(s) that sign the platform's HTTPS certificate. When set,
+    /// only these are trusted (not the built-in web roots); `https://` URLs only.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[outbox]`.
@@ -210,6 +217,9 @@ fn d_object() -> String {
 }
 fn d_60s() -> String {
     "60s".into()
+}
+fn d_5m() -> String {
+    "5m".into()
 }
 fn d_10s() -> String {
     "10s".into()
@@ -304,9 +314,13 @@ pub struct PlatformConfig {
     pub data_encoding: DataEncoding,
     pub heartbeat_interval: Duration,
     pub request_timeout: Duration,
+    /// Cap of the retry back-off for transient failures.
+    pub retry_max: Duration,
     pub max_batch: usize,
     pub max_body: u64,
     pub timezone: chrono_tz::Tz,
+    /// Trust only the CA certificate(s) in this PEM file for HTTPS.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Validated `[outbox]`.
@@ -563,6 +577,13 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
         c.bad("platform.url", format!("{:?} is not a valid URL", p.url));
     }
 
+    if p.ca_file.is_some() && !url.starts_with("https://") {
+        c.bad(
+            "platform.ca_file",
+            "only applies to an https:// platform.url",
+        );
+    }
+
     let lot_code = p.lot_code.trim().to_string();
     if lot_code.is_empty() {
         c.bad("platform.lot_code", "must not be empty");
@@ -657,6 +678,16 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
         .and_then(|d| {
             if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
                 c.bad("platform.request_timeout", "must be between 100ms and 300s");
+                None
+            } else {
+                Some(d)
+            }
+        });
+    let retry_max = c
+        .take("platform.retry_max", parse_duration(&p.retry_max))
+        .and_then(|d| {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(300) {
+                c.bad("platform.retry_max", "must be between 1s and 5m");
                 None
             } else {
                 Some(d)
@@ -793,6 +824,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
         data_encoding,
         heartbeat_interval,
         request_timeout,
+        retry_max,
         max_batch,
         max_body,
         timezone,
@@ -808,6 +840,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
             Some(data_encoding),
             Some(heartbeat_interval),
             Some(request_timeout),
+            Some(retry_max),
             Some(max_batch),
             Some(max_body),
             Some(timezone),
@@ -825,9 +858,11 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
                 data_encoding,
                 heartbeat_interval,
                 request_timeout,
+                retry_max,
                 max_batch,
                 max_body,
                 timezone,
+                ca_file: p.ca_file.clone(),
             },
             outbox: OutboxConfig {
                 path: raw.outbox.path.clone(),
@@ -926,26 +961,40 @@ pub fn from_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
     Ok(cfg)
 }
 
-/// Read, parse and validate a configuration file, and check its `token_file` can be read.
+/// Read, parse and validate a configuration file, and check the files it names can be read:
+/// `token_file`, and `ca_file` as PEM certificates.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     let cfg = from_str(path, &text)?;
-    resolve_token(&cfg.platform.token).map_err(|message| {
-        ConfigError::Invalid(
+    let mut problems = Vec::new();
+    if let Err(message) = resolve_token(&cfg.platform.token) {
+        problems.push(Problem {
+            key: "platform.token_file".into(),
+            message,
+            line: None,
+        });
+    }
+    if let Some(ca) = &cfg.platform.ca_file {
+        if let Err(message) = crate::protocol::load_ca_file(ca) {
+            problems.push(Problem {
+                key: "platform.ca_file".into(),
+                message,
+                line: None,
+            });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(
             ConfigErrors {
                 path: None,
-                problems: vec![Problem {
-                    key: "platform.token_file".into(),
-                    message,
-                    line: None,
-                }],
+                problems,
             }
             .locate(path, &text),
-        )
-    })?;
+        ));
+    }
     Ok(cfg)
 }
 

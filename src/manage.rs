@@ -129,6 +129,43 @@ impl PushResult {
     }
 }
 
+/// A config push as it arrives on `{prefix}/config/set`. No `Debug`: the text holds the token.
+#[derive(serde::Deserialize)]
+pub struct Push {
+    /// Must be greater than the applied version.
+    pub version: u64,
+    /// The whole TOML file.
+    pub config: String,
+    /// Hex HMAC-SHA256 of the decimal version followed by the text.
+    pub hmac: Option<String>,
+}
+
+/// Parse a push message and check its HMAC when a key is set. Pure; the error is the
+/// `rejected` result to publish. Fed arbitrary bytes by the fuzz target `config_push`.
+pub fn parse_push(msg: &[u8], key: Option<&config::Secret>) -> Result<Push, PushResult> {
+    let push: Push = serde_json::from_slice(msg).map_err(|e| {
+        PushResult::new(
+            0,
+            "rejected",
+            format!("not a config push ({{\"version\", \"config\", \"hmac\"}}): {e}"),
+        )
+    })?;
+    if let Some(key) = key {
+        let ok = push
+            .hmac
+            .as_deref()
+            .is_some_and(|h| hmac_ok(key.expose().as_bytes(), push.version, &push.config, h));
+        if !ok {
+            return Err(PushResult::new(
+                push.version,
+                "rejected",
+                "bad or missing hmac",
+            ));
+        }
+    }
+    Ok(push)
+}
+
 /// The hex HMAC-SHA256 a push must carry: over the version's decimal digits, then the text.
 pub fn push_hmac(key: &[u8], version: u64, config: &str) -> String {
     let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
@@ -468,37 +505,16 @@ impl Handler {
     }
 
     async fn handle(&self, msg: &[u8], shutdown: &CancellationToken) -> PushResult {
-        #[derive(serde::Deserialize)]
-        struct Push {
-            version: u64,
-            config: String,
-            hmac: Option<String>,
-        }
-        let push: Push = match serde_json::from_slice(msg) {
-            Ok(p) => p,
-            Err(e) => {
-                return PushResult::new(
-                    0,
-                    "rejected",
-                    format!("not a config push ({{\"version\", \"config\", \"hmac\"}}): {e}"),
-                )
-            }
-        };
-        let v = push.version;
         let current = self.config.borrow().clone();
-        if let Some(key) = current
+        let key = current
             .management
             .as_ref()
-            .and_then(|m| m.hmac_key.as_ref())
-        {
-            let ok = push
-                .hmac
-                .as_deref()
-                .is_some_and(|h| hmac_ok(key.expose().as_bytes(), v, &push.config, h));
-            if !ok {
-                return PushResult::new(v, "rejected", "bad or missing hmac");
-            }
-        }
+            .and_then(|m| m.hmac_key.as_ref());
+        let push = match parse_push(msg, key) {
+            Ok(p) => p,
+            Err(rejected) => return rejected,
+        };
+        let v = push.version;
         let applied = self.state.config_version();
         if v <= applied {
             return PushResult::new(

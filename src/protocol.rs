@@ -246,6 +246,17 @@ pub enum ClientError {
     Build(String),
 }
 
+/// The certificates of a PEM file (`[platform] ca_file`); the error names the file.
+pub fn load_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
 impl Client {
     /// Build a client. `initial_unit` is a unit persisted by an earlier `auto` run, if any.
     pub fn new(
@@ -254,11 +265,19 @@ impl Client {
         clock: Arc<Clock>,
         initial_unit: Option<TsUnit>,
     ) -> Result<Client, ClientError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(cfg.request_timeout.min(Duration::from_secs(5)))
             .timeout(cfg.request_timeout)
             .pool_idle_timeout(Duration::from_secs(50))
-            .user_agent(concat!("lotlink/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("lotlink/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &cfg.ca_file {
+            // A private CA: trust it alone, not the built-in web roots as well.
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in load_ca_file(path).map_err(ClientError::Build)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;
         let unit = match cfg.ts_unit {

@@ -165,3 +165,34 @@ fn the_demo_runs_the_pipeline_through_an_outage_and_loses_nothing() {
         .count();
     assert!(delivered >= 4, "{stdout}");
 }
+
+#[test]
+fn shrink_says_what_the_gateway_would_do_with_an_image_and_writes_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.jpg");
+    std::fs::write(&big, lotlink::imaging::synth_jpeg(1920, 1080, 5, 92)).unwrap();
+    let small = dir.path().join("small.jpg");
+    let out = lotlink()
+        .arg("shrink")
+        .arg(&big)
+        .arg("--out")
+        .arg(&small)
+        .args(["--repeat", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("shrunk from 1920x1080"), "{text}");
+    assert!(text.contains("of 2"), "timed twice: {text}");
+    let written = std::fs::read(&small).unwrap();
+    assert_eq!(&written[..2], &[0xFF, 0xD8], "a JPEG");
+    assert!(lotlink::imaging::b64_len(written.len()) <= 50_000);
+
+    // Not an image: the placeholder, and exit 1.
+    let junk = dir.path().join("junk.jpg");
+    std::fs::write(&junk, b"not a picture").unwrap();
+    let out = lotlink().arg("shrink").arg(&junk).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("placeholder"), "{text}");
+}

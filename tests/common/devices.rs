@@ -141,6 +141,11 @@ impl Broker {
         assert!(ok, "broker did not start listening on {port}");
     }
 
+    /// The broker's process id (mosquitto; `None` for rumqttd in process).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `mqtt://127.0.0.1:port`.
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
