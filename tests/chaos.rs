@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::devices::{free_port, Broker};
-use common::{eventually, lotlink_command, time_scale, LOT, TOKEN};
+use common::{eventually, lotlink_command, LOT, TOKEN};
 use lotlink::sim::{Mode, PlatformSim, Route, Scripted, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -158,7 +158,7 @@ impl Gateway {
     /// Until `/status` answers (the outbox is open and the drivers started).
     async fn wait_ready(&self, http: &reqwest::Client) {
         let url = format!("http://127.0.0.1:{}/status", self.status_port);
-        let ok = common::eventually_async(Duration::from_secs(30) * time_scale(), || {
+        let ok = common::eventually_async(Duration::from_secs(30), || {
             let req = http.get(&url).send();
             async move { req.await.is_ok_and(|r| r.status().is_success()) }
         })
@@ -223,7 +223,7 @@ impl Run {
     async fn drain(&self, range: (u64, u64)) -> Option<Duration> {
         let t = Instant::now();
         let wanted: Vec<String> = (range.0..range.1).map(plate).collect();
-        let ok = eventually(Duration::from_secs(60) * time_scale(), || {
+        let ok = eventually(Duration::from_secs(60), || {
             let got = delivered(&self.sim);
             wanted.iter().all(|p| got.contains_key(p))
         })
@@ -260,7 +260,7 @@ impl Run {
                 let r = self.burst(|_, _| {}).await;
                 let before = self.sim.records().len();
                 let target = before + self.rng.gen_range(1..(BURST as usize / 2));
-                let _ = eventually(Duration::from_secs(20) * time_scale(), || {
+                let _ = eventually(Duration::from_secs(20), || {
                     self.sim.records().len() >= target
                 })
                 .await;
@@ -279,10 +279,15 @@ impl Run {
                     _ => Mode::Hang,
                 });
                 let r = self.burst(|_, _| {}).await;
-                // Until the gateway has felt it (a few failed requests).
-                let before = self.sim.stats().connections;
-                let _ = eventually(Duration::from_secs(10) * time_scale(), || {
-                    fault == Fault::PlatformRefuses || self.sim.stats().connections >= before + 2
+                // Until the gateway has felt it: two more requests (500, hang) or connections
+                // (reset) than before. A refused connection leaves no trace at the simulator.
+                let felt = |sim: &PlatformSim| {
+                    let s = sim.stats();
+                    s.connections + s.requests_to(Route::CarInOut)
+                };
+                let before = felt(&self.sim);
+                let _ = eventually(Duration::from_secs(10), || {
+                    fault == Fault::PlatformRefuses || felt(&self.sim) >= before + 2
                 })
                 .await;
                 self.sim.set_mode(Mode::Up);
