@@ -4,6 +4,7 @@
 #
 #   benches/run.sh              # everything (about 15 minutes on 2 cores, most of it P4/P5 set-up)
 #   LOTLINK_BENCH_DIR=/mnt/sd benches/run.sh   # measure the outbox on another disk
+#   LOTLINK_P6_BIN=target/aarch64-unknown-linux-gnu/dist/lotlink benches/run.sh   # P6 already built
 #
 # Needs mosquitto (P4, P7 and the RSS anchor) and vipsthumbnail (libvips-tools, P3 anchor);
 # P6 needs the aarch64 cross gcc (gcc-aarch64-linux-gnu). A missing tool leaves its row
@@ -20,11 +21,14 @@ cargo bench --locked --bench pipeline 2>&1 | tee -a "$out"
 note "shrink bench (P3)"
 cargo bench --locked --bench shrink 2>&1 | tee -a "$out"
 
-# P6: the stripped aarch64 binary as the .deb ships it (profile dist).
-if command -v aarch64-linux-gnu-gcc >/dev/null && rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu; then
+# P6: the stripped aarch64 binary as the .deb ships it (profile dist). LOTLINK_P6_BIN names
+# one already built (e.g. by scripts/package) instead of building it here.
+if [ -n "${LOTLINK_P6_BIN:-}" ]; then
+    echo "=> p6_aarch64_bytes $(stat -c %s "$LOTLINK_P6_BIN") bytes" | tee -a "$out"
+elif command -v aarch64-linux-gnu-gcc >/dev/null && rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu; then
     note "P6 build"
     cargo build --locked --profile dist --target aarch64-unknown-linux-gnu --bin lotlink 2>&1 | tail -n 2 | tee -a "$out"
-    bytes=$(stat -c %s target/aarch64-unknown-linux-gnu/dist/lotlink)
+    bytes=$(stat -c %s "${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-gnu/dist/lotlink")
     echo "=> p6_aarch64_bytes $bytes bytes" | tee -a "$out"
 else
     echo "P6 not measured: needs gcc-aarch64-linux-gnu and rustup target aarch64-unknown-linux-gnu" | tee -a "$out"

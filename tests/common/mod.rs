@@ -86,8 +86,10 @@ pub fn plate(key: &str, plate: &str, image: Option<Vec<u8>>) -> Event {
 
 /// Config text for a gateway pointed at `url`.
 pub fn config_text(url: &str, outbox: &Path, platform_extra: &str) -> String {
+    // 2 s at native speed; an emulated gateway and simulator need longer for one request.
+    let timeout = 2 * time_scale();
     format!(
-        "[platform]\nurl = \"{url}\"\nlot_code = \"{LOT}\"\ntoken = \"{TOKEN}\"\nrequest_timeout = \"2s\"\n{platform_extra}\n\n[outbox]\npath = \"{}\"\n\n[status]\nlisten = \"127.0.0.1:0\"\n\n[space]\ntotal = 100\n",
+        "[platform]\nurl = \"{url}\"\nlot_code = \"{LOT}\"\ntoken = \"{TOKEN}\"\nrequest_timeout = \"{timeout}s\"\n{platform_extra}\n\n[outbox]\npath = \"{}\"\n\n[status]\nlisten = \"127.0.0.1:0\"\n\n[space]\ntotal = 100\n",
         outbox.display()
     )
 }
