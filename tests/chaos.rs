@@ -10,10 +10,12 @@
 //! SIGKILL during ingest, SIGKILL during upload, platform refusing connections, resetting
 //! them, answering HTTP 500, hanging past the request timeout, flapping between those,
 //! answering storms of 2000/1003/1107, and the platform clock ±1 h (then jumping back).
-//! The first rounds take each fault in turn; later rounds mix them at random.
+//! The first rounds take each fault in turn; later rounds mix them at random: half of them
+//! are kills (during ingest, with the platform also refusing, resetting or failing at times).
 //!
 //! `cargo test --test chaos` runs the short variant (one round per fault). The long one:
-//! `LOTLINK_CHAOS_ROUNDS=60 cargo test --release --test chaos -- --nocapture`; set
+//! `LOTLINK_CHAOS_ROUNDS=110 cargo test --release --test chaos -- --nocapture` (about 50
+//! kills); set
 //! `LOTLINK_CHAOS_SEED` to replay a run (the seed is printed).
 
 mod common;
@@ -204,6 +206,8 @@ struct Run {
     gw: Gateway,
     http: reqwest::Client,
     rng: StdRng,
+    /// Past the first round of each fault: faults may be combined.
+    mix: bool,
     next: u64,
 }
 
@@ -241,6 +245,13 @@ impl Run {
         let range = match fault {
             Fault::KillDuringIngest => {
                 let at = self.rng.gen_range(0..BURST);
+                // In the random mix, the platform is often failing too while the gateway dies.
+                let also = self.mix.then(|| {
+                    [Mode::Up, Mode::Refuse, Mode::Http500, Mode::Reset][self.rng.gen_range(0..4)]
+                });
+                if let Some(mode) = also {
+                    self.sim.set_mode(mode);
+                }
                 let r = self
                     .burst(|run, i| {
                         if i == at {
@@ -249,6 +260,7 @@ impl Run {
                     })
                     .await;
                 self.gw.wait_ready(&self.http).await;
+                self.sim.set_mode(Mode::Up);
                 r
             }
             Fault::KillDuringUpload => {
@@ -369,6 +381,7 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_kills_and_pl
         sim,
         http: reqwest::Client::new(),
         rng: StdRng::seed_from_u64(seed),
+        mix: false,
         next: 1,
     };
     run.gw.start();
@@ -387,9 +400,13 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_kills_and_pl
     let mut tallies: BTreeMap<Fault, Tally> = BTreeMap::new();
     let mut failures = Vec::new();
     for round in 0..rounds {
-        // Each fault in turn first, then a random mix.
+        // Each fault in turn first, then a random mix in which half the rounds are kills.
+        run.mix = round >= ALL.len();
         let fault = match ALL.get(round) {
             Some(f) => *f,
+            None if run.rng.gen_bool(0.5) => {
+                [Fault::KillDuringIngest, Fault::KillDuringUpload][run.rng.gen_range(0..2)]
+            }
             None => ALL[run.rng.gen_range(0..ALL.len())],
         };
         let first = run.next;
