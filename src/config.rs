@@ -558,6 +558,22 @@ impl Collector {
             }
         }
     }
+    /// A duration setting that must lie in `range`; `rule` says so in the error.
+    fn duration_in(
+        &mut self,
+        key: &str,
+        text: &str,
+        range: std::ops::RangeInclusive<Duration>,
+        rule: &str,
+    ) -> Option<Duration> {
+        let d = self.take(key, parse_duration(text))?;
+        if range.contains(&d) {
+            Some(d)
+        } else {
+            self.bad(key, rule);
+            None
+        }
+    }
 }
 
 /// Check a raw configuration and produce the validated one, or every problem found.
@@ -654,45 +670,24 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
             None
         }
     };
-    let heartbeat_interval = c
-        .take(
-            "platform.heartbeat_interval",
-            parse_duration(&p.heartbeat_interval),
-        )
-        .and_then(|d| {
-            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
-                c.bad(
-                    "platform.heartbeat_interval",
-                    "must be between 1s and 1h (the platform expects 60s)",
-                );
-                None
-            } else {
-                Some(d)
-            }
-        });
-    let request_timeout = c
-        .take(
-            "platform.request_timeout",
-            parse_duration(&p.request_timeout),
-        )
-        .and_then(|d| {
-            if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
-                c.bad("platform.request_timeout", "must be between 100ms and 300s");
-                None
-            } else {
-                Some(d)
-            }
-        });
-    let retry_max = c
-        .take("platform.retry_max", parse_duration(&p.retry_max))
-        .and_then(|d| {
-            if d < Duration::from_secs(1) || d > Duration::from_secs(300) {
-                c.bad("platform.retry_max", "must be between 1s and 5m");
-                None
-            } else {
-                Some(d)
-            }
-        });
+    let heartbeat_interval = c.duration_in(
+        "platform.heartbeat_interval",
+        &p.heartbeat_interval,
+        Duration::from_secs(1)..=Duration::from_secs(3600),
+        "must be between 1s and 1h (the platform expects 60s)",
+    );
+    let request_timeout = c.duration_in(
+        "platform.request_timeout",
+        &p.request_timeout,
+        Duration::from_millis(100)..=Duration::from_secs(300),
+        "must be between 100ms and 300s",
+    );
+    let retry_max = c.duration_in(
+        "platform.retry_max",
+        &p.retry_max,
+        Duration::from_secs(1)..=Duration::from_secs(300),
+        "must be between 1s and 5m",
+    );
     let max_batch = if (1..=100).contains(&p.max_batch) {
         usize::try_from(p.max_batch).ok()
     } else {
@@ -919,16 +914,12 @@ fn validate_management(
     if m.hmac_key.as_ref().is_some_and(|k| k.expose().len() < 16) {
         c.bad("management.hmac_key", "must be at least 16 characters");
     }
-    let watch = c
-        .take("management.watch", parse_duration(&m.watch))
-        .and_then(|d| {
-            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
-                c.bad("management.watch", "must be between 1s and 1h");
-                None
-            } else {
-                Some(d)
-            }
-        });
+    let watch = c.duration_in(
+        "management.watch",
+        &m.watch,
+        Duration::from_secs(1)..=Duration::from_secs(3600),
+        "must be between 1s and 1h",
+    );
     match (enabled, watch) {
         (true, Some(watch)) => Some(ManagementConfig {
             topic_prefix: prefix,
@@ -1041,12 +1032,40 @@ total = 500
         assert_eq!(c.platform.data_encoding, DataEncoding::Object);
         assert_eq!(c.platform.heartbeat_interval, Duration::from_secs(60));
         assert_eq!(c.platform.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.platform.retry_max, Duration::from_secs(300));
+        assert_eq!(c.platform.ca_file, None);
         assert_eq!(c.platform.max_batch, 100);
         assert_eq!(c.platform.max_body, 2 << 20);
         assert_eq!(c.platform.timezone, chrono_tz::Asia::Shanghai);
         assert_eq!(c.outbox.max_disk, 2 << 30);
         assert_eq!(c.space.total, 500);
         assert_eq!(c.status.listen, "127.0.0.1:9870".parse().unwrap());
+    }
+
+    #[test]
+    fn durations_out_of_range_and_a_ca_file_for_plain_http_are_refused_by_name() {
+        let text = GOOD
+            .replace(
+                "lot_code = \"350\"",
+                "lot_code = \"350\"\nretry_max = \"10m\"\nrequest_timeout = \"5ms\"",
+            )
+            .replace("https://", "http://")
+            .replace("[outbox]", "ca_file = \"/etc/ca.pem\"\n\n[outbox]");
+        let err = from_str(Path::new("t.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("platform.retry_max: must be between 1s and 5m"),
+            "{err}"
+        );
+        assert!(
+            err.contains("platform.request_timeout: must be between 100ms and 300s"),
+            "{err}"
+        );
+        assert!(
+            err.contains("platform.ca_file: only applies to an https:// platform.url"),
+            "{err}"
+        );
     }
 
     #[test]
