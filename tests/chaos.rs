@@ -13,6 +13,9 @@
 //! The first rounds take each fault in turn; later rounds mix them at random: half of them
 //! are kills (during ingest, with the platform also refusing, resetting or failing at times).
 //!
+//! A second test corrupts the store while the gateway is down: it is moved aside with an
+//! ERROR naming where, and the gateway carries on with a fresh one.
+//!
 //! `cargo test --test chaos` runs the short variant (one round per fault). The long one:
 //! `LOTLINK_CHAOS_ROUNDS=110 cargo test --release --test chaos -- --nocapture` (about 50
 //! kills); set
@@ -477,4 +480,80 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_kills_and_pl
         "every record once (plus the warm-up event)"
     );
     drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_corrupted_while_the_gateway_was_down_is_moved_aside_and_the_gateway_carries_on() {
+    common::init_log();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = PlatformSim::start(SimConfig::new(LOT, TOKEN))
+        .await
+        .expect("simulator");
+    let broker = Broker::start().await;
+    let status_port = free_port();
+    let config = write_config(dir.path(), &sim, &broker, status_port);
+    let http = reqwest::Client::new();
+    let mut gw = Gateway {
+        child: None,
+        config: config.clone(),
+        status_port,
+    };
+    gw.start();
+    gw.wait_ready(&http).await;
+    gw.kill();
+
+    // Garbage over sled's files, as a dying SD card might leave them.
+    let store = dir.path().join("outbox");
+    for f in ["conf", "db"] {
+        let p = store.join(f);
+        if p.exists() {
+            std::fs::write(&p, vec![0xA5u8; 4096]).expect("corrupt the store");
+        }
+    }
+
+    let log = dir.path().join("gateway.log");
+    let child = lotlink_command()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("lotlink starts");
+    gw.child = Some(child);
+    gw.wait_ready(&http).await;
+
+    // The old files are kept beside the new store, and the ERROR says where.
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("outbox.corrupt-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "moved aside once");
+    assert!(aside[0].path().join("db").exists(), "old files kept");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("ERROR") && text.contains("outbox.corrupt-"),
+        "an ERROR names where the old store went: {text}"
+    );
+
+    // And the gateway works: an event from the camera reaches the platform.
+    let camera = Camera::connect(broker.port).await;
+    let mut delivered_one = false;
+    for _ in 0..100 {
+        camera.publish(7).await;
+        if eventually(Duration::from_millis(300), || {
+            delivered(&sim).contains_key(&plate(7))
+        })
+        .await
+        {
+            delivered_one = true;
+            break;
+        }
+    }
+    assert!(delivered_one, "the fresh store carries events");
 }
