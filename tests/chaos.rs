@@ -17,7 +17,7 @@
 //! ERROR naming where, and the gateway carries on with a fresh one.
 //!
 //! `cargo test --test chaos` runs the short variant (one round per fault). The long one:
-//! `LOTLINK_CHAOS_ROUNDS=110 cargo test --release --test chaos -- --nocapture` (about 50
+//! `LOTLINK_CHAOS_ROUNDS=110 cargo test --release --test chaos -- --nocapture` (about 60
 //! kills); set
 //! `LOTLINK_CHAOS_SEED` to replay a run (the seed is printed).
 
