@@ -26,11 +26,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::devices::{free_port, Broker};
+use common::devices::{free_port, Broker, Publisher};
 use common::{eventually, lotlink_command, LOT, TOKEN};
 use lotlink::sim::{Mode, PlatformSim, Route, Scripted, SimConfig};
 use rand::rngs::StdRng;
@@ -76,37 +74,17 @@ struct Tally {
     drain_max: Duration,
 }
 
-/// The camera: publishes QoS 1 and counts the broker's acknowledgements.
-struct Camera {
-    client: rumqttc::AsyncClient,
-    acked: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// The camera: publishes QoS 1 through a [`Publisher`], which counts the broker's
+/// acknowledgements.
+struct Camera(Publisher);
 
 impl Camera {
     async fn connect(port: u16) -> Camera {
-        let mut o = rumqttc::MqttOptions::new("chaos-camera", "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(30))
-            .set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut el) = rumqttc::AsyncClient::new(o, 1000);
-        let acked = Arc::new(AtomicU64::new(0));
-        let counter = acked.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        });
-        Camera {
-            client,
-            acked,
-            task,
-        }
+        Camera(Publisher::connect(port, "chaos-camera").await)
+    }
+
+    fn acked(&self) -> u64 {
+        self.0.acked()
     }
 
     async fn publish(&self, n: u64) {
@@ -115,16 +93,7 @@ impl Camera {
             r#"{{"plate":"{}","id":"ev-{n}","direction":"{direction}"}}"#,
             plate(n)
         );
-        self.client
-            .publish("chaos/cam1", rumqttc::QoS::AtLeastOnce, false, msg)
-            .await
-            .expect("publish queued");
-    }
-}
-
-impl Drop for Camera {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.0.publish("chaos/cam1", msg).await;
     }
 }
 
@@ -244,7 +213,7 @@ impl Run {
     }
 
     async fn round(&mut self, fault: Fault) -> (u64, u64, Option<Duration>) {
-        let acked_before = self.camera.acked.load(Ordering::SeqCst);
+        let acked_before = self.camera.acked();
         let range = match fault {
             Fault::KillDuringIngest => {
                 let at = self.rng.gen_range(0..BURST);
@@ -349,7 +318,7 @@ impl Run {
         };
         let drain = self.drain(range).await;
         self.sim.clear_scripts();
-        let acked = self.camera.acked.load(Ordering::SeqCst) - acked_before;
+        let acked = self.camera.acked() - acked_before;
         (range.1 - range.0, acked, drain)
     }
 }

@@ -45,34 +45,25 @@ impl Operator {
         let mut o = MqttOptions::new(format!("operator-{}", free_port()), "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut el) = AsyncClient::new(o, 32);
+        let (client, el) = AsyncClient::new(o, 32);
         let (rtx, results) = mpsc::unbounded_channel();
         let (stx, status) = tokio::sync::watch::channel(Value::Null);
         let sub = client.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = sub
-                            .subscribe(format!("lotlink/{LOT}/config/result"), QoS::AtLeastOnce)
-                            .await;
-                        let _ = sub
-                            .subscribe(format!("lotlink/{LOT}/status"), QoS::AtLeastOnce)
-                            .await;
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                        if p.topic.ends_with("/config/result") {
-                            let _ = rtx.send(v);
-                        } else {
-                            let _ = stx.send(v);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        let task = tokio::spawn(common::devices::drive_mqtt(el, move |event| match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                let _ = sub.try_subscribe(format!("lotlink/{LOT}/config/result"), QoS::AtLeastOnce);
+                let _ = sub.try_subscribe(format!("lotlink/{LOT}/status"), QoS::AtLeastOnce);
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                if p.topic.ends_with("/config/result") {
+                    let _ = rtx.send(v);
+                } else {
+                    let _ = stx.send(v);
                 }
             }
-        });
+            _ => {}
+        }));
         Operator {
             client,
             results,

@@ -202,9 +202,26 @@ fn start_rumqttd(port: u16) {
     });
 }
 
-/// A test-side MQTT publisher (QoS 1, large packets allowed).
+/// Poll a test-side MQTT client's event loop for the life of the task, handing every event
+/// to `on_event`. After a connection error the next poll reconnects; those retries are paced
+/// at 50 ms so a broker that went away is not hammered.
+pub async fn drive_mqtt(mut el: rumqttc::EventLoop, mut on_event: impl FnMut(rumqttc::Event)) {
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        match el.poll().await {
+            Ok(event) => on_event(event),
+            Err(_) => {
+                pace.tick().await;
+            }
+        }
+    }
+}
+
+/// A test-side MQTT publisher (QoS 1, large packets allowed) that counts the broker's
+/// acknowledgements (PUBACK).
 pub struct Publisher {
     pub client: rumqttc::AsyncClient,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -213,15 +230,24 @@ impl Publisher {
         let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
         o.set_max_packet_size(8 << 20, 8 << 20)
             .set_keep_alive(Duration::from_secs(30));
-        let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
-        let task = tokio::spawn(async move {
-            loop {
-                if el.poll().await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+        let (client, el) = rumqttc::AsyncClient::new(o, 1000);
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = acked.clone();
+        let task = tokio::spawn(drive_mqtt(el, move |event| {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = event {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
-        });
-        Publisher { client, task }
+        }));
+        Publisher {
+            client,
+            acked,
+            task,
+        }
+    }
+
+    /// Publishes the broker has acknowledged so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
