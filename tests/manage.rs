@@ -5,10 +5,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::devices::{free_port, Broker};
+use common::Daemon;
 use common::{eventually_async, LOT};
 use lotlink::manage::push_hmac;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -17,14 +18,6 @@ use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(30);
 const KEY: &str = "push-key-0123456789";
-
-struct Daemon(Child);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The operator's side: publishes pushes, reads results and the retained status.
 struct Operator {

@@ -8,17 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::devices::{free_port, PtyCable};
+use common::Daemon;
 use common::{delivered_plates, eventually, eventually_async};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-struct Daemon(Child);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn hup(child: &Child) {
     let ok = Command::new("kill")

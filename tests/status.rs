@@ -4,21 +4,14 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::devices::{free_port, PtyCable};
+use common::Daemon;
 use common::{delivered_plates, eventually, eventually_async};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-struct Daemon(Child);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn lotlink(args: &[&str]) -> std::process::Output {
     common::lotlink_command()

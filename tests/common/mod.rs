@@ -152,6 +152,16 @@ pub fn target_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Com
     }
 }
 
+/// A child process (the daemon under test) that is killed and reaped when dropped.
+pub struct Daemon(pub std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The `lotlink` binary of this build, as a command (see [`target_command`]).
 pub fn lotlink_command() -> std::process::Command {
     target_command(env!("CARGO_BIN_EXE_lotlink"))
