@@ -53,11 +53,7 @@ fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
 /// Encode the current figures.
 pub fn render(ctx: &StatusContext) -> String {
     let now = Clock::local_ms();
-    let h = ctx
-        .health
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let h = ctx.health_snapshot();
     let mut reg = Registry::with_prefix("lotlink");
     reg.register(
         "build",

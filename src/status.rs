@@ -84,6 +84,16 @@ pub struct StatusContext {
     pub management: Option<Arc<ManagementState>>,
 }
 
+impl StatusContext {
+    /// A copy of the uploader's platform health (a poisoned lock still holds the last values).
+    pub fn health_snapshot(&self) -> crate::uploader::PlatformHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 impl std::fmt::Debug for StatusContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatusContext")
@@ -344,11 +354,7 @@ fn healthz(ctx: &StatusContext) -> Response<Full<Bytes>> {
 /// The `/status` document.
 pub fn status_json(ctx: &StatusContext) -> Value {
     let now = Clock::local_ms();
-    let h = ctx
-        .health
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let h = ctx.health_snapshot();
     let (total, occupied, free) = ctx.space.figures();
     let last_report = ctx.outbox.space_latest().ok().flatten();
     json!({
