@@ -5,99 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::future::{ready, Ready};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::devices::{free_port, require_real};
+use common::modbus::Module;
 use common::{eventually, eventually_async, start_devices_in, DeviceHarness};
-use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A simulated I/O module: 4 active-low discrete inputs at 0x20..0x23 and holding registers.
-#[derive(Default)]
-struct ModuleState {
-    /// Raw input levels (true = 1 on the wire).
-    inputs: [bool; 4],
-    holding: BTreeMap<u16, u16>,
-    /// Requests answered so far.
-    served: u64,
-}
-
-#[derive(Clone)]
-struct Module {
-    slave: u8,
-    state: Arc<Mutex<ModuleState>>,
-}
-
-impl Module {
-    fn new(slave: u8) -> Module {
-        let m = Module {
-            slave,
-            state: Arc::new(Mutex::new(ModuleState::default())),
-        };
-        // Active-low: idle inputs read 1.
-        m.state.lock().unwrap().inputs = [true; 4];
-        m
-    }
-
-    fn served(&self) -> u64 {
-        self.state.lock().unwrap().served
-    }
-
-    fn set_input(&self, i: usize, closed: bool) {
-        self.state.lock().unwrap().inputs[i] = !closed;
-    }
-
-    fn set_holding(&self, addr: u16, v: u16) {
-        self.state.lock().unwrap().holding.insert(addr, v);
-    }
-
-    /// Wait until the gateway has read the module `n` more times.
-    async fn seen(&self, n: u64) {
-        let start = self.served();
-        assert!(
-            eventually(WAIT, || self.served() >= start + n).await,
-            "the gateway keeps polling"
-        );
-    }
-}
-
-impl tokio_modbus::server::Service for Module {
-    type Request = SlaveRequest<'static>;
-    type Response = Option<Response>;
-    type Exception = ExceptionCode;
-    type Future = Ready<Result<Option<Response>, ExceptionCode>>;
-
-    fn call(&self, req: Self::Request) -> Self::Future {
-        if req.slave != self.slave {
-            // Another module on the bus would answer; this one stays silent.
-            return ready(Ok(None));
-        }
-        let mut s = self.state.lock().unwrap();
-        s.served += 1;
-        ready(match req.request {
-            Request::ReadDiscreteInputs(addr, n) => {
-                let bits: Option<Vec<bool>> = (addr..addr.saturating_add(n))
-                    .map(|a| {
-                        a.checked_sub(0x20)
-                            .and_then(|i| s.inputs.get(usize::from(i)).copied())
-                    })
-                    .collect();
-                bits.map(|b| Some(Response::ReadDiscreteInputs(b)))
-                    .ok_or(ExceptionCode::IllegalDataAddress)
-            }
-            Request::ReadHoldingRegisters(addr, n) => Ok(Some(Response::ReadHoldingRegisters(
-                (addr..addr.saturating_add(n))
-                    .map(|a| s.holding.get(&a).copied().unwrap_or(0))
-                    .collect(),
-            ))),
-            _ => Err(ExceptionCode::IllegalFunction),
-        })
-    }
-}
 
 /// Start the gateway, retrying while sled still holds the previous run's lock.
 async fn start_in(
@@ -260,25 +174,9 @@ poll_interval = "10ms"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_counter_wrapping_from_65535_to_3_counts_four_and_a_restart_counts_nothing_twice() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let module = Module::new(1);
     module.set_holding(0x10, 65_530);
-    let m = module.clone();
-    let server = tokio::spawn(async move {
-        let s = tokio_modbus::server::tcp::Server::new(listener);
-        let on_connected = move |stream, addr| {
-            let m = m.clone();
-            async move {
-                tokio_modbus::server::tcp::accept_tcp_connection(stream, addr, |_| {
-                    Ok(Some(m.clone()))
-                })
-            }
-        };
-        let _ = s.serve(&on_connected, |_| {}).await;
-    });
+    let (addr, server) = module.serve_tcp().await;
 
     let devices = counter_loop(&addr.to_string());
     let dir = tempfile::tempdir().expect("tempdir");

@@ -92,20 +92,19 @@ impl Broker {
         let mosquitto = find_tool("mosquitto").filter(|_| !forced_rumqttd);
         let mut b = if let Some(bin) = mosquitto {
             let conf = dir.path().join("mosquitto.conf");
+            // Persistence on, as a site broker should run: sessions and queued messages
+            // survive a restart. `user root` keeps mosquitto (started as root in CI) from
+            // dropping to a user that cannot write the test's private directory; as any
+            // other user it has no effect.
             std::fs::write(
                 &conf,
                 format!(
-                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 20\nmax_queued_messages 100000\n"
+                    "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\npersistence_location {}/\nmax_inflight_messages 20\nmax_queued_messages 100000\n",
+                    dir.path().display()
                 ),
             )
             .expect("write mosquitto.conf");
-            let child = Command::new(bin)
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("mosquitto starts");
+            let child = spawn_mosquitto(&bin, &conf);
             Broker {
                 port,
                 kind: BrokerKind::Mosquitto,
@@ -141,6 +140,29 @@ impl Broker {
         assert!(ok, "broker did not start listening on {port}");
     }
 
+    /// Restart the broker as an operator would (`systemctl restart mosquitto`): SIGTERM, which
+    /// makes mosquitto write its persistence file (sessions, subscriptions, queued messages),
+    /// then start it again on the same port. `false` for rumqttd in process, which cannot be
+    /// restarted.
+    pub async fn restart(&mut self) -> bool {
+        let Some(child) = &mut self.child else {
+            return false;
+        };
+        let term = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(term, "SIGTERM to mosquitto");
+        let _ = child.wait();
+        let bin = find_tool("mosquitto").expect("mosquitto");
+        self.child = Some(spawn_mosquitto(
+            &bin,
+            &self.dir.path().join("mosquitto.conf"),
+        ));
+        self.wait_listening().await;
+        true
+    }
+
     /// The broker's process id (mosquitto; `None` for rumqttd in process).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -164,6 +186,16 @@ impl Drop for Broker {
             let _ = c.wait();
         }
     }
+}
+
+fn spawn_mosquitto(bin: &Path, conf: &Path) -> Child {
+    Command::new(bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto starts")
 }
 
 fn start_rumqttd(port: u16) {
@@ -228,7 +260,10 @@ pub struct Publisher {
 impl Publisher {
     pub async fn connect(port: u16, id: &str) -> Publisher {
         let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
-        o.set_max_packet_size(8 << 20, 8 << 20)
+        // A persistent session, as a camera that keeps unacknowledged events would use:
+        // rumqttc resends them after a reconnect only when the broker kept the session.
+        o.set_clean_session(false)
+            .set_max_packet_size(8 << 20, 8 << 20)
             .set_keep_alive(Duration::from_secs(30));
         let (client, el) = rumqttc::AsyncClient::new(o, 1000);
         let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -286,6 +321,18 @@ impl PtyCable {
     pub fn plug(&mut self) {
         use tokio_serial::SerialPort;
         let (ours, theirs) = tokio_serial::SerialStream::pair().expect("pty pair");
+        // Tests start the gateway as a child process: it must not inherit our end of the
+        // cable, or closing it (unplug) would not hang up the gateway's side.
+        {
+            use std::os::fd::AsRawFd;
+            let fd = ours.as_raw_fd();
+            // SAFETY: fcntl on a descriptor we own, changing only its close-on-exec flag.
+            let ok = unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                flags >= 0 && libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) == 0
+            };
+            assert!(ok, "close-on-exec on the pty master");
+        }
         let dev = theirs.name().expect("pty device name");
         // The driver opens the device by path; our handle on it must go.
         drop(theirs);
