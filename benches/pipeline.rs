@@ -71,6 +71,12 @@ async fn p1(image: &[u8]) {
     println!("P1 anchor: raw append+fsync, one fsync per append: {raw1:.0}/s; grouped (64 per fsync): {raw64:.0}/s");
     result("p1_raw_fsync_each", raw1, "appends/s");
     result("p1_raw_fsync_grouped", raw64, "appends/s");
+    let ceiling = sled_ceiling(dir.path(), 64, 20_000 / 64, image.len() + 200).await;
+    println!(
+        "P1 anchor: bare sled (the outbox's settings), 64 writers each insert + flush_async: {ceiling:.0}/s ({:.0} % of grouped raw fsync)",
+        100.0 * ceiling / raw64
+    );
+    result("p1_sled_ceiling_64", ceiling, "inserts/s");
     for submitters in [1u64, 8, 64] {
         let path = dir.path().join(format!("ob-{submitters}"));
         let (ob, _) = Outbox::open(&path, OutboxOptions::default()).unwrap();
@@ -97,11 +103,41 @@ async fn p1(image: &[u8]) {
         }
         let rate = (submitters * per) as f64 / t.elapsed().as_secs_f64();
         println!(
-            "P1 durable submits/s with {submitters:>2} submitters: {rate:>8.0}/s  ({:.0} % of grouped raw fsync)",
-            100.0 * rate / raw64
+            "P1 durable submits/s with {submitters:>2} submitters: {rate:>8.0}/s  ({:.0} % of grouped raw fsync, {:.0} % of bare sled)",
+            100.0 * rate / raw64,
+            100.0 * rate / ceiling
         );
         result(&format!("p1_submits_{submitters}"), rate, "submits/s");
     }
+}
+
+/// The ceiling of any outbox built on sled: bare sled with the outbox's settings, `writers`
+/// tasks each inserting a value of `size` bytes and waiting for `flush_async` (the outbox's
+/// durability point), nothing else (no dedupe entry, counters or record encoding).
+async fn sled_ceiling(dir: &Path, writers: u64, per: u64, size: usize) -> f64 {
+    let db = sled::Config::new()
+        .path(dir.join(format!("bare-sled-{writers}")))
+        .cache_capacity(4 << 20)
+        .flush_every_ms(Some(500))
+        .open()
+        .unwrap();
+    let value = Arc::new(vec![7u8; size]);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (db, value) = (db.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per {
+                db.insert(((w << 32) | i).to_be_bytes(), value.as_slice())
+                    .unwrap();
+                db.flush_async().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (writers * per) as f64 / t.elapsed().as_secs_f64()
 }
 
 fn cpu_time() -> Duration {
@@ -235,6 +271,24 @@ async fn p5(image: &[u8]) {
     let _ = child.kill();
     let _ = child.wait();
     sim.shutdown().await;
+    // Anchor: what sled alone needs to open that store (the gateway has uploaded some of it
+    // meanwhile) and read its first record, in this process.
+    let t = Instant::now();
+    let db = sled::Config::new()
+        .path(&path)
+        .cache_capacity(4 << 20)
+        .open()
+        .unwrap();
+    let opened = t.elapsed();
+    let _first = db.scan_prefix(b"r").next();
+    let first_read = t.elapsed();
+    println!(
+        "P5 anchor: bare sled opens that store in {:.3} s, first record read at {:.3} s",
+        opened.as_secs_f64(),
+        first_read.as_secs_f64()
+    );
+    result("p5_sled_open", first_read.as_secs_f64(), "s");
+    drop(db);
     if std::env::var_os("LOTLINK_BENCH_KEEP").is_some() {
         let _ = dir.keep();
     }
