@@ -37,8 +37,10 @@
 //!
 //! [`Outbox::submit`] returns only after an fsync (`Outbox::flush`) has completed for a point after the
 //! record's batch: then it is on disk (fsynced) and survives SIGKILL and power loss. Concurrent
-//! submits share one fsync (group commit, see [`Outbox::flush`]). Drivers acknowledge their source
-//! only after `submit` returned. A duplicate also waits for a flush before it is answered,
+//! submits are stored as a group: one sled batch for all of them (the counters written once)
+//! and one fsync (group commit, see [`Outbox::submit`] and [`Outbox::flush`]). The group's
+//! queue is bounded by the submitters waiting on it: one record each. Drivers acknowledge
+//! their source only after `submit` returned. A duplicate also waits for a flush before it is answered,
 //! since the first copy may still be in flight.
 //!
 //! `ack` and `dead_letter` flush too, but losing one of them to a crash only means the record
@@ -290,7 +292,22 @@ struct Inner {
     /// …and the highest ticket a completed flush covers. Held while flushing, so one flush
     /// runs at a time and everyone who wrote before it started shares it.
     flushed: tokio::sync::Mutex<u64>,
+    /// Submits waiting to be stored (see [`Outbox::submit`]).
+    queue: Mutex<SubmitQueue>,
 }
+
+/// Submits waiting to be stored, and whether a group writer is running.
+#[derive(Default)]
+struct SubmitQueue {
+    items: Vec<Queued>,
+    writing: bool,
+}
+
+/// A submit waiting in the queue.
+type Queued = (
+    NewRecord,
+    tokio::sync::oneshot::Sender<Result<Submitted, OutboxError>>,
+);
 
 /// The durable outbox. Cheap to clone; one per process (see the module docs).
 #[derive(Clone)]
@@ -463,6 +480,7 @@ impl Outbox {
                 submits: AtomicU64::new(0),
                 written: AtomicU64::new(0),
                 flushed: tokio::sync::Mutex::new(0),
+                queue: Mutex::new(SubmitQueue::default()),
             }),
         };
         // Dedupe entries are forgotten by the first submit, not here: with a big backlog the
@@ -503,30 +521,151 @@ impl Outbox {
     }
 
     /// Store a record durably. Returns after the record is on disk (see module docs).
+    ///
+    /// Concurrent submits are stored together: each queues its record; if no group writer is
+    /// running, it starts one (a task of its own, so a submitter that gives up cannot cancel
+    /// a group half-way). The writer takes everything queued so far, applies it as one sled
+    /// batch (counters written once), covers it with one flush, answers every submitter of
+    /// the group, and repeats until the queue is empty. The queue holds at most one record
+    /// per waiting submitter. A submit whose caller gave up is still stored; its source was
+    /// never acknowledged, so a re-delivery is answered as a duplicate.
     pub async fn submit(&self, rec: NewRecord) -> Result<Submitted, OutboxError> {
-        let outcome = self.submit_unflushed(rec)?;
-        self.flush().await?;
-        if let Submitted::Stored(_) = outcome {
-            self.inner.notify.notify_one();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start_writer = {
+            let mut q = self.queue();
+            q.items.push((rec, tx));
+            !std::mem::replace(&mut q.writing, true)
+        };
+        if start_writer {
+            let ob = self.clone();
+            tokio::spawn(async move { ob.write_groups().await });
         }
-        if self.inner.submits.fetch_add(1, Ordering::Relaxed) % 512 == 0 {
-            self.gc_dedupe()?;
-        }
-        Ok(outcome)
+        rx.await.unwrap_or_else(|_| {
+            Err(OutboxError::Store(
+                "the submit was not answered (the group writer failed)".into(),
+            ))
+        })
     }
 
-    fn submit_unflushed(&self, mut rec: NewRecord) -> Result<Submitted, OutboxError> {
-        let db = &self.inner.db;
+    fn queue(&self) -> MutexGuard<'_, SubmitQueue> {
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The group writer: store what is queued, group by group, until nothing is.
+    async fn write_groups(&self) {
+        // Should this task die (a panic), the next submit starts a new writer.
+        struct Done<'a>(&'a Outbox);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.queue().writing = false;
+            }
+        }
+        let _done = Done(self);
+        loop {
+            let group = {
+                let mut q = self.queue();
+                if q.items.is_empty() {
+                    q.writing = false;
+                    return;
+                }
+                std::mem::take(&mut q.items)
+            };
+            self.store_group(group).await;
+        }
+    }
+
+    /// Apply a group of submits as one batch, flush once, answer each.
+    async fn store_group(&self, group: Vec<Queued>) {
+        let (recs, answers): (Vec<NewRecord>, Vec<_>) = group.into_iter().unzip();
+        let n = recs.len() as u64;
+        let mut results = self.apply_group(recs);
+        // A duplicate waits for the flush too: its first copy may be in this very group.
+        if results.iter().any(Result::is_ok) {
+            if let Err(e) = self.flush().await {
+                let message = e.to_string();
+                for r in &mut results {
+                    if r.is_ok() {
+                        *r = Err(OutboxError::Store(message.clone()));
+                    }
+                }
+            }
+        }
+        if results
+            .iter()
+            .any(|r| matches!(r, Ok(Submitted::Stored(_))))
+        {
+            self.inner.notify.notify_one();
+        }
+        let before = self.inner.submits.fetch_add(n, Ordering::Relaxed);
+        // Old dedupe entries are pruned by the first group after opening, then every 512.
+        if before == 0 || before / 512 != (before + n) / 512 {
+            if let Err(e) = self.gc_dedupe() {
+                tracing::warn!(error = %e, "outbox: pruning old dedupe entries failed; retried later");
+            }
+        }
+        for (answer, r) in answers.into_iter().zip(results) {
+            let _ = answer.send(r);
+        }
+    }
+
+    /// Stage every record of a group into one sled batch under the counter lock and apply
+    /// it. Each record gets its own answer (stored, duplicate, full); a failed apply fails
+    /// the whole group and changes nothing.
+    fn apply_group(&self, recs: Vec<NewRecord>) -> Vec<Result<Submitted, OutboxError>> {
         let now = Clock::local_ms();
-        let window = i64::try_from(self.inner.opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
         let mut c = self.lock();
+        let mut next = *c;
+        let mut batch = sled::Batch::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut results: Vec<Result<Submitted, OutboxError>> = recs
+            .into_iter()
+            .map(|rec| self.stage(rec, now, &mut next, &mut batch, &mut seen))
+            .collect();
+        if results
+            .iter()
+            .all(|r| !matches!(r, Ok(Submitted::Stored(_))))
+        {
+            return results;
+        }
+        next.write(&mut batch);
+        match self.inner.db.apply_batch(batch) {
+            Ok(()) => *c = next,
+            Err(e) => {
+                let message = e.to_string();
+                for r in &mut results {
+                    if r.is_ok() {
+                        *r = Err(OutboxError::Store(message.clone()));
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// Add one record (its dedupe entry, and any images the quota makes it degrade) to the
+    /// group's batch and counters. On an error nothing of this record is staged.
+    fn stage(
+        &self,
+        mut rec: NewRecord,
+        now: i64,
+        next: &mut Counters,
+        batch: &mut sled::Batch,
+        seen: &mut std::collections::HashSet<Vec<u8>>,
+    ) -> Result<Submitted, OutboxError> {
+        let window = i64::try_from(self.inner.opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
         let dkey = if rec.source_key.is_empty() {
             None
         } else {
             let mut k = Vec::with_capacity(1 + rec.source_key.len());
             k.push(P_DEDUPE);
             k.extend_from_slice(rec.source_key.as_bytes());
-            if let Some(v) = db.get(&k)? {
+            if seen.contains(&k) {
+                return Ok(Submitted::Duplicate);
+            }
+            if let Some(v) = self.inner.db.get(&k)? {
                 let at = v.as_ref().try_into().map_or(i64::MIN, i64::from_be_bytes);
                 if (now - at).abs() < window {
                     return Ok(Submitted::Duplicate);
@@ -534,31 +673,33 @@ impl Outbox {
             }
             Some(k)
         };
-        let id = c.next_id;
+        let id = next.next_id;
         rec.meta.img_name = rec.img_name.render(id);
         let value = encode_record(&rec.meta, &rec.image);
         let len = value.len() as u64;
-        let mut batch = sled::Batch::default();
-        let mut next = *c;
-        if next.bytes + len > self.inner.opts.max_disk {
-            self.degrade_for(&mut next, &mut batch, len)?;
+        let mut trial = *next;
+        let mut degraded = Vec::new();
+        if trial.bytes + len > self.inner.opts.max_disk {
+            self.degrade_for(&mut trial, &mut degraded, len)?;
         }
-        if next.bytes + len > self.inner.opts.max_disk {
+        if trial.bytes + len > self.inner.opts.max_disk {
             return Err(OutboxError::Full {
                 needed: len,
                 max: self.inner.opts.max_disk,
             });
         }
+        for (k, v) in degraded {
+            batch.insert(k, v);
+        }
         batch.insert(&key(P_RECORD, id), value);
         if let Some(k) = dkey {
-            batch.insert(k, &now.to_be_bytes());
+            batch.insert(k.as_slice(), &now.to_be_bytes());
+            seen.insert(k);
         }
-        next.next_id = id + 1;
-        next.pending += 1;
-        next.bytes += len;
-        next.write(&mut batch);
-        db.apply_batch(batch)?;
-        *c = next;
+        trial.next_id = id + 1;
+        trial.pending += 1;
+        trial.bytes += len;
+        *next = trial;
         Ok(Submitted::Stored(id))
     }
 
@@ -566,7 +707,7 @@ impl Outbox {
     fn degrade_for(
         &self,
         c: &mut Counters,
-        batch: &mut sled::Batch,
+        changes: &mut Vec<(sled::IVec, Vec<u8>)>,
         need: u64,
     ) -> Result<(), OutboxError> {
         let max = self.inner.opts.max_disk;
@@ -594,7 +735,7 @@ impl Outbox {
             ));
             let nv = encode_record(&r.meta, placeholder);
             c.bytes = c.bytes - v.len() as u64 + nv.len() as u64;
-            batch.insert(&*k, nv);
+            changes.push((k, nv));
             replaced += 1;
         }
         if replaced > 0 {
@@ -997,6 +1138,54 @@ mod tests {
             Submitted::Duplicate
         );
         assert_eq!(ob.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_submits_are_stored_in_groups_each_key_once_and_the_counters_survive_a_reopen(
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let ob = open(d.path(), 1 << 30);
+        // 64 submitters at once, every key twice: the copies may land in one group.
+        let mut tasks = Vec::new();
+        for i in 0..64u8 {
+            let ob = ob.clone();
+            tasks.push(tokio::spawn(async move {
+                let k = i / 2;
+                ob.submit(rec(
+                    &format!("cam/{k}"),
+                    &format!("晋A{k:05}"),
+                    vec![k; 100],
+                ))
+                .await
+            }));
+        }
+        let mut stored = Vec::new();
+        let mut duplicates = 0;
+        for t in tasks {
+            match t.await.unwrap().unwrap() {
+                Submitted::Stored(id) => stored.push(id),
+                Submitted::Duplicate => duplicates += 1,
+            }
+        }
+        stored.sort_unstable();
+        stored.dedup();
+        assert_eq!((stored.len(), duplicates), (32, 32));
+        assert_eq!(ob.len(), 32);
+        let bytes = ob.bytes();
+        let plates: std::collections::BTreeSet<_> = ob
+            .peek(100, u64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.meta.car_no.unwrap_or_default())
+            .collect();
+        assert_eq!(plates.len(), 32, "every key once");
+        drop(ob);
+        let ob = open(d.path(), 1 << 30);
+        assert_eq!((ob.len(), ob.bytes()), (32, bytes), "counters as written");
+        let Submitted::Stored(id) = ob.submit(rec("", "晋B1", vec![1])).await.unwrap() else {
+            panic!("stored")
+        };
+        assert!(id > *stored.last().unwrap(), "ids are never reused");
     }
 
     #[tokio::test]
