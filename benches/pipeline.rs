@@ -354,34 +354,6 @@ async fn p4(image: &[u8]) {
     fill(&path, n, image).await;
     // Let sled release its lock before the gateway opens the store again.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // Anchor: bare sled opening a copy of the same store and reading its first record. sled
-    // 0.34 writes its snapshot only while opening, so the first open after a big backlog was
-    // written replays that whole log; the gateway's start pays the same.
-    let copy = dir.path().join("p5-anchor");
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&path)
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let t = Instant::now();
-    let db = sled::Config::new()
-        .path(&copy)
-        .cache_capacity(4 << 20)
-        .open()
-        .unwrap();
-    let opened = t.elapsed();
-    let _first = db.scan_prefix(b"r").next();
-    let first_read = t.elapsed();
-    drop(db);
-    let _ = std::fs::remove_dir_all(&copy);
-    println!(
-        "P5 anchor: bare sled opens a copy of that store in {:.3} s, first record read at {:.3} s",
-        opened.as_secs_f64(),
-        first_read.as_secs_f64()
-    );
-    result("p5_sled_open", first_read.as_secs_f64(), "s");
     let broker = common::devices::Broker::start().await;
     let status_port = common::devices::free_port();
     let dead_port = common::devices::free_port();
