@@ -823,8 +823,9 @@ impl ModbusBus {
 
     /// Record a lost bus; logs a warning once per outage.
     fn mark_down(&self, e: &LoopError, down_logged: &mut bool) {
-        self.status.set_connected(false);
+        // The reason first: whoever sees the bus down also sees why.
         self.status.set_problem(&e.to_string());
+        self.status.set_connected(false);
         if *down_logged {
             tracing::debug!(bus = %self.name, error = %e, "modbus bus still down");
         } else {

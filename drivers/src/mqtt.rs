@@ -841,12 +841,13 @@ async fn run_connection(
             }
             Ok(_) => {}
             Err(e) => {
+                // The reason first: whoever sees the broker lost also sees why.
+                status.set_problem(&e.to_string());
                 if status.set_connected(false) {
                     tracing::warn!(broker = ?status.name(), error = %e, "MQTT broker connection lost; reconnecting with back-off");
                 } else {
                     tracing::debug!(error = %e, "MQTT connect failed");
                 }
-                status.set_problem(&e.to_string());
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}

@@ -454,8 +454,9 @@ async fn serve_port<F, Fut>(
                 match serve(stream).await {
                     StreamEnd::Shutdown => return,
                     StreamEnd::Eof => {
-                        status.set_connected(false);
+                        // The reason first: whoever sees the port down also sees why.
                         status.set_problem("port closed (device unplugged?)");
+                        status.set_connected(false);
                         tracing::warn!(
                             driver = status.name(),
                             port,
@@ -463,15 +464,15 @@ async fn serve_port<F, Fut>(
                         );
                     }
                     StreamEnd::Error(e) => {
-                        status.set_connected(false);
                         status.set_problem(&format!("read error: {e}"));
+                        status.set_connected(false);
                         tracing::warn!(driver = status.name(), port, error = %e, "serial port read failed; reopening until it is back");
                     }
                 }
             }
             Err(e) => {
-                let first = status.set_connected(false) || status.snapshot().since_ms == 0;
                 status.set_problem(&format!("cannot open {port}: {e}"));
+                let first = status.set_connected(false) || status.snapshot().since_ms == 0;
                 if first {
                     tracing::warn!(driver = status.name(), port, error = %e, "serial port cannot be opened; retrying every few seconds");
                 }
