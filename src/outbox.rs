@@ -386,6 +386,14 @@ pub fn decode_record(id: u64, v: &[u8]) -> Result<StoredRecord, OutboxError> {
     })
 }
 
+/// A group's write or flush failed: every submit it had accepted (stored or duplicate) gets
+/// the store error instead; refusals keep their own.
+fn fail_the_accepted(results: &mut [Result<Submitted, OutboxError>], message: &str) {
+    for r in results.iter_mut().filter(|r| r.is_ok()) {
+        *r = Err(OutboxError::Store(message.to_owned()));
+    }
+}
+
 fn is_lock_error(e: &sled::Error) -> bool {
     match e {
         sled::Error::Io(io) => {
@@ -556,19 +564,25 @@ impl Outbox {
 
     /// The group writer: store what is queued, group by group, until nothing is.
     async fn write_groups(&self) {
-        // Should this task die (a panic), the next submit starts a new writer.
-        struct Done<'a>(&'a Outbox);
-        impl Drop for Done<'_> {
+        // Should this task die half-way (a panic, a runtime shutting down), the next submit
+        // starts a new writer. Disarmed on the normal way out, where `writing` is cleared
+        // under the same lock that saw the queue empty: clearing it later could stop a
+        // writer another submit has started meanwhile.
+        struct Died<'a>(Option<&'a Outbox>);
+        impl Drop for Died<'_> {
             fn drop(&mut self) {
-                self.0.queue().writing = false;
+                if let Some(ob) = self.0 {
+                    ob.queue().writing = false;
+                }
             }
         }
-        let _done = Done(self);
+        let mut died = Died(Some(self));
         loop {
             let group = {
                 let mut q = self.queue();
                 if q.items.is_empty() {
                     q.writing = false;
+                    died.0 = None;
                     return;
                 }
                 std::mem::take(&mut q.items)
@@ -585,12 +599,7 @@ impl Outbox {
         // A duplicate waits for the flush too: its first copy may be in this very group.
         if results.iter().any(Result::is_ok) {
             if let Err(e) = self.flush().await {
-                let message = e.to_string();
-                for r in &mut results {
-                    if r.is_ok() {
-                        *r = Err(OutboxError::Store(message.clone()));
-                    }
-                }
+                fail_the_accepted(&mut results, &e.to_string());
             }
         }
         if results
@@ -633,14 +642,7 @@ impl Outbox {
         next.write(&mut batch);
         match self.inner.db.apply_batch(batch) {
             Ok(()) => *c = next,
-            Err(e) => {
-                let message = e.to_string();
-                for r in &mut results {
-                    if r.is_ok() {
-                        *r = Err(OutboxError::Store(message.clone()));
-                    }
-                }
-            }
+            Err(e) => fail_the_accepted(&mut results, &e.to_string()),
         }
         results
     }
