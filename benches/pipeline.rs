@@ -264,16 +264,7 @@ async fn p5(image: &[u8]) {
     let cfg = dir.path().join("p5.toml");
     std::fs::write(&cfg, text).unwrap();
     let t = Instant::now();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lotlink"))
-        .arg("run")
-        .arg("--config")
-        .arg(&cfg)
-        .env(
-            "RUST_LOG",
-            std::env::var("LOTLINK_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .spawn()
-        .unwrap();
+    let mut child = spawn_gateway(&cfg);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     while sim.records().is_empty() {
         tick.tick().await;
@@ -302,13 +293,17 @@ async fn p5(image: &[u8]) {
     }
 }
 
-/// The real `lotlink run` binary on `config`, logging warnings only.
+/// The real `lotlink run` binary on `config`, logging warnings only (or what
+/// `LOTLINK_BENCH_LOG` says).
 fn spawn_gateway(config: &Path) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_lotlink"))
         .arg("run")
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("LOTLINK_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .spawn()
         .unwrap()
 }

@@ -854,15 +854,8 @@ async fn a_store_corrupted_while_the_gateway_was_down_is_moved_aside_and_the_gat
     }
 
     let log = dir.path().join("gateway.log");
-    let child = lotlink_command()
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("lotlink starts");
-    gw.child = Some(child);
+    gw.log = Some(log.clone());
+    gw.start();
     gw.wait_ready(&http).await;
 
     // The old files are kept beside the new store, and the ERROR says where.

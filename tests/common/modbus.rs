@@ -13,7 +13,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// A simulated I/O module: 4 active-low discrete inputs at 0x20..0x23 and holding registers.
 #[derive(Default)]
-pub struct ModuleState {
+struct ModuleState {
     /// Raw input levels (true = 1 on the wire).
     inputs: [bool; 4],
     holding: BTreeMap<u16, u16>,
@@ -62,6 +62,39 @@ impl Module {
             "the gateway keeps polling"
         );
     }
+
+    /// Stop answering (requests time out at the gateway), or answer again.
+    pub fn set_silent(&self, silent: bool) {
+        self.state.lock().unwrap().silent = silent;
+    }
+
+    /// Requests left unanswered while silent.
+    pub fn ignored(&self) -> u64 {
+        self.state.lock().unwrap().ignored
+    }
+
+    /// Serve this module over Modbus TCP on 127.0.0.1 (an ephemeral port) until the task is
+    /// aborted.
+    pub async fn serve_tcp(&self) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let m = self.clone();
+        let task = tokio::spawn(async move {
+            let s = tokio_modbus::server::tcp::Server::new(listener);
+            let on_connected = move |stream, addr| {
+                let m = m.clone();
+                async move {
+                    tokio_modbus::server::tcp::accept_tcp_connection(stream, addr, |_| {
+                        Ok(Some(m.clone()))
+                    })
+                }
+            };
+            let _ = s.serve(&on_connected, |_| {}).await;
+        });
+        (addr, task)
+    }
 }
 
 impl tokio_modbus::server::Service for Module {
@@ -99,50 +132,5 @@ impl tokio_modbus::server::Service for Module {
             ))),
             _ => Err(ExceptionCode::IllegalFunction),
         })
-    }
-}
-
-impl Module {
-    /// Stop answering (requests time out at the gateway), or answer again.
-    pub fn set_silent(&self, silent: bool) {
-        self.state.lock().unwrap().silent = silent;
-    }
-
-    /// Requests left unanswered while silent.
-    pub fn ignored(&self) -> u64 {
-        self.state.lock().unwrap().ignored
-    }
-
-    pub fn holding(&self, addr: u16) -> u16 {
-        self.state
-            .lock()
-            .unwrap()
-            .holding
-            .get(&addr)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Serve this module over Modbus TCP on 127.0.0.1 (an ephemeral port) until the task is
-    /// aborted.
-    pub async fn serve_tcp(&self) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let m = self.clone();
-        let task = tokio::spawn(async move {
-            let s = tokio_modbus::server::tcp::Server::new(listener);
-            let on_connected = move |stream, addr| {
-                let m = m.clone();
-                async move {
-                    tokio_modbus::server::tcp::accept_tcp_connection(stream, addr, |_| {
-                        Ok(Some(m.clone()))
-                    })
-                }
-            };
-            let _ = s.serve(&on_connected, |_| {}).await;
-        });
-        (addr, task)
     }
 }
