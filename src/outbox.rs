@@ -1,60 +1,82 @@
 //! # The durable outbox
 //!
 //! Every plate event the gateway accepts lives here until the platform has it. The outbox
-//! is one [sled] database in `[outbox] path`, used through this module only; no sled type
-//! appears in its public API, so another embedded store could replace it here alone.
+//! is a directory (`[outbox] path`) holding a [sled] database (the index, dedupe entries,
+//! counters, dead letters, settings) and a segment log (`segments/`, see [`segments`]) that
+//! holds the records themselves. It is used through this module only; no sled type appears
+//! in its public API, and the uploader's part of it is the narrow [`RecordStore`] trait, so
+//! another embedded store could replace it here alone.
+//!
+//! ## Why records live in a log beside sled
+//!
+//! Measured here (`benches/run.sh`, rows P1, P5 and IMG): sled 0.34 with ~37 KB values
+//! wrote ~4.6x the data to disk and needed ~2-3x the space while its GC caught up, took 41 %
+//! of the raw grouped-fsync rate at best, and replays its whole log on the first open after a
+//! backlog (0.8 s for 100,000 records). So a record's bytes are written once, to an
+//! append-only segment file, and fsynced there; sled keeps only a 21-byte pointer per record
+//! and is flushed in the background. Kinder to SD cards, and sled stays small.
 //!
 //! ## Record format
 //!
-//! One sled tree, keys with a one-byte prefix:
+//! sled keys, with a one-byte prefix:
 //!
 //! | key | value |
 //! |---|---|
-//! | `r` + id (u64 big-endian) | a pending `carInOut` record (below) |
-//! | `x` + id | a dead letter: `reason_len: u32 BE`, reason (UTF-8), then the record bytes |
+//! | `r` + id (u64 big-endian) | a pending record: a pointer `2, seg: u64, off: u64, len: u32` into the segment log, or (written by versions before the log, and by a dead-letter retry) the record inline |
+//! | `x` + id | a dead letter: `reason_len: u32 BE`, reason (UTF-8), then the record inline |
 //! | `d` + source key | dedupe entry: accepted-at, Unix ms, i64 BE |
+//! | `g` + segment (u64 BE) | how many pending records point into that segment |
 //! | `s` | the newest space report, JSON `{"total","surplus","seq"}` |
-//! | `m/…` | counters and settings: `next_id`, `pending`, `dead`, `bytes`, `space_sent`, `ts_unit`, `occupied` (u64/i64 BE or UTF-8) |
+//! | `m/…` | counters and settings: `next_id`, `pending`, `dead`, `bytes` (inline values), `wal` (how far the log is applied: segment, offset), `space_sent`, `ts_unit`, `occupied` |
 //!
-//! A record is `version: u8 = 1`, `meta_len: u32 BE`, `meta` (JSON of [`RecordMeta`]: every
-//! platform field but the image, plus bookkeeping), then the raw image bytes (JPEG, already
-//! within the platform's 50,000-Base64-character budget; Base64 is applied at upload).
+//! A record inline is `version: u8 = 1`, `meta_len: u32 BE`, `meta` (JSON of [`RecordMeta`]:
+//! every platform field but the image, plus bookkeeping), then the raw image bytes (JPEG,
+//! within the platform's 50,000-Base64-character budget; Base64 is applied at upload). A
+//! segment entry wraps the same bytes with its id, source key and a CRC ([`segments`]).
 //! Ids are u64 on every target (no `usize` in the format), allocated from `m/next_id`,
 //! which only grows, so ids are never reused and big-endian keys sort in insertion order.
 //!
 //! ## Invariants
 //!
-//! 1. Every change is one `apply_batch`: a record, its dedupe entry and the counters move
-//!    together or not at all, so `m/pending`, `m/dead` and `m/bytes` always match the tree.
-//! 2. Records are read oldest first (key order = id order = insertion order).
-//! 3. A record leaves `r` only by [`Outbox::ack`] (the platform said success, or `1004` for
+//! 1. A record is in the log, fsynced, before sled points at it; sled's batches are atomic,
+//!    so a pointer, its dedupe entry, the segment counts, the counters and `m/wal` move
+//!    together or not at all.
+//! 2. Every entry after `m/wal` was fsynced but may be missing from sled (sled is flushed
+//!    in the background): opening replays those entries into sled, so sled never loses a
+//!    record the log has. A torn entry at the end of the log (a crash mid-write, before its
+//!    fsync returned, so before anyone was answered) is cut off.
+//! 3. Records are read oldest first (key order = id order = insertion order).
+//! 4. A record leaves `r` only by [`Outbox::ack`] (the platform said success, or `1004` for
 //!    a request holding that record alone) or by [`Outbox::dead_letter`] (the platform
 //!    explicitly rejected it: `1501`/`1502`/repeated `2001`), which moves it to `x` intact.
 //!    Nothing else ever deletes a pending record: not retries, not the quota, not age.
-//! 4. A source key accepted within the dedupe window (10 minutes) is accepted once.
+//! 5. A segment file is deleted only when no pending record points into it, it is not the
+//!    one being written, and a sled flush has made that lasting.
+//! 6. A source key accepted within the dedupe window (10 minutes) is accepted once.
 //!
 //! ## When a record is safe
 //!
-//! [`Outbox::submit`] returns only after an fsync (`Outbox::flush`) has completed for a point after the
-//! record's batch: then it is on disk (fsynced) and survives SIGKILL and power loss. Concurrent
-//! submits are stored as a group: one sled batch for all of them (the counters written once)
-//! and one fsync (group commit, see [`Outbox::submit`] and [`Outbox::flush`]). The group's
-//! queue is bounded by the submitters waiting on it: one record each. Drivers acknowledge
-//! their source only after `submit` returned. A duplicate also waits for a flush before it is answered,
-//! since the first copy may still be in flight.
+//! [`Outbox::submit`] returns only after the record's log entry was written and fsynced
+//! (`fdatasync`) and its pointer applied to sled: then it survives SIGKILL and power loss.
+//! Concurrent submits are stored as a group: one buffered `write` and one `fdatasync` for all
+//! of them, one sled batch (group commit, see [`Outbox::submit`]). The group's queue is
+//! bounded by the submitters waiting on it: one record each. Drivers acknowledge their
+//! source only after `submit` returned. A duplicate is answered after its group's fsync too,
+//! since the first copy may be in that very group.
 //!
-//! `ack` and `dead_letter` flush too, but losing one of them to a crash only means the record
+//! `ack` and `dead_letter` flush sled; losing one of them to a crash only means the record
 //! is sent again, and the platform answers `1004`, which counts as delivered.
 //!
 //! ## When the disk quota is hit
 //!
-//! `m/bytes` counts the bytes of stored record values (pending and dead). When the next
-//! record would take it over `max_disk`, the images of the oldest pending records are
-//! replaced by the small placeholder JPEG (their `remark` says so), oldest first, in the
-//! same batch as the new record, until it fits. If even that is not enough, `submit` fails
-//! with [`OutboxError::Full`]: the driver does not acknowledge, and the camera or broker
-//! keeps the event. sled's own files are larger than `m/bytes` (log structure, ~2–3× while
-//! its GC catches up); size `max_disk` with that in mind.
+//! [`Outbox::bytes`] counts the segment files plus the inline values (dead letters). When
+//! the next record would take it over `max_disk`, the oldest segment is compacted: its
+//! pending records are copied to the head of the log, each image replaced by the small
+//! placeholder JPEG (their `remark` says so), and the old file is deleted; oldest segment
+//! first, until the record fits. If even that is not enough, `submit` fails with
+//! [`OutboxError::Full`]: the driver does not acknowledge, and the camera or broker keeps
+//! the event. Segments are `max_disk / 32` long (64 KiB to 16 MiB). sled's own files come on
+//! top (pointers and dedupe entries, ~100 bytes per record).
 //!
 //! ## A store that cannot be opened
 //!
@@ -63,6 +85,9 @@
 //! sled holds a file lock that is freed from a background thread after the last handle is
 //! dropped: keep one [`Outbox`] per process; opening retries briefly on the lock.
 
+mod segments;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -76,6 +101,8 @@ use crate::protocol::Clock;
 const P_RECORD: u8 = b'r';
 const P_DEAD: u8 = b'x';
 const P_DEDUPE: u8 = b'd';
+const P_SEGMENT: u8 = b'g';
+const K_WAL: &[u8] = b"m/wal";
 const K_SPACE: &[u8] = b"s";
 const K_NEXT_ID: &[u8] = b"m/next_id";
 const K_PENDING: &[u8] = b"m/pending";
@@ -83,6 +110,10 @@ const K_DEAD: &[u8] = b"m/dead";
 const K_BYTES: &[u8] = b"m/bytes";
 const K_SPACE_SENT: &[u8] = b"m/space_sent";
 const RECORD_VERSION: u8 = 1;
+/// First byte of a pointer into the segment log.
+const POINTER_VERSION: u8 = 2;
+
+use segments::{Head, Kind, Location, Readers};
 /// Text added to `remark` when the quota forced the image out.
 pub const DEGRADED_REMARK: &str = "图片因网关存储已满被替换 (image replaced: gateway outbox full)";
 
@@ -260,34 +291,114 @@ impl Default for OutboxOptions {
     }
 }
 
-/// Counters kept in memory and persisted in every batch.
-#[derive(Debug, Clone, Copy, Default)]
-struct Counters {
+/// Counters and segment bookkeeping: in memory, and persisted in every batch that changes
+/// them (`m/…` and `g…` keys; segment lengths are read from the files when opening).
+#[derive(Debug, Clone, Default)]
+struct State {
     next_id: u64,
     pending: u64,
     dead: u64,
-    bytes: u64,
-    /// Every pending record below this id already has its image degraded.
-    degraded_below: u64,
+    /// Bytes of record values stored inline in sled (dead letters, old-format records).
+    inline_bytes: u64,
+    /// Pending records pointing into each segment (absent = none).
+    live: BTreeMap<u64, u64>,
+    /// Length of each segment file that is kept (the head included).
+    sizes: BTreeMap<u64, u64>,
+    /// Bytes the quota could free in each segment by replacing images (an estimate: only
+    /// ever too high, which costs one compaction that frees less than hoped).
+    gain: BTreeMap<u64, u64>,
 }
 
-impl Counters {
-    fn write(&self, b: &mut sled::Batch) {
+impl State {
+    /// What `max_disk` limits: the segment files and the inline values.
+    fn bytes(&self) -> u64 {
+        self.inline_bytes + self.sizes.values().sum::<u64>()
+    }
+
+    /// Write the counters, and the counts of the segments in `touched`.
+    fn write(&self, b: &mut sled::Batch, touched: &BTreeSet<u64>) {
         b.insert(K_NEXT_ID, &self.next_id.to_be_bytes());
         b.insert(K_PENDING, &self.pending.to_be_bytes());
         b.insert(K_DEAD, &self.dead.to_be_bytes());
-        b.insert(K_BYTES, &self.bytes.to_be_bytes());
+        b.insert(K_BYTES, &self.inline_bytes.to_be_bytes());
+        for &seg in touched {
+            match self.live.get(&seg) {
+                Some(n) if *n > 0 => b.insert(&key(P_SEGMENT, seg), &n.to_be_bytes()),
+                _ => b.remove(&key(P_SEGMENT, seg)),
+            }
+        }
     }
+
+    /// A record was appended at `loc`; `gain` bytes of it could be freed by the quota.
+    fn add(&mut self, loc: Location, gain: u64) {
+        *self.live.entry(loc.seg).or_insert(0) += 1;
+        *self.sizes.entry(loc.seg).or_insert(0) += u64::from(loc.len);
+        *self.gain.entry(loc.seg).or_insert(0) += gain;
+    }
+
+    /// A record pointing into `seg` is gone. Returns true if no pending record points into
+    /// that segment any more and it is not the head: it is then dropped from the books and
+    /// its file may be deleted after the next sled flush.
+    fn unlink(&mut self, seg: u64, head: u64) -> bool {
+        let n = self.live.entry(seg).or_insert(0);
+        *n = n.saturating_sub(1);
+        if *n > 0 {
+            return false;
+        }
+        self.live.remove(&seg);
+        if seg == head {
+            return false;
+        }
+        self.sizes.remove(&seg);
+        self.gain.remove(&seg);
+        true
+    }
+
+    /// Forget a stored value (a pointer or an inline record) that is being removed.
+    fn forget(&mut self, v: &[u8], head: u64, touched: &mut BTreeSet<u64>, reap: &mut Vec<u64>) {
+        match decode_pointer(v) {
+            Some(loc) => {
+                touched.insert(loc.seg);
+                if self.unlink(loc.seg, head) {
+                    reap.push(loc.seg);
+                }
+            }
+            None => self.inline_bytes = self.inline_bytes.saturating_sub(v.len() as u64),
+        }
+    }
+}
+
+/// The books and the segment being written, under one lock.
+struct Writer {
+    st: State,
+    head: Head,
+}
+
+/// What a group of submits changes, staged before it is applied.
+struct Group {
+    next: State,
+    batch: sled::Batch,
+    touched: BTreeSet<u64>,
+    /// Dedupe keys staged in this group.
+    seen: HashSet<Vec<u8>>,
+    /// Segments emptied by this group: deleted after a flush.
+    reap: Vec<u64>,
+    /// Anything to apply?
+    changed: bool,
 }
 
 struct Inner {
     db: sled::Db,
     path: PathBuf,
+    seg_dir: PathBuf,
     opts: OutboxOptions,
-    counters: Mutex<Counters>,
+    /// Start a new segment once the head is this long.
+    roll: u64,
+    writer: Mutex<Writer>,
+    readers: Readers,
     notify: Notify,
     submits: AtomicU64,
-    /// Group commit: tickets taken after a write was applied…
+    /// Flush tickets taken after a write was applied…
     written: AtomicU64,
     /// …and the highest ticket a completed flush covers. Held while flushing, so one flush
     /// runs at a time and everyone who wrote before it started shares it.
@@ -308,6 +419,64 @@ type Queued = (
     NewRecord,
     tokio::sync::oneshot::Sender<Result<Submitted, OutboxError>>,
 );
+
+/// The narrow interface of a durable record store: what ingest and the uploader need to
+/// move `carInOut` records, with no sled type in it. [`Outbox`] implements it; another
+/// embedded store could replace it behind this trait, and `tests/outbox_model.rs` runs the
+/// outbox and an in-memory model through it side by side.
+pub trait RecordStore: Send + Sync {
+    /// Store a record durably (see [`Outbox::submit`]): on return it survives a power cut.
+    fn append(
+        &self,
+        rec: NewRecord,
+    ) -> impl std::future::Future<Output = Result<Submitted, OutboxError>> + Send;
+    /// The oldest pending records, at most `max_records` and (always at least one) at most
+    /// `max_bytes` of estimated request size.
+    fn peek(&self, max_records: usize, max_bytes: u64) -> Result<Vec<StoredRecord>, OutboxError>;
+    /// The platform has these records: they leave the store.
+    fn ack(&self, ids: &[u64])
+        -> impl std::future::Future<Output = Result<(), OutboxError>> + Send;
+    /// The platform rejected this record: kept aside with the reason, no longer pending.
+    fn dead_letter(
+        &self,
+        id: u64,
+        reason: &str,
+    ) -> impl std::future::Future<Output = Result<(), OutboxError>> + Send;
+    /// Pending records.
+    fn len(&self) -> u64;
+    /// No pending records.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl RecordStore for Outbox {
+    fn append(
+        &self,
+        rec: NewRecord,
+    ) -> impl std::future::Future<Output = Result<Submitted, OutboxError>> + Send {
+        self.submit(rec)
+    }
+    fn peek(&self, max_records: usize, max_bytes: u64) -> Result<Vec<StoredRecord>, OutboxError> {
+        Outbox::peek(self, max_records, max_bytes)
+    }
+    fn ack(
+        &self,
+        ids: &[u64],
+    ) -> impl std::future::Future<Output = Result<(), OutboxError>> + Send {
+        Outbox::ack(self, ids)
+    }
+    fn dead_letter(
+        &self,
+        id: u64,
+        reason: &str,
+    ) -> impl std::future::Future<Output = Result<(), OutboxError>> + Send {
+        Outbox::dead_letter(self, id, reason)
+    }
+    fn len(&self) -> u64 {
+        Outbox::len(self)
+    }
+}
 
 /// The durable outbox. Cheap to clone; one per process (see the module docs).
 #[derive(Clone)]
@@ -347,6 +516,96 @@ fn read_u64(db: &sled::Db, k: &[u8]) -> Result<Option<u64>, OutboxError> {
         let b: [u8; 8] = v.as_ref().try_into().ok()?;
         Some(u64::from_be_bytes(b))
     }))
+}
+
+/// `m/wal`: the log is applied to sled up to this segment and offset.
+fn wal_value(seg: u64, off: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&seg.to_be_bytes());
+    v[8..].copy_from_slice(&off.to_be_bytes());
+    v
+}
+
+/// Replaying log entries that sled had not flushed, while opening.
+struct Replay<'a> {
+    db: &'a sled::Db,
+    batch: sled::Batch,
+    touched: BTreeSet<u64>,
+    /// Pointers changed by this replay (sled does not have them yet).
+    moved: std::collections::HashMap<u64, Location>,
+    entries: u64,
+}
+
+impl Replay<'_> {
+    /// Apply one entry found after `m/wal`. A new record past `next_id` is added with its
+    /// dedupe entry; a moved record re-points its index entry if it is still pending.
+    fn apply(
+        &mut self,
+        st: &mut State,
+        loc: Location,
+        e: &segments::Entry,
+    ) -> Result<(), OutboxError> {
+        match e.kind {
+            Kind::New if e.id >= st.next_id => {
+                if !e.source_key.is_empty() {
+                    let mut k = Vec::with_capacity(1 + e.source_key.len());
+                    k.push(P_DEDUPE);
+                    k.extend_from_slice(&e.source_key);
+                    self.batch.insert(k, &e.accepted_ms.to_be_bytes());
+                }
+                self.batch
+                    .insert(&key(P_RECORD, e.id), &encode_pointer(loc)[..]);
+                self.moved.insert(e.id, loc);
+                st.add(loc, 0);
+                st.pending += 1;
+                st.next_id = e.id + 1;
+            }
+            Kind::New => {}
+            Kind::Moved => {
+                let current = match self.moved.get(&e.id) {
+                    Some(l) => Some(*l),
+                    None => self
+                        .db
+                        .get(key(P_RECORD, e.id))?
+                        .and_then(|v| decode_pointer(&v)),
+                };
+                let Some(from) = current.filter(|c| *c != loc) else {
+                    return Ok(());
+                };
+                self.batch
+                    .insert(&key(P_RECORD, e.id), &encode_pointer(loc)[..]);
+                self.moved.insert(e.id, loc);
+                let n = st.live.entry(from.seg).or_insert(0);
+                *n = n.saturating_sub(1);
+                self.touched.insert(from.seg);
+                st.add(loc, 0);
+            }
+        }
+        self.touched.insert(loc.seg);
+        self.entries += 1;
+        Ok(())
+    }
+}
+
+/// A pointer into the segment log: `2, seg, off, len`.
+fn encode_pointer(l: Location) -> [u8; 21] {
+    let mut v = [0u8; 21];
+    v[0] = POINTER_VERSION;
+    v[1..9].copy_from_slice(&l.seg.to_be_bytes());
+    v[9..17].copy_from_slice(&l.off.to_be_bytes());
+    v[17..21].copy_from_slice(&l.len.to_be_bytes());
+    v
+}
+
+fn decode_pointer(v: &[u8]) -> Option<Location> {
+    if v.len() != 21 || v[0] != POINTER_VERSION {
+        return None;
+    }
+    Some(Location {
+        seg: u64::from_be_bytes(v[1..9].try_into().ok()?),
+        off: u64::from_be_bytes(v[9..17].try_into().ok()?),
+        len: u32::from_be_bytes(v[17..21].try_into().ok()?),
+    })
 }
 
 /// Encode a record value.
@@ -437,7 +696,8 @@ fn open_sled(path: &Path, opts: &OutboxOptions) -> Result<sled::Db, sled::Error>
 }
 
 impl Outbox {
-    /// Open (or create) the outbox at `path`. A corrupt store is moved aside (see module docs).
+    /// Open (or create) the outbox at `path`: sled first (a corrupt store is moved aside, see
+    /// the module docs), then the log entries sled had not flushed are replayed into it.
     pub fn open(path: &Path, opts: OutboxOptions) -> Result<(Outbox, OpenReport), OutboxError> {
         let mut report = OpenReport::default();
         let db = match open_sled(path, &opts) {
@@ -471,19 +731,118 @@ impl Outbox {
                 })
             }
         };
-        let counters = Counters {
+        let seg_dir = path.join(segments::DIR);
+        let io_err = |what: &str, e: std::io::Error| OutboxError::Open {
+            path: seg_dir.clone(),
+            message: format!("{what}: {e}"),
+        };
+        std::fs::create_dir_all(&seg_dir).map_err(|e| io_err("creating the segment log", e))?;
+        let mut st = State {
             next_id: read_u64(&db, K_NEXT_ID)?.unwrap_or(1),
             pending: read_u64(&db, K_PENDING)?.unwrap_or(0),
             dead: read_u64(&db, K_DEAD)?.unwrap_or(0),
-            bytes: read_u64(&db, K_BYTES)?.unwrap_or(0),
-            degraded_below: 0,
+            inline_bytes: read_u64(&db, K_BYTES)?.unwrap_or(0),
+            ..State::default()
         };
+        for item in db.scan_prefix([P_SEGMENT]) {
+            let (k, v) = item?;
+            if let (Some(seg), Ok(n)) = (id_of(&k), <[u8; 8]>::try_from(v.as_ref())) {
+                st.live.insert(seg, u64::from_be_bytes(n));
+            }
+        }
+        let (wal_seg, wal_off) = db
+            .get(K_WAL)?
+            .and_then(|v| {
+                let b: [u8; 16] = v.as_ref().try_into().ok()?;
+                Some((
+                    u64::from_be_bytes(b[..8].try_into().ok()?),
+                    u64::from_be_bytes(b[8..].try_into().ok()?),
+                ))
+            })
+            .unwrap_or((0, 0));
+        let files = segments::list(&seg_dir).map_err(|e| io_err("listing the segment log", e))?;
+        let mut replay = Replay {
+            db: &db,
+            batch: sled::Batch::default(),
+            touched: BTreeSet::new(),
+            moved: std::collections::HashMap::new(),
+            entries: 0,
+        };
+        let last = files.last().map(|f| f.0);
+        for &(seg, mut size) in &files {
+            if seg >= wal_seg {
+                let from = if seg == wal_seg { wal_off.min(size) } else { 0 };
+                let (entries, good_end) = segments::scan(&seg_dir, seg, from)
+                    .map_err(|e| io_err("reading the segment log", e))?;
+                for (loc, e) in entries {
+                    replay.apply(&mut st, loc, &e)?;
+                }
+                if good_end < size {
+                    if Some(seg) == last {
+                        tracing::warn!(segment = seg, offset = good_end, cut = size - good_end, "outbox: cut a torn entry off the end of the log (a crash mid-write, before its fsync returned: no source was acknowledged for it)");
+                    } else {
+                        tracing::error!(segment = seg, offset = good_end, cut = size - good_end, "outbox: a segment of the log is damaged in the middle; the entries after the damage are lost");
+                    }
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(segments::path_of(&seg_dir, seg))
+                        .and_then(|f| {
+                            f.set_len(good_end)?;
+                            f.sync_all()
+                        })
+                        .map_err(|e| io_err("cutting a torn entry", e))?;
+                    size = good_end;
+                }
+            }
+            st.sizes.insert(seg, size);
+            // Unknown until compacted: assume the whole segment could shrink.
+            st.gain.insert(seg, size);
+        }
+        let head = Head::create(&seg_dir, last.map_or(1, |s| s + 1))
+            .map_err(|e| io_err("starting a new segment", e))?;
+        st.sizes.insert(head.seg, 0);
+        // Segments no pending record points into: left over from a stop between an ack's
+        // flush and the file's deletion, or emptied by the replay.
+        let reap: Vec<u64> = st
+            .sizes
+            .keys()
+            .copied()
+            .filter(|s| *s != head.seg && st.live.get(s).copied().unwrap_or(0) == 0)
+            .collect();
+        for seg in &reap {
+            st.sizes.remove(seg);
+            st.gain.remove(seg);
+            replay.touched.insert(*seg);
+        }
+        st.live.retain(|_, n| *n > 0);
+        let Replay {
+            mut batch,
+            touched,
+            entries,
+            ..
+        } = replay;
+        st.write(&mut batch, &touched);
+        batch.insert(K_WAL, &wal_value(head.seg, 0)[..]);
+        db.apply_batch(batch)?;
+        if entries > 0 || !reap.is_empty() {
+            db.flush()?;
+        }
+        if entries > 0 {
+            tracing::info!(
+                entries,
+                "outbox: replayed log entries that sled had not flushed before the last stop"
+            );
+        }
+        let roll = (opts.max_disk / 32).clamp(64 << 10, 16 << 20);
         let ob = Outbox {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_path_buf(),
+                seg_dir,
                 opts,
-                counters: Mutex::new(counters),
+                roll,
+                writer: Mutex::new(Writer { st, head }),
+                readers: Readers::default(),
                 notify: Notify::new(),
                 submits: AtomicU64::new(0),
                 written: AtomicU64::new(0),
@@ -491,18 +850,33 @@ impl Outbox {
                 queue: Mutex::new(SubmitQueue::default()),
             }),
         };
+        ob.delete_segments(&reap);
         // Dedupe entries are forgotten by the first submit, not here: with a big backlog the
         // scan would delay the first upload after a restart.
         Ok((ob, report))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Counters> {
-        // A poisoned lock means a panic mid-update in this process; the counters are still
-        // the last values written, so carry on with them.
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // A poisoned lock means a panic mid-update in this process; the books are still the
+        // last values applied, so carry on with them.
         self.inner
-            .counters
+            .writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Delete segment files no pending record points into (after a flush made that lasting).
+    fn delete_segments(&self, segs: &[u64]) {
+        for &seg in segs {
+            self.inner.readers.forget(seg);
+            match std::fs::remove_file(segments::path_of(&self.inner.seg_dir, seg)) {
+                Ok(()) => tracing::debug!(segment = seg, "outbox: deleted a drained segment"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(segment = seg, error = %e, "outbox: could not delete a drained segment; retried at the next start");
+                }
+            }
+        }
     }
 
     /// Make everything written so far durable (fsync), sharing the work with concurrent
@@ -532,11 +906,12 @@ impl Outbox {
     ///
     /// Concurrent submits are stored together: each queues its record; if no group writer is
     /// running, it starts one (a task of its own, so a submitter that gives up cannot cancel
-    /// a group half-way). The writer takes everything queued so far, applies it as one sled
-    /// batch (counters written once), covers it with one flush, answers every submitter of
-    /// the group, and repeats until the queue is empty. The queue holds at most one record
-    /// per waiting submitter. A submit whose caller gave up is still stored; its source was
-    /// never acknowledged, so a re-delivery is answered as a duplicate.
+    /// a group half-way). The writer takes everything queued so far, appends it to the log
+    /// with one `write` and one `fdatasync`, applies the pointers as one sled batch (counters
+    /// written once), answers every submitter of the group, and repeats until the queue is
+    /// empty. The queue holds at most one record per waiting submitter. A submit whose caller
+    /// gave up is still stored; its source was never acknowledged, so a re-delivery is
+    /// answered as a duplicate.
     pub async fn submit(&self, rec: NewRecord) -> Result<Submitted, OutboxError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start_writer = {
@@ -588,31 +963,52 @@ impl Outbox {
                 std::mem::take(&mut q.items)
             };
             self.store_group(group).await;
+            // If some submitters just answered are already back, let the others queue their
+            // next records too before the next group is taken: otherwise groups alternate
+            // between a big and a small half. (Nobody back: the writer ends at once, and
+            // releases its handle on the store.)
+            if !self.queue().items.is_empty() {
+                tokio::task::yield_now().await;
+            }
         }
     }
 
-    /// Apply a group of submits as one batch, flush once, answer each.
+    /// Store a group of submits (on a blocking thread: it writes and fsyncs), answer each.
     async fn store_group(&self, group: Vec<Queued>) {
         let (recs, answers): (Vec<NewRecord>, Vec<_>) = group.into_iter().unzip();
-        let n = recs.len() as u64;
-        let mut results = self.apply_group(recs);
-        // A duplicate waits for the flush too: its first copy may be in this very group.
-        if results.iter().any(Result::is_ok) {
-            if let Err(e) = self.flush().await {
-                fail_the_accepted(&mut results, &e.to_string());
-            }
-        }
+        let n = recs.len();
+        let ob = self.clone();
+        let (results, reap) = match tokio::task::spawn_blocking(move || ob.write_group(recs)).await
+        {
+            Ok(done) => done,
+            Err(e) => (
+                (0..n)
+                    .map(|_| Err(OutboxError::Store(format!("the group writer failed: {e}"))))
+                    .collect(),
+                Vec::new(),
+            ),
+        };
         if results
             .iter()
             .any(|r| matches!(r, Ok(Submitted::Stored(_))))
         {
             self.inner.notify.notify_one();
         }
-        let before = self.inner.submits.fetch_add(n, Ordering::Relaxed);
+        let before = self.inner.submits.fetch_add(n as u64, Ordering::Relaxed);
         // Old dedupe entries are pruned by the first group after opening, then every 512.
-        if before == 0 || before / 512 != (before + n) / 512 {
+        if before == 0 || before / 512 != (before + n as u64) / 512 {
             if let Err(e) = self.gc_dedupe() {
                 tracing::warn!(error = %e, "outbox: pruning old dedupe entries failed; retried later");
+            }
+        }
+        // Segments the quota emptied go once sled has made their records' moves lasting,
+        // before anyone is answered: the disk then holds what `bytes` says.
+        if !reap.is_empty() {
+            match self.flush().await {
+                Ok(()) => self.delete_segments(&reap),
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox: flush failed; drained segments are deleted at the next start");
+                }
             }
         }
         for (answer, r) in answers.into_iter().zip(results) {
@@ -620,42 +1016,61 @@ impl Outbox {
         }
     }
 
-    /// Stage every record of a group into one sled batch under the counter lock and apply
-    /// it. Each record gets its own answer (stored, duplicate, full); a failed apply fails
-    /// the whole group and changes nothing.
-    fn apply_group(&self, recs: Vec<NewRecord>) -> Vec<Result<Submitted, OutboxError>> {
+    /// Stage every record of a group, write and fsync the log once, apply one sled batch.
+    /// Each record gets its own answer (stored, duplicate, full); a failed write or apply
+    /// fails every record the group had accepted. Returns the answers and the segments to
+    /// delete after the next flush.
+    fn write_group(&self, recs: Vec<NewRecord>) -> (Vec<Result<Submitted, OutboxError>>, Vec<u64>) {
         let now = Clock::local_ms();
-        let mut c = self.lock();
-        let mut next = *c;
-        let mut batch = sled::Batch::default();
-        let mut seen = std::collections::HashSet::new();
+        let mut guard = self.writer();
+        let w = &mut *guard;
+        let mut g = Group {
+            next: w.st.clone(),
+            batch: sled::Batch::default(),
+            touched: BTreeSet::new(),
+            seen: HashSet::new(),
+            reap: Vec::new(),
+            changed: false,
+        };
         let mut results: Vec<Result<Submitted, OutboxError>> = recs
             .into_iter()
-            .map(|rec| self.stage(rec, now, &mut next, &mut batch, &mut seen))
+            .map(|rec| self.stage(&mut w.head, &mut g, rec, now))
             .collect();
-        if results
-            .iter()
-            .all(|r| !matches!(r, Ok(Submitted::Stored(_))))
-        {
-            return results;
+        if !g.changed {
+            return (results, Vec::new());
         }
-        next.write(&mut batch);
-        match self.inner.db.apply_batch(batch) {
-            Ok(()) => *c = next,
-            Err(e) => fail_the_accepted(&mut results, &e.to_string()),
+        if let Err(e) = w.head.sync() {
+            fail_the_accepted(&mut results, &format!("writing the outbox log: {e}"));
+            // What reached the file is unknown: go on in a new segment.
+            if let Ok(h) = Head::create(&self.inner.seg_dir, w.head.seg + 1) {
+                w.st.sizes.insert(w.head.seg, w.head.len);
+                w.head = h;
+            }
+            return (results, Vec::new());
         }
-        results
+        g.next.write(&mut g.batch, &g.touched);
+        g.batch
+            .insert(K_WAL, &wal_value(w.head.seg, w.head.len)[..]);
+        match self.inner.db.apply_batch(g.batch) {
+            Ok(()) => {
+                w.st = g.next;
+                (results, g.reap)
+            }
+            Err(e) => {
+                fail_the_accepted(&mut results, &e.to_string());
+                (results, Vec::new())
+            }
+        }
     }
 
-    /// Add one record (its dedupe entry, and any images the quota makes it degrade) to the
-    /// group's batch and counters. On an error nothing of this record is staged.
+    /// Add one record (its log entry, pointer and dedupe entry, and whatever the quota makes
+    /// it compact) to the group. On an error nothing of this record is staged.
     fn stage(
         &self,
+        head: &mut Head,
+        g: &mut Group,
         mut rec: NewRecord,
         now: i64,
-        next: &mut Counters,
-        batch: &mut sled::Batch,
-        seen: &mut std::collections::HashSet<Vec<u8>>,
     ) -> Result<Submitted, OutboxError> {
         let window = i64::try_from(self.inner.opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
         let dkey = if rec.source_key.is_empty() {
@@ -664,7 +1079,7 @@ impl Outbox {
             let mut k = Vec::with_capacity(1 + rec.source_key.len());
             k.push(P_DEDUPE);
             k.extend_from_slice(rec.source_key.as_bytes());
-            if seen.contains(&k) {
+            if g.seen.contains(&k) {
                 return Ok(Submitted::Duplicate);
             }
             if let Some(v) = self.inner.db.get(&k)? {
@@ -675,75 +1090,87 @@ impl Outbox {
             }
             Some(k)
         };
-        let id = next.next_id;
+        let id = g.next.next_id;
         rec.meta.img_name = rec.img_name.render(id);
-        let value = encode_record(&rec.meta, &rec.image);
-        let len = value.len() as u64;
-        let mut trial = *next;
-        let mut degraded = Vec::new();
-        if trial.bytes + len > self.inner.opts.max_disk {
-            self.degrade_for(&mut trial, &mut degraded, len)?;
+        let record = encode_record(&rec.meta, &rec.image);
+        let entry = segments::encode(Kind::New, id, now, rec.source_key.as_bytes(), &record);
+        let need = entry.len() as u64;
+        let max = self.inner.opts.max_disk;
+        if g.next.bytes() + need > max {
+            self.make_room(head, g, need)?;
         }
-        if trial.bytes + len > self.inner.opts.max_disk {
-            return Err(OutboxError::Full {
-                needed: len,
-                max: self.inner.opts.max_disk,
-            });
+        if g.next.bytes() + need > max {
+            return Err(OutboxError::Full { needed: need, max });
         }
-        for (k, v) in degraded {
-            batch.insert(k, v);
+        if head.len >= self.inner.roll {
+            self.roll(head, g)?;
         }
-        batch.insert(&key(P_RECORD, id), value);
+        let loc = head.append(&entry);
+        let gain = rec
+            .image
+            .len()
+            .saturating_sub(crate::imaging::placeholder_jpeg().len()) as u64;
+        g.next.add(loc, gain);
+        g.touched.insert(loc.seg);
+        g.batch.insert(&key(P_RECORD, id), &encode_pointer(loc)[..]);
         if let Some(k) = dkey {
-            batch.insert(k.as_slice(), &now.to_be_bytes());
-            seen.insert(k);
+            g.batch.insert(k.as_slice(), &now.to_be_bytes());
+            g.seen.insert(k);
         }
-        trial.next_id = id + 1;
-        trial.pending += 1;
-        trial.bytes += len;
-        *next = trial;
+        g.next.next_id = id + 1;
+        g.next.pending += 1;
+        g.changed = true;
         Ok(Submitted::Stored(id))
     }
 
-    /// Replace images of the oldest pending records with the placeholder until `need` fits.
-    fn degrade_for(
-        &self,
-        c: &mut Counters,
-        changes: &mut Vec<(sled::IVec, Vec<u8>)>,
-        need: u64,
-    ) -> Result<(), OutboxError> {
+    /// Start a new head segment (the old one fsynced first).
+    fn roll(&self, head: &mut Head, g: &mut Group) -> Result<(), OutboxError> {
+        let io = |e: std::io::Error| OutboxError::Store(format!("outbox log: {e}"));
+        head.sync().map_err(io)?;
+        let new = Head::create(&self.inner.seg_dir, head.seg + 1).map_err(io)?;
+        let old = std::mem::replace(head, new);
+        g.next.sizes.insert(old.seg, old.len);
+        g.next.sizes.insert(head.seg, 0);
+        g.changed = true;
+        if g.next.live.get(&old.seg).copied().unwrap_or(0) == 0 {
+            g.next.sizes.remove(&old.seg);
+            g.next.gain.remove(&old.seg);
+            g.reap.push(old.seg);
+        }
+        Ok(())
+    }
+
+    /// The quota: compact the oldest segments (their records copied to the head with the
+    /// image replaced by the placeholder, the old file deleted) until `need` more bytes fit
+    /// or nothing is left to shrink.
+    fn make_room(&self, head: &mut Head, g: &mut Group, need: u64) -> Result<(), OutboxError> {
         let max = self.inner.opts.max_disk;
-        let start = key(P_RECORD, c.degraded_below);
-        let end = key(P_RECORD, u64::MAX);
-        let placeholder = crate::imaging::placeholder_jpeg();
-        let mut replaced = 0u32;
-        for item in self.inner.db.range(start..end) {
-            if c.bytes + need <= max {
-                break;
-            }
-            let (k, v) = item?;
-            let Some(id) = id_of(&k) else { continue };
-            c.degraded_below = id + 1;
-            let Ok(mut r) = decode_record(id, &v) else {
-                continue;
+        let mut replaced = 0u64;
+        while g.next.bytes() + need > max {
+            let victim = g
+                .next
+                .live
+                .keys()
+                .copied()
+                .find(|s| *s != head.seg && g.next.gain.get(s).copied().unwrap_or(0) > 0);
+            let victim = match victim {
+                Some(v) => v,
+                // Everything that could shrink is in the head: start a new one, then the
+                // old head is compacted like any other segment.
+                None if g.next.gain.get(&head.seg).copied().unwrap_or(0) > 0
+                    && g.next.live.get(&head.seg).copied().unwrap_or(0) > 0 =>
+                {
+                    self.roll(head, g)?;
+                    continue;
+                }
+                None => break,
             };
-            if r.meta.degraded || r.image.len() <= placeholder.len() {
-                continue;
-            }
-            r.meta.degraded = true;
-            r.meta.remark = Some(crate::ingest::append_remark(
-                r.meta.remark.as_deref(),
-                DEGRADED_REMARK,
-            ));
-            let nv = encode_record(&r.meta, placeholder);
-            c.bytes = c.bytes - v.len() as u64 + nv.len() as u64;
-            changes.push((k, nv));
-            replaced += 1;
+            replaced += self.compact(head, g, victim)?;
         }
         if replaced > 0 {
             tracing::warn!(
                 replaced,
-                bytes = c.bytes,
+                bytes = g.next.bytes(),
                 max_disk = max,
                 "outbox quota reached: replaced the images of the oldest pending records with a placeholder"
             );
@@ -751,8 +1178,94 @@ impl Outbox {
         Ok(())
     }
 
+    /// Copy the pending records of segment `victim` to the head, images replaced by the
+    /// placeholder, and drop the segment (its file goes after the group's flush). Returns
+    /// how many images were replaced.
+    fn compact(&self, head: &mut Head, g: &mut Group, victim: u64) -> Result<u64, OutboxError> {
+        let (entries, _) = segments::scan(&self.inner.seg_dir, victim, 0)
+            .map_err(|e| OutboxError::Store(format!("outbox log, segment {victim}: {e}")))?;
+        let placeholder = crate::imaging::placeholder_jpeg();
+        let mut replaced = 0;
+        for (loc, e) in entries {
+            let current = self
+                .inner
+                .db
+                .get(key(P_RECORD, e.id))?
+                .and_then(|v| decode_pointer(&v));
+            if current != Some(loc) {
+                continue; // delivered, dead-lettered or moved already
+            }
+            let record = match decode_record(e.id, &e.record) {
+                Ok(mut r) if !r.meta.degraded && r.image.len() > placeholder.len() => {
+                    r.meta.degraded = true;
+                    r.meta.remark = Some(crate::ingest::append_remark(
+                        r.meta.remark.as_deref(),
+                        DEGRADED_REMARK,
+                    ));
+                    replaced += 1;
+                    encode_record(&r.meta, placeholder)
+                }
+                _ => e.record,
+            };
+            let entry = segments::encode(Kind::Moved, e.id, e.accepted_ms, &e.source_key, &record);
+            if head.len >= self.inner.roll {
+                self.roll(head, g)?;
+            }
+            let to = head.append(&entry);
+            g.next.add(to, 0);
+            g.touched.insert(to.seg);
+            g.batch
+                .insert(&key(P_RECORD, e.id), &encode_pointer(to)[..]);
+            let n = g.next.live.entry(victim).or_insert(0);
+            *n = n.saturating_sub(1);
+        }
+        g.touched.insert(victim);
+        g.changed = true;
+        if g.next.live.get(&victim).copied().unwrap_or(0) > 0 {
+            // The index points at entries the scan did not find (a damaged segment): keep
+            // the file, and do not try it again.
+            tracing::error!(
+                segment = victim,
+                "outbox: the quota could not move every record out of a segment (damaged?); it is kept"
+            );
+            g.next.gain.insert(victim, 0);
+            return Ok(replaced);
+        }
+        g.next.live.remove(&victim);
+        g.next.sizes.remove(&victim);
+        g.next.gain.remove(&victim);
+        g.reap.push(victim);
+        Ok(replaced)
+    }
+
+    /// Read a stored value back: a pointer is followed into the log, an inline record
+    /// decoded as it is.
+    fn load(&self, id: u64, v: &[u8]) -> Result<StoredRecord, OutboxError> {
+        let Some(loc) = decode_pointer(v) else {
+            return decode_record(id, v);
+        };
+        let e = self
+            .inner
+            .readers
+            .read(&self.inner.seg_dir, loc)
+            .map_err(|e| OutboxError::Corrupt {
+                id,
+                message: format!("log segment {} at {}: {e}", loc.seg, loc.off),
+            })?;
+        if e.id != id {
+            return Err(OutboxError::Corrupt {
+                id,
+                message: format!(
+                    "log segment {} at {} holds record {}",
+                    loc.seg, loc.off, e.id
+                ),
+            });
+        }
+        decode_record(id, &e.record)
+    }
+
     /// The oldest pending records: at most `max_records`, and (but always at least one)
-    /// at most `max_bytes` of estimated request size. A record that cannot be decoded is
+    /// at most `max_bytes` of estimated request size. A record that cannot be read is
     /// moved to the dead letters with the reason, never returned and never lost.
     pub fn peek(
         &self,
@@ -768,7 +1281,7 @@ impl Outbox {
             }
             let (k, v) = item?;
             let Some(id) = id_of(&k) else { continue };
-            match decode_record(id, &v) {
+            match self.load(id, &v) {
                 Ok(r) => {
                     let s = r.wire_size();
                     if !out.is_empty() && size + s > max_bytes {
@@ -777,11 +1290,14 @@ impl Outbox {
                     size += s;
                     out.push(r);
                 }
+                // Delivered or moved while we read (its segment may be gone): not corrupt.
+                Err(_) if self.inner.db.get(k)?.as_deref() != Some(v.as_ref()) => {}
                 Err(e) => corrupt.push((id, e.to_string())),
             }
         }
         for (id, why) in corrupt {
             tracing::error!(id, error = %why, "outbox record is not decodable; moved to the dead letters");
+            // Its segment (if now empty) is deleted at the next start.
             self.dead_letter_now(id, &why)?;
         }
         Ok(out)
@@ -789,58 +1305,83 @@ impl Outbox {
 
     /// The platform has these records: delete them.
     pub async fn ack(&self, ids: &[u64]) -> Result<(), OutboxError> {
-        {
+        let reap = {
             let db = &self.inner.db;
-            let mut c = self.lock();
-            let mut next = *c;
+            let mut w = self.writer();
+            let head = w.head.seg;
+            let mut next = w.st.clone();
             let mut batch = sled::Batch::default();
+            let mut touched = BTreeSet::new();
+            let mut reap = Vec::new();
             for &id in ids {
                 let k = key(P_RECORD, id);
                 if let Some(v) = db.get(k)? {
                     next.pending = next.pending.saturating_sub(1);
-                    next.bytes = next.bytes.saturating_sub(v.len() as u64);
+                    next.forget(&v, head, &mut touched, &mut reap);
                     batch.remove(&k);
                 }
             }
-            next.write(&mut batch);
+            next.write(&mut batch, &touched);
             db.apply_batch(batch)?;
-            *c = next;
-        }
-        self.flush().await
+            w.st = next;
+            reap
+        };
+        self.flush().await?;
+        self.delete_segments(&reap);
+        Ok(())
     }
 
-    fn dead_letter_now(&self, id: u64, reason: &str) -> Result<bool, OutboxError> {
+    /// Move a pending record to the dead letters (inline, with the reason). Returns the
+    /// segments that emptied.
+    fn dead_letter_now(&self, id: u64, reason: &str) -> Result<Vec<u64>, OutboxError> {
         let db = &self.inner.db;
-        let mut c = self.lock();
+        let mut w = self.writer();
         let k = key(P_RECORD, id);
         let Some(v) = db.get(k)? else {
-            return Ok(false);
+            return Ok(Vec::new());
         };
-        let mut dv = Vec::with_capacity(4 + reason.len() + v.len());
-        dv.extend_from_slice(&u32::try_from(reason.len()).unwrap_or(0).to_be_bytes());
-        dv.extend_from_slice(if u32::try_from(reason.len()).is_ok() {
+        let record = match decode_pointer(&v) {
+            None => v.to_vec(),
+            Some(loc) => match self.inner.readers.read(&self.inner.seg_dir, loc) {
+                Ok(e) => e.record,
+                Err(e) => {
+                    tracing::error!(id, segment = loc.seg, error = %e, "outbox: a dead-lettered record could not be read from the log; only its reason is kept");
+                    Vec::new()
+                }
+            },
+        };
+        let reason = if u32::try_from(reason.len()).is_ok() {
             reason.as_bytes()
         } else {
             b""
-        });
-        dv.extend_from_slice(&v);
-        let mut next = *c;
+        };
+        let mut dv = Vec::with_capacity(4 + reason.len() + record.len());
+        dv.extend_from_slice(&u32::try_from(reason.len()).unwrap_or(0).to_be_bytes());
+        dv.extend_from_slice(reason);
+        dv.extend_from_slice(&record);
+        let head = w.head.seg;
+        let mut next = w.st.clone();
+        let mut touched = BTreeSet::new();
+        let mut reap = Vec::new();
         next.pending = next.pending.saturating_sub(1);
         next.dead += 1;
-        next.bytes = next.bytes - v.len() as u64 + dv.len() as u64;
+        next.forget(&v, head, &mut touched, &mut reap);
+        next.inline_bytes += dv.len() as u64;
         let mut batch = sled::Batch::default();
         batch.remove(&k);
         batch.insert(&key(P_DEAD, id), dv);
-        next.write(&mut batch);
+        next.write(&mut batch, &touched);
         db.apply_batch(batch)?;
-        *c = next;
-        Ok(true)
+        w.st = next;
+        Ok(reap)
     }
 
     /// The platform explicitly rejected this record: move it to the dead letters.
     pub async fn dead_letter(&self, id: u64, reason: &str) -> Result<(), OutboxError> {
-        self.dead_letter_now(id, reason)?;
-        self.flush().await
+        let reap = self.dead_letter_now(id, reason)?;
+        self.flush().await?;
+        self.delete_segments(&reap);
+        Ok(())
     }
 
     /// Every dead letter, oldest first.
@@ -876,22 +1417,24 @@ impl Outbox {
     pub async fn dead_retry(&self, id: u64) -> Result<(), OutboxError> {
         {
             let db = &self.inner.db;
-            let mut c = self.lock();
+            let mut w = self.writer();
             let Some(v) = db.get(key(P_DEAD, id))? else {
                 return Err(OutboxError::NoSuchDead(id));
             };
+            // Back to pending inline (the old format, still read): a dead letter is rare and
+            // small enough not to need the log.
             let (_, rest) = split_dead(&v);
-            let mut next = *c;
+            let mut next = w.st.clone();
             next.dead = next.dead.saturating_sub(1);
             next.pending += 1;
-            next.bytes = next.bytes - v.len() as u64 + rest.len() as u64;
-            next.degraded_below = next.degraded_below.min(id);
+            next.inline_bytes =
+                next.inline_bytes.saturating_sub(v.len() as u64) + rest.len() as u64;
             let mut batch = sled::Batch::default();
             batch.remove(&key(P_DEAD, id));
             batch.insert(&key(P_RECORD, id), rest);
-            next.write(&mut batch);
+            next.write(&mut batch, &BTreeSet::new());
             db.apply_batch(batch)?;
-            *c = next;
+            w.st = next;
         }
         self.inner.notify.notify_one();
         self.flush().await
@@ -901,25 +1444,25 @@ impl Outbox {
     pub async fn dead_drop(&self, id: u64) -> Result<(), OutboxError> {
         {
             let db = &self.inner.db;
-            let mut c = self.lock();
+            let mut w = self.writer();
             let Some(v) = db.get(key(P_DEAD, id))? else {
                 return Err(OutboxError::NoSuchDead(id));
             };
-            let mut next = *c;
+            let mut next = w.st.clone();
             next.dead = next.dead.saturating_sub(1);
-            next.bytes = next.bytes.saturating_sub(v.len() as u64);
+            next.inline_bytes = next.inline_bytes.saturating_sub(v.len() as u64);
             let mut batch = sled::Batch::default();
             batch.remove(&key(P_DEAD, id));
-            next.write(&mut batch);
+            next.write(&mut batch, &BTreeSet::new());
             db.apply_batch(batch)?;
-            *c = next;
+            w.st = next;
         }
         self.flush().await
     }
 
     /// Pending records.
     pub fn len(&self) -> u64 {
-        self.lock().pending
+        self.writer().st.pending
     }
 
     /// No pending records.
@@ -929,25 +1472,24 @@ impl Outbox {
 
     /// Dead letters.
     pub fn dead_len(&self) -> u64 {
-        self.lock().dead
+        self.writer().st.dead
     }
 
-    /// Bytes of stored record values (what `max_disk` limits).
+    /// What `max_disk` limits: the segment files and the records stored inline.
     pub fn bytes(&self) -> u64 {
-        self.lock().bytes
+        self.writer().st.bytes()
     }
 
-    /// sled's own files on disk, bytes.
+    /// The whole store on disk: sled's files and the segment files, bytes.
     pub fn size_on_disk(&self) -> u64 {
-        self.inner.db.size_on_disk().unwrap_or(0)
+        let segments: u64 = self.writer().st.sizes.values().sum();
+        self.inner.db.size_on_disk().unwrap_or(0) + segments
     }
 
     /// When the oldest pending record was accepted (Unix ms).
     pub fn oldest_submitted_ms(&self) -> Option<i64> {
         let (k, v) = self.inner.db.scan_prefix([P_RECORD]).next()?.ok()?;
-        decode_record(id_of(&k)?, &v)
-            .ok()
-            .map(|r| r.meta.submitted_ms)
+        self.load(id_of(&k)?, &v).ok().map(|r| r.meta.submitted_ms)
     }
 
     /// Wait until something may be pending (a submit, a dead-letter retry, a space change).
@@ -963,7 +1505,7 @@ impl Outbox {
     /// Record the newest space figures; coalesces: only the newest is kept.
     pub fn set_space(&self, total: u64, surplus: u64) -> Result<Option<SpaceReport>, OutboxError> {
         let db = &self.inner.db;
-        let guard = self.lock();
+        let guard = self.writer();
         let cur = self.space_latest()?;
         if let Some(cur) = cur {
             if cur.total == total && cur.surplus == surplus {
@@ -1086,6 +1628,15 @@ mod tests {
         }
     }
 
+    /// Bytes of the segment files on disk.
+    fn log_on_disk(dir: &Path) -> u64 {
+        segments::list(&dir.join("ob").join(segments::DIR))
+            .unwrap()
+            .iter()
+            .map(|(_, len)| len)
+            .sum()
+    }
+
     fn open(dir: &Path, max_disk: u64) -> Outbox {
         Outbox::open(
             &dir.join("ob"),
@@ -1206,7 +1757,9 @@ mod tests {
         assert_eq!((ob.len(), ob.dead_len()), (1, 0));
         ob.dead_letter(id, "again").await.unwrap();
         ob.dead_drop(id).await.unwrap();
-        assert_eq!((ob.len(), ob.dead_len(), ob.bytes()), (0, 0, 0));
+        // Only the segment being written is left, and it is what `bytes` counts.
+        assert_eq!((ob.len(), ob.dead_len()), (0, 0));
+        assert_eq!(ob.bytes(), log_on_disk(d.path()));
     }
 
     #[tokio::test]
@@ -1230,6 +1783,11 @@ mod tests {
         ob.submit(rec("", "P5", img.clone())).await.unwrap();
         assert_eq!(ob.len(), 6);
         assert!(ob.bytes() <= max);
+        assert_eq!(
+            ob.bytes(),
+            log_on_disk(d.path()),
+            "the compacted segment's file is gone"
+        );
         let first = &ob.peek(1, u64::MAX).unwrap()[0];
         assert!(first.meta.degraded);
         assert_eq!(first.image, crate::imaging::placeholder_jpeg());
@@ -1255,6 +1813,102 @@ mod tests {
         assert!(ob.len() >= 6);
         let all = ob.peek(1000, u64::MAX).unwrap();
         assert_eq!(all.len() as u64, ob.len());
+    }
+
+    /// sled is flushed in the background, so a SIGKILL can take its newest batches; the
+    /// log has the records (fsynced before submit returned) and opening puts them back.
+    #[tokio::test]
+    async fn records_sled_lost_in_a_crash_are_replayed_from_the_log() {
+        let d = tempfile::tempdir().unwrap();
+        let saved: Vec<(sled::IVec, sled::IVec)>;
+        let later;
+        {
+            let ob = open(d.path(), 1 << 30);
+            ob.submit(rec("a", "A", vec![1; 300])).await.unwrap();
+            ob.flush().await.unwrap();
+            // sled as it was after the first record…
+            saved = ob
+                .inner
+                .db
+                .iter()
+                .map(Result::unwrap)
+                .filter(|(k, _)| k.starts_with(b"m/") || k.starts_with(&[P_SEGMENT]))
+                .collect();
+            let mut ids = vec![];
+            for (k, p) in [("b", "B"), ("c", "C")] {
+                if let Submitted::Stored(id) = ob.submit(rec(k, p, vec![2; 300])).await.unwrap() {
+                    ids.push(id);
+                }
+            }
+            later = ids;
+            // …and then it loses the next two batches, as an unflushed sled does.
+            let db = &ob.inner.db;
+            for (k, v) in &saved {
+                db.insert(k, v).unwrap();
+            }
+            for id in &later {
+                db.remove(key(P_RECORD, *id)).unwrap();
+            }
+            for k in ["b", "c"] {
+                db.remove([&[P_DEDUPE][..], k.as_bytes()].concat()).unwrap();
+            }
+            ob.flush().await.unwrap();
+            assert_eq!(ob.inner.db.scan_prefix([P_RECORD]).count(), 1);
+        }
+        let ob = open(d.path(), 1 << 30);
+        let all = ob.peek(10, u64::MAX).unwrap();
+        let plates: Vec<_> = all.iter().map(|r| r.meta.car_no.clone().unwrap()).collect();
+        assert_eq!(plates, ["A", "B", "C"], "replayed, in order");
+        assert_eq!(all[1].image, vec![2; 300], "intact");
+        assert_eq!(all.iter().skip(1).map(|r| r.id).collect::<Vec<_>>(), later);
+        assert_eq!(ob.len(), 3);
+        assert_eq!(
+            ob.submit(rec("c", "C", vec![2])).await.unwrap(),
+            Submitted::Duplicate,
+            "the dedupe entry came back too"
+        );
+        let Submitted::Stored(n) = ob.submit(rec("d", "D", vec![3])).await.unwrap() else {
+            panic!()
+        };
+        assert!(n > later[1], "ids never go back");
+        assert_eq!(ob.bytes(), log_on_disk(d.path()));
+    }
+
+    /// A crash in the middle of writing a group leaves half an entry at the end of the log.
+    /// Nobody was answered for it; opening cuts it off and carries on.
+    #[tokio::test]
+    async fn a_torn_entry_at_the_end_of_the_log_is_cut_off() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let ob = open(d.path(), 1 << 30);
+            ob.submit(rec("a", "A", vec![1; 300])).await.unwrap();
+        }
+        let dir = d.path().join("ob").join(segments::DIR);
+        let (last, len) = *segments::list(&dir).unwrap().last().unwrap();
+        let torn = segments::encode(Kind::New, 99, 0, b"z", &[5; 200]);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(segments::path_of(&dir, last))
+            .unwrap();
+        std::io::Write::write_all(&mut f, &torn[..torn.len() / 2]).unwrap();
+        drop(f);
+        let ob = open(d.path(), 1 << 30);
+        assert_eq!(ob.len(), 1);
+        assert_eq!(
+            std::fs::metadata(segments::path_of(&dir, last))
+                .unwrap()
+                .len(),
+            len,
+            "cut back to the last whole entry"
+        );
+        ob.submit(rec("b", "B", vec![2; 300])).await.unwrap();
+        let plates: Vec<_> = ob
+            .peek(10, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| r.meta.car_no.clone().unwrap())
+            .collect();
+        assert_eq!(plates, ["A", "B"]);
     }
 
     #[tokio::test]
@@ -1374,7 +2028,7 @@ mod tests {
         let before = ob.bytes();
         ob.ack(&[ids[2]]).await.unwrap();
         assert_eq!(ob.len(), 2);
-        assert!(ob.bytes() < before && ob.bytes() > five_gib);
+        assert!(ob.bytes() <= before && ob.bytes() > five_gib);
         ob.dead_letter(ids[1], "r").await.unwrap();
         assert_eq!(ob.dead_list().unwrap()[0].record.id, u64::from(u32::MAX));
         let bytes = ob.bytes();
