@@ -516,9 +516,10 @@ fn du(path: &Path) -> u64 {
     })
 }
 
-/// Images inline in the sled values (what the outbox does) against images as fsynced files
-/// named by record id beside a sled record without the image: bytes written to the disk
-/// (the SD card's wear) and space used, for a backlog that is stored and then drained.
+/// Images inline in sled values (the outbox before its log), images as fsynced files named
+/// by record id beside a small sled record, and the outbox as shipped (records in its
+/// segment log, pointers in sled): bytes written to the disk (the SD card's wear) and space
+/// used, for a backlog that is stored and then drained, one submit at a time.
 async fn images_inline_vs_files(image: &[u8]) {
     let n = 2_000u64;
     let data = n * image.len() as u64;
@@ -536,27 +537,35 @@ async fn images_inline_vs_files(image: &[u8]) {
         );
     };
 
-    // Inline: the outbox as shipped.
+    // Inline: bare sled with the whole record in the value, one flush per record (the
+    // outbox's design before the log).
     let dir = bench_dir();
     let path = dir.path().join("inline");
     let w0 = write_bytes();
     let t = Instant::now();
     {
-        let (ob, _) = Outbox::open(&path, OutboxOptions::default()).unwrap();
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(4 << 20)
+            .open()
+            .unwrap();
+        let mut value = vec![b'm'; 400];
+        value.extend_from_slice(image);
         for i in 0..n {
-            ob.submit(common::new_record(i, image)).await.unwrap();
+            db.insert(i.to_be_bytes(), value.as_slice()).unwrap();
+            db.flush().unwrap();
         }
         let peak = du(&path);
-        loop {
-            let batch = ob.peek(100, u64::MAX).unwrap();
-            if batch.is_empty() {
-                break;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+            let mut b = sled::Batch::default();
+            for i in chunk {
+                b.remove(&i.to_be_bytes());
             }
-            let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
-            ob.ack(&ids).await.unwrap();
+            db.apply_batch(b).unwrap();
+            db.flush().unwrap();
         }
-        ob.flush().await.unwrap();
         let secs = t.elapsed().as_secs_f64();
+        drop(db);
         report("inline in sled", write_bytes() - w0, peak, du(&path), secs);
     }
 
@@ -597,6 +606,33 @@ async fn images_inline_vs_files(image: &[u8]) {
     let secs = t.elapsed().as_secs_f64();
     drop(db);
     report("files + sled", write_bytes() - w0, peak, du(&path), secs);
+
+    // The outbox as shipped: records in its segment log, pointers in sled.
+    let path = dir.path().join("outbox");
+    let w0 = write_bytes();
+    let t = Instant::now();
+    let (ob, _) = Outbox::open(&path, OutboxOptions::default()).unwrap();
+    for i in 0..n {
+        ob.submit(common::new_record(i, image)).await.unwrap();
+    }
+    let peak = du(&path);
+    loop {
+        let batch = ob.peek(100, u64::MAX).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        let ids: Vec<u64> = batch.iter().map(|r| r.id).collect();
+        ob.ack(&ids).await.unwrap();
+    }
+    ob.flush().await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    report(
+        "the outbox (log + sled)",
+        write_bytes() - w0,
+        peak,
+        du(&path),
+        secs,
+    );
 }
 
 /// VmRSS and VmHWM (peak) of a process, in KB.
