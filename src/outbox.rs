@@ -798,8 +798,23 @@ impl Outbox {
             // Unknown until compacted: assume the whole segment could shrink.
             st.gain.insert(seg, size);
         }
-        let head = Head::create(&seg_dir, last.map_or(1, |s| s + 1))
-            .map_err(|e| io_err("starting a new segment", e))?;
+        // Pointers into a segment whose file is gone (removed by hand?) cannot be followed:
+        // say so; `peek` moves such records to the dead letters with the reason.
+        let missing: Vec<u64> = st
+            .live
+            .keys()
+            .copied()
+            .filter(|s| !st.sizes.contains_key(s))
+            .collect();
+        for seg in missing {
+            tracing::error!(segment = seg, records = st.live.get(&seg).copied().unwrap_or(0), "outbox: pending records point into a log segment whose file is missing; they will be dead-lettered");
+            st.live.remove(&seg);
+            replay.touched.insert(seg);
+        }
+        // Never reuse a number `m/wal` may name.
+        let head_seg = last.map_or(1, |s| s + 1).max(wal_seg + 1);
+        let head =
+            Head::create(&seg_dir, head_seg).map_err(|e| io_err("starting a new segment", e))?;
         st.sizes.insert(head.seg, 0);
         // Segments no pending record points into: left over from a stop between an ack's
         // flush and the file's deletion, or emptied by the replay.
@@ -1909,6 +1924,32 @@ mod tests {
             .map(|r| r.meta.car_no.clone().unwrap())
             .collect();
         assert_eq!(plates, ["A", "B"]);
+    }
+
+    /// A segment file removed by hand (or lost by a dying card): its records cannot be
+    /// sent, but they are not silently forgotten either: they become dead letters that say
+    /// why, and the outbox carries on.
+    #[tokio::test]
+    async fn records_whose_segment_file_is_gone_become_dead_letters_with_the_reason() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let ob = open(d.path(), 1 << 30);
+            ob.submit(rec("a", "A", vec![1; 300])).await.unwrap();
+        }
+        let dir = d.path().join("ob").join(segments::DIR);
+        for (seg, _) in segments::list(&dir).unwrap() {
+            std::fs::remove_file(segments::path_of(&dir, seg)).unwrap();
+        }
+        let ob = open(d.path(), 1 << 30);
+        assert!(ob.peek(10, u64::MAX).unwrap().is_empty());
+        assert_eq!((ob.len(), ob.dead_len()), (0, 1));
+        assert!(
+            ob.dead_list().unwrap()[0].reason.contains("log segment"),
+            "{}",
+            ob.dead_list().unwrap()[0].reason
+        );
+        ob.submit(rec("b", "B", vec![2; 300])).await.unwrap();
+        assert_eq!(ob.peek(10, u64::MAX).unwrap().len(), 1);
     }
 
     #[tokio::test]
