@@ -336,13 +336,18 @@ impl State {
         *self.gain.entry(loc.seg).or_insert(0) += gain;
     }
 
+    /// One record fewer points into `seg`; returns how many still do.
+    fn release(&mut self, seg: u64) -> u64 {
+        let n = self.live.entry(seg).or_insert(0);
+        *n = n.saturating_sub(1);
+        *n
+    }
+
     /// A record pointing into `seg` is gone. Returns true if no pending record points into
     /// that segment any more and it is not the head: it is then dropped from the books and
     /// its file may be deleted after the next sled flush.
     fn unlink(&mut self, seg: u64, head: u64) -> bool {
-        let n = self.live.entry(seg).or_insert(0);
-        *n = n.saturating_sub(1);
-        if *n > 0 {
+        if self.release(seg) > 0 {
             return false;
         }
         self.live.remove(&seg);
@@ -518,6 +523,14 @@ fn read_u64(db: &sled::Db, k: &[u8]) -> Result<Option<u64>, OutboxError> {
     }))
 }
 
+/// The sled key of a source key's dedupe entry.
+fn dedupe_key(source_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + source_key.len());
+    k.push(P_DEDUPE);
+    k.extend_from_slice(source_key);
+    k
+}
+
 /// `m/wal`: the log is applied to sled up to this segment and offset.
 fn wal_value(seg: u64, off: u64) -> [u8; 16] {
     let mut v = [0u8; 16];
@@ -548,10 +561,8 @@ impl Replay<'_> {
         match e.kind {
             Kind::New if e.id >= st.next_id => {
                 if !e.source_key.is_empty() {
-                    let mut k = Vec::with_capacity(1 + e.source_key.len());
-                    k.push(P_DEDUPE);
-                    k.extend_from_slice(&e.source_key);
-                    self.batch.insert(k, &e.accepted_ms.to_be_bytes());
+                    self.batch
+                        .insert(dedupe_key(&e.source_key), &e.accepted_ms.to_be_bytes());
                 }
                 self.batch
                     .insert(&key(P_RECORD, e.id), &encode_pointer(loc)[..]);
@@ -575,8 +586,7 @@ impl Replay<'_> {
                 self.batch
                     .insert(&key(P_RECORD, e.id), &encode_pointer(loc)[..]);
                 self.moved.insert(e.id, loc);
-                let n = st.live.entry(from.seg).or_insert(0);
-                *n = n.saturating_sub(1);
+                st.release(from.seg);
                 self.touched.insert(from.seg);
                 st.add(loc, 0);
             }
@@ -1091,9 +1101,7 @@ impl Outbox {
         let dkey = if rec.source_key.is_empty() {
             None
         } else {
-            let mut k = Vec::with_capacity(1 + rec.source_key.len());
-            k.push(P_DEDUPE);
-            k.extend_from_slice(rec.source_key.as_bytes());
+            let k = dedupe_key(rec.source_key.as_bytes());
             if g.seen.contains(&k) {
                 return Ok(Submitted::Duplicate);
             }
@@ -1231,8 +1239,7 @@ impl Outbox {
             g.touched.insert(to.seg);
             g.batch
                 .insert(&key(P_RECORD, e.id), &encode_pointer(to)[..]);
-            let n = g.next.live.entry(victim).or_insert(0);
-            *n = n.saturating_sub(1);
+            g.next.release(victim);
         }
         g.touched.insert(victim);
         g.changed = true;
@@ -1652,6 +1659,13 @@ mod tests {
             .sum()
     }
 
+    /// Store record "A" in a fresh outbox under `dir` and close it; returns its segment dir.
+    async fn one_record_then_closed(dir: &Path) -> PathBuf {
+        let ob = open(dir, 1 << 30);
+        ob.submit(rec("a", "A", vec![1; 300])).await.unwrap();
+        dir.join("ob").join(segments::DIR)
+    }
+
     fn open(dir: &Path, max_disk: u64) -> Outbox {
         Outbox::open(
             &dir.join("ob"),
@@ -1865,7 +1879,7 @@ mod tests {
                 db.remove(key(P_RECORD, *id)).unwrap();
             }
             for k in ["b", "c"] {
-                db.remove([&[P_DEDUPE][..], k.as_bytes()].concat()).unwrap();
+                db.remove(dedupe_key(k.as_bytes())).unwrap();
             }
             ob.flush().await.unwrap();
             assert_eq!(ob.inner.db.scan_prefix([P_RECORD]).count(), 1);
@@ -1894,11 +1908,7 @@ mod tests {
     #[tokio::test]
     async fn a_torn_entry_at_the_end_of_the_log_is_cut_off() {
         let d = tempfile::tempdir().unwrap();
-        {
-            let ob = open(d.path(), 1 << 30);
-            ob.submit(rec("a", "A", vec![1; 300])).await.unwrap();
-        }
-        let dir = d.path().join("ob").join(segments::DIR);
+        let dir = one_record_then_closed(d.path()).await;
         let (last, len) = *segments::list(&dir).unwrap().last().unwrap();
         let torn = segments::encode(Kind::New, 99, 0, b"z", &[5; 200]);
         let mut f = std::fs::OpenOptions::new()
@@ -1932,11 +1942,7 @@ mod tests {
     #[tokio::test]
     async fn records_whose_segment_file_is_gone_become_dead_letters_with_the_reason() {
         let d = tempfile::tempdir().unwrap();
-        {
-            let ob = open(d.path(), 1 << 30);
-            ob.submit(rec("a", "A", vec![1; 300])).await.unwrap();
-        }
-        let dir = d.path().join("ob").join(segments::DIR);
+        let dir = one_record_then_closed(d.path()).await;
         for (seg, _) in segments::list(&dir).unwrap() {
             std::fs::remove_file(segments::path_of(&dir, seg)).unwrap();
         }
