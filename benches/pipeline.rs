@@ -111,18 +111,38 @@ async fn p1(image: &[u8]) {
     }
 }
 
+/// Bare sled with the outbox's settings (4 MiB cache, background flush every 500 ms): the
+/// anchor of P1, P5 and IMG.
+fn bare_sled(path: &Path) -> sled::Db {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(4 << 20)
+        .flush_every_ms(Some(500))
+        .open()
+        .unwrap()
+}
+
+/// Delete keys `0..n` (u64 big-endian) from a bare sled in batches of 100, flushing after
+/// each, as an outbox acks a drained backlog; `after` runs once each batch is flushed.
+fn drain_bare_sled(db: &sled::Db, n: u64, mut after: impl FnMut(&[u64])) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let mut b = sled::Batch::default();
+        for i in chunk {
+            b.remove(&i.to_be_bytes());
+        }
+        db.apply_batch(b).unwrap();
+        db.flush().unwrap();
+        after(chunk);
+    }
+}
+
 /// The ceiling of any outbox built on sled: bare sled with the outbox's settings, values of
 /// `size` bytes inserted in groups of `group` with one `flush` (fsync) per group: sled's
 /// counterpart of the grouped raw fsync, with none of the outbox's work (dedupe entry,
 /// counters, record encoding, task hand-offs). One thread: sled 0.34's `flush_async`
 /// deadlocks when called concurrently (see `Outbox::flush`).
 fn sled_ceiling(dir: &Path, group: u64, total: u64, size: usize) -> f64 {
-    let db = sled::Config::new()
-        .path(dir.join(format!("bare-sled-{group}")))
-        .cache_capacity(4 << 20)
-        .flush_every_ms(Some(500))
-        .open()
-        .unwrap();
+    let db = bare_sled(&dir.join(format!("bare-sled-{group}")));
     let value = vec![7u8; size];
     let t = Instant::now();
     for i in 0..total {
@@ -234,11 +254,7 @@ async fn p5(image: &[u8]) {
         .unwrap();
     assert!(status.success());
     let t = Instant::now();
-    let db = sled::Config::new()
-        .path(&copy)
-        .cache_capacity(4 << 20)
-        .open()
-        .unwrap();
+    let db = bare_sled(&copy);
     let opened = t.elapsed();
     let _first = db.scan_prefix(b"r").next();
     let first_read = t.elapsed();
@@ -544,11 +560,7 @@ async fn images_inline_vs_files(image: &[u8]) {
     let w0 = write_bytes();
     let t = Instant::now();
     {
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(4 << 20)
-            .open()
-            .unwrap();
+        let db = bare_sled(&path);
         let mut value = vec![b'm'; 400];
         value.extend_from_slice(image);
         for i in 0..n {
@@ -556,14 +568,7 @@ async fn images_inline_vs_files(image: &[u8]) {
             db.flush().unwrap();
         }
         let peak = du(&path);
-        for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
-            let mut b = sled::Batch::default();
-            for i in chunk {
-                b.remove(&i.to_be_bytes());
-            }
-            db.apply_batch(b).unwrap();
-            db.flush().unwrap();
-        }
+        drain_bare_sled(&db, n, |_| {});
         let secs = t.elapsed().as_secs_f64();
         drop(db);
         report("inline in sled", write_bytes() - w0, peak, du(&path), secs);
@@ -575,11 +580,7 @@ async fn images_inline_vs_files(image: &[u8]) {
     std::fs::create_dir_all(&imgs).unwrap();
     let w0 = write_bytes();
     let t = Instant::now();
-    let db = sled::Config::new()
-        .path(path.join("db"))
-        .cache_capacity(4 << 20)
-        .open()
-        .unwrap();
+    let db = bare_sled(&path.join("db"));
     let meta = vec![b'm'; 400];
     for i in 0..n {
         let f = imgs.join(format!("{i:016x}.jpg"));
@@ -591,17 +592,11 @@ async fn images_inline_vs_files(image: &[u8]) {
         db.flush().unwrap();
     }
     let peak = du(&path);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
-        let mut b = sled::Batch::default();
-        for i in chunk {
-            b.remove(&i.to_be_bytes());
-        }
-        db.apply_batch(b).unwrap();
-        db.flush().unwrap();
+    drain_bare_sled(&db, n, |chunk| {
         for i in chunk {
             let _ = std::fs::remove_file(imgs.join(format!("{i:016x}.jpg")));
         }
-    }
+    });
     std::fs::File::open(&imgs).unwrap().sync_all().unwrap();
     let secs = t.elapsed().as_secs_f64();
     drop(db);
