@@ -328,6 +328,11 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     state: Mutex<State>,
     listener: Mutex<Option<TcpListener>>,
+    /// While [`Mode::Refuse`]: a socket bound to the port but not listening. Connections
+    /// are refused, and no client socket can take the port as its ephemeral local port
+    /// meanwhile (with many connections in parallel tests one did, and the simulator could
+    /// never listen again).
+    holder: Mutex<Option<TcpSocket>>,
     mode_tx: watch::Sender<Mode>,
     shutdown_tx: watch::Sender<bool>,
     changes: watch::Sender<u64>,
@@ -431,6 +436,7 @@ impl PlatformSim {
             runtime: tokio::runtime::Handle::current(),
             state: Mutex::new(state),
             listener: Mutex::new(Some(listener)),
+            holder: Mutex::new(None),
             mode_tx: watch::Sender::new(Mode::Up),
             shutdown_tx: watch::Sender::new(false),
             changes: watch::Sender::new(0),
@@ -486,6 +492,7 @@ impl PlatformSim {
             let mut listener = lock(&inner.listener);
             if mode == Mode::Refuse {
                 if listener.take().is_some() {
+                    inner.hold();
                     info!(addr = %inner.addr, "platform simulator stopped listening");
                 }
             } else if listener.is_none() {
@@ -636,9 +643,27 @@ impl fmt::Debug for PlatformSim {
 }
 
 impl Inner {
+    /// Listen on the port again, then let the holder go (both use SO_REUSEADDR, and a
+    /// socket that is not listening does not stand in the way).
     fn bind(&self) -> io::Result<TcpListener> {
         let _guard = self.runtime.enter();
-        bind_listener(self.addr)
+        let l = bind_listener(self.addr)?;
+        lock(&self.holder).take();
+        Ok(l)
+    }
+
+    /// Hold the port without listening (see `holder`).
+    fn hold(&self) {
+        let _guard = self.runtime.enter();
+        let held = TcpSocket::new_v4().and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(self.addr)?;
+            Ok(s)
+        });
+        match held {
+            Ok(s) => *lock(&self.holder) = Some(s),
+            Err(e) => debug!(addr = %self.addr, error = %e, "cannot hold the port while refusing"),
+        }
     }
 
     fn bump(&self) {
@@ -2057,6 +2082,11 @@ mod tests {
         sim.set_mode(Mode::Refuse);
         let err = TcpStream::connect(addr).await.expect_err("refused");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+        let thief = TcpSocket::new_v4().expect("socket");
+        assert!(
+            thief.bind(addr).is_err(),
+            "while refusing, the port stays held: no other socket can take it"
+        );
         let mut buf = [0u8; 16];
         let read = tokio::time::timeout(WAIT, open.read(&mut buf))
             .await
