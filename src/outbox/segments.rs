@@ -184,11 +184,12 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The segment being written. Appends are buffered until [`Head::sync`], which writes them
-/// and fsyncs: a group's records cost one `write` and one `fdatasync`.
+/// The segment being written. Appends are buffered until they are written: by
+/// [`Head::sync`] at once, or handed over with [`Head::take`] as part of a [`LogWrite`] that
+/// another thread performs while the next group is staged.
 pub(super) struct Head {
     pub seg: u64,
-    file: File,
+    file: Arc<File>,
     /// Bytes in the file plus the buffer.
     pub len: u64,
     buf: Vec<u8>,
@@ -204,13 +205,13 @@ impl Head {
         sync_dir(dir)?;
         Ok(Head {
             seg,
-            file,
+            file: Arc::new(file),
             len: 0,
             buf: Vec::new(),
         })
     }
 
-    /// Queue an entry; it is durable after the next [`Head::sync`].
+    /// Queue an entry; it is durable once written and fsynced.
     pub(super) fn append(&mut self, entry: &[u8]) -> Location {
         let loc = Location {
             seg: self.seg,
@@ -222,22 +223,40 @@ impl Head {
         loc
     }
 
-    /// Write the queued appends and fsync them.
+    /// Hand the queued appends over to be written elsewhere (see [`LogWrite`]).
+    pub(super) fn take(&mut self, w: &mut LogWrite) {
+        if !self.buf.is_empty() {
+            w.parts
+                .push((self.file.clone(), std::mem::take(&mut self.buf)));
+        }
+    }
+
+    /// Write the queued appends and fsync them, here and now.
     pub(super) fn sync(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
+        let mut w = LogWrite::default();
+        self.take(&mut w);
+        w.run()
+    }
+}
+
+/// Appends to write and fsync, in order: a group's bytes, perhaps in two segments if the
+/// group started a new one. Runs on a thread of its own while the writer stages the next
+/// group; never two at once, so the file sees the groups in order.
+#[derive(Default)]
+pub(super) struct LogWrite {
+    parts: Vec<(Arc<File>, Vec<u8>)>,
+}
+
+impl LogWrite {
+    /// `write` every part, then `fdatasync` every file written.
+    pub(super) fn run(self) -> io::Result<()> {
+        for (mut file, buf) in self.parts.iter().map(|(f, b)| (f.as_ref(), b)) {
+            file.write_all(buf)?;
         }
-        let r = self
-            .file
-            .write_all(&self.buf)
-            .and_then(|()| self.file.sync_data());
-        self.buf.clear();
-        if r.is_err() {
-            // What reached the file is unknown: count what is there, so the next entry's
-            // offset is right if the caller keeps writing here (it should roll instead).
-            self.len = self.file.metadata().map_or(self.len, |m| m.len());
+        for (file, _) in &self.parts {
+            file.sync_data()?;
         }
-        r
+        Ok(())
     }
 }
 
