@@ -279,6 +279,7 @@ async fn p5(image: &[u8]) {
     );
     let cfg = dir.path().join("p5.toml");
     std::fs::write(&cfg, text).unwrap();
+    println!("P5 gateway binary: {}", gateway_bin().display());
     let t = Instant::now();
     let mut child = spawn_gateway(&cfg);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -309,10 +310,18 @@ async fn p5(image: &[u8]) {
     }
 }
 
+/// The gateway binary P4 and P5 run: `LOTLINK_GATEWAY_BIN` (benches/run.sh builds the
+/// shipped one, profile dist, and names it there), else the release build cargo made for
+/// this bench. The profile matters: sled at opt-level "s" once cost 21 MB of RSS.
+fn gateway_bin() -> std::path::PathBuf {
+    std::env::var_os("LOTLINK_GATEWAY_BIN")
+        .map_or_else(|| env!("CARGO_BIN_EXE_lotlink").into(), Into::into)
+}
+
 /// The real `lotlink run` binary on `config`, logging warnings only (or what
 /// `LOTLINK_BENCH_LOG` says).
 fn spawn_gateway(config: &Path) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lotlink"))
+    std::process::Command::new(gateway_bin())
         .arg("run")
         .arg("--config")
         .arg(config)
