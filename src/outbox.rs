@@ -24,7 +24,8 @@
 //! |---|---|
 //! | `r` + id (u64 big-endian) | a pending record: a pointer `2, seg: u64, off: u64, len: u32` into the segment log, or (written by versions before the log, and by a dead-letter retry) the record inline |
 //! | `x` + id | a dead letter: `reason_len: u32 BE`, reason (UTF-8), then the record inline |
-//! | `d` + source key | dedupe entry: accepted-at, Unix ms, i64 BE |
+//! | `e` + bucket + first id (u64 BE each) | dedupe entry of a group of submits: the 64-bit hashes of its source keys (see [`dedupe`]) |
+//! | `d` + source key | dedupe entry of a version before the log (accepted-at, Unix ms, i64 BE): taken over into `e` when opening |
 //! | `g` + segment (u64 BE) | how many pending records point into that segment |
 //! | `s` | the newest space report, JSON `{"total","surplus","seq"}` |
 //! | `m/…` | counters and settings: `next_id`, `pending`, `dead`, `bytes` (inline values), `wal` (how far the log is applied: segment, offset), `space_sent`, `ts_unit`, `occupied` |
@@ -52,7 +53,9 @@
 //!    Nothing else ever deletes a pending record: not retries, not the quota, not age.
 //! 5. A segment file is deleted only when no pending record points into it, it is not the
 //!    one being written, and a sled flush has made that lasting.
-//! 6. A source key accepted within the dedupe window (10 minutes) is accepted once.
+//! 6. A source key accepted within the dedupe window (10 minutes) is accepted once. The
+//!    keys of the window are kept in memory too (a set of hashes per minute), so a submit
+//!    reads nothing from sled.
 //!
 //! ## When a record is safe
 //!
@@ -83,7 +86,7 @@
 //! first, until the record fits. If even that is not enough, `submit` fails with
 //! [`OutboxError::Full`]: the driver does not acknowledge, and the camera or broker keeps
 //! the event. Segments are `max_disk / 32` long (64 KiB to 16 MiB). sled's own files come on
-//! top (pointers and dedupe entries, ~100 bytes per record).
+//! top (a pointer per record, a dedupe entry per group, ~60 bytes per record).
 //!
 //! ## A store that cannot be opened
 //!
@@ -92,9 +95,10 @@
 //! sled holds a file lock that is freed from a background thread after the last handle is
 //! dropped: keep one [`Outbox`] per process; opening retries briefly on the lock.
 
+mod dedupe;
 mod segments;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -120,6 +124,7 @@ const RECORD_VERSION: u8 = 1;
 /// First byte of a pointer into the segment log.
 const POINTER_VERSION: u8 = 2;
 
+use dedupe::Seen;
 use segments::{Head, Kind, Location, LogWrite, Readers};
 /// Text added to `remark` when the quota forced the image out.
 pub const DEGRADED_REMARK: &str = "图片因网关存储已满被替换 (image replaced: gateway outbox full)";
@@ -391,8 +396,8 @@ struct Writer {
     /// segment deletion and new ids go by.
     st: State,
     head: Head,
-    /// Dedupe keys of groups staged but not yet applied (sled does not have them yet).
-    flying: HashSet<Vec<u8>>,
+    /// Source keys accepted within the dedupe window, staged groups' included.
+    seen: Seen,
 }
 
 /// What a group of submits changes, staged before it is written and applied.
@@ -400,10 +405,11 @@ struct Group {
     next: State,
     batch: sled::Batch,
     touched: BTreeSet<u64>,
-    /// Dedupe keys of every unapplied group, this one's included (moved in from the writer).
-    flying: HashSet<Vec<u8>>,
-    /// This group's dedupe keys: forgotten from `flying` once applied.
-    keys: Vec<Vec<u8>>,
+    /// The writer's dedupe memory, moved in while the group is staged.
+    seen: Seen,
+    /// This group's source keys (hashes), and its first record's id: its dedupe entry.
+    hashes: Vec<u64>,
+    first_id: u64,
     /// Pending records gained (or lost, by the quota's moves) per segment.
     live: BTreeMap<u64, i64>,
     /// Where this group put records (sled does not know yet).
@@ -427,7 +433,9 @@ struct Staged {
     results: Vec<Result<Submitted, OutboxError>>,
     batch: sled::Batch,
     touched: BTreeSet<u64>,
-    keys: Vec<Vec<u8>>,
+    /// The group's source keys (hashes) and when they were accepted: forgotten if it fails.
+    hashes: Vec<u64>,
+    at: i64,
     live: BTreeMap<u64, i64>,
     stored: u64,
     next_id: u64,
@@ -585,14 +593,6 @@ fn read_u64(db: &sled::Db, k: &[u8]) -> Result<Option<u64>, OutboxError> {
     }))
 }
 
-/// The sled key of a source key's dedupe entry.
-fn dedupe_key(source_key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + source_key.len());
-    k.push(P_DEDUPE);
-    k.extend_from_slice(source_key);
-    k
-}
-
 /// `m/wal`: the log is applied to sled up to this segment and offset.
 fn wal_value(seg: u64, off: u64) -> [u8; 16] {
     let mut v = [0u8; 16];
@@ -608,6 +608,7 @@ struct Replay<'a> {
     touched: BTreeSet<u64>,
     /// Pointers changed by this replay (sled does not have them yet).
     moved: std::collections::HashMap<u64, Location>,
+    seen: Seen,
     entries: u64,
 }
 
@@ -623,8 +624,12 @@ impl Replay<'_> {
         match e.kind {
             Kind::New if e.id >= st.next_id => {
                 if !e.source_key.is_empty() {
-                    self.batch
-                        .insert(dedupe_key(&e.source_key), &e.accepted_ms.to_be_bytes());
+                    let h = dedupe::key_hash(&e.source_key);
+                    self.seen.insert(h, e.accepted_ms);
+                    self.batch.insert(
+                        &dedupe::entry_key(self.seen.bucket(e.accepted_ms), e.id)[..],
+                        dedupe::encode(&[h]),
+                    );
                 }
                 self.batch
                     .insert(&key(P_RECORD, e.id), &encode_pointer(loc)[..]);
@@ -858,6 +863,7 @@ impl Outbox {
             batch: sled::Batch::default(),
             touched: BTreeSet::new(),
             moved: std::collections::HashMap::new(),
+            seen: Self::load_dedupe(&db, &opts)?,
             entries: 0,
         };
         let last = files.last().map(|f| f.0);
@@ -925,6 +931,7 @@ impl Outbox {
         let Replay {
             mut batch,
             touched,
+            seen,
             entries,
             ..
         } = replay;
@@ -949,11 +956,7 @@ impl Outbox {
                 opts,
                 roll,
                 applied: Mutex::new(st.clone()),
-                writer: Mutex::new(Writer {
-                    st,
-                    head,
-                    flying: HashSet::new(),
-                }),
+                writer: Mutex::new(Writer { st, head, seen }),
                 log: Mutex::new(()),
                 readers: Readers::default(),
                 notify: Notify::new(),
@@ -1224,7 +1227,7 @@ impl Outbox {
         }
     }
 
-    /// Apply a group whose log bytes are fsynced: its pointers, dedupe entries and counters
+    /// Apply a group whose log bytes are fsynced: its pointers, dedupe entry and counters
     /// as one sled batch. Returns the answers and the segments to delete after a flush.
     fn apply_group(&self, s: Staged) -> (Vec<Result<Submitted, OutboxError>>, Vec<u64>) {
         let mut s = s;
@@ -1247,11 +1250,6 @@ impl Outbox {
             *a = app;
         }
         drop(a);
-        // Only now: until sled has them, dedupe finds the keys here.
-        let mut w = self.writer();
-        for k in &s.keys {
-            w.flying.remove(k);
-        }
         match applied {
             Ok(()) => (std::mem::take(&mut s.results), std::mem::take(&mut s.reap)),
             Err(e) => {
@@ -1259,7 +1257,7 @@ impl Outbox {
                 // moves `m/wal` past them), and their submitters are refused.
                 let mut results = std::mem::take(&mut s.results);
                 fail_the_accepted(&mut results, &e.to_string());
-                self.unstage(&mut w, std::slice::from_ref(&s), false);
+                self.unstage(&mut self.writer(), std::slice::from_ref(&s), false);
                 (results, Vec::new())
             }
         }
@@ -1269,14 +1267,7 @@ impl Outbox {
     /// out of the books, and go on in a new segment.
     fn fail(&self, groups: Vec<Staged>, message: &str) {
         tracing::warn!(error = message, "outbox: a log write failed; the submits of its group were refused (their sources keep the events)");
-        let mut guard = self.writer();
-        let w = &mut *guard;
-        for g in &groups {
-            for k in &g.keys {
-                w.flying.remove(k);
-            }
-        }
-        self.unstage(w, &groups, true);
+        self.unstage(&mut self.writer(), &groups, true);
         for mut g in groups {
             fail_the_accepted(&mut g.results, message);
             for (answer, r) in g.answers.into_iter().zip(g.results) {
@@ -1291,6 +1282,9 @@ impl Outbox {
     /// new segment.
     fn unstage(&self, w: &mut Writer, groups: &[Staged], new_head: bool) {
         for g in groups {
+            for h in &g.hashes {
+                w.seen.remove(*h, g.at);
+            }
             w.st.pending = w.st.pending.saturating_sub(g.stored);
             for (seg, d) in &g.live {
                 let n = w.st.live.entry(*seg).or_insert(0);
@@ -1333,8 +1327,9 @@ impl Outbox {
             next: w.st.clone(),
             batch: sled::Batch::default(),
             touched: BTreeSet::new(),
-            flying: std::mem::take(&mut w.flying),
-            keys: Vec::new(),
+            seen: std::mem::replace(&mut w.seen, Seen::new(0)),
+            hashes: Vec::new(),
+            first_id: 0,
             live: BTreeMap::new(),
             pointers: std::collections::HashMap::new(),
             stored: 0,
@@ -1369,7 +1364,13 @@ impl Outbox {
             q.items.splice(0..0, later);
         }
         w.head.take(&mut g.write);
-        w.flying = g.flying;
+        if !g.hashes.is_empty() {
+            g.batch.insert(
+                &dedupe::entry_key(g.seen.bucket(now), g.first_id)[..],
+                dedupe::encode(&g.hashes),
+            );
+        }
+        w.seen = g.seen;
         if g.changed {
             w.st = g.next;
         }
@@ -1378,7 +1379,8 @@ impl Outbox {
             results,
             batch: g.batch,
             touched: g.touched,
-            keys: g.keys,
+            hashes: g.hashes,
+            at: now,
             live: g.live,
             stored: g.stored,
             next_id: w.st.next_id,
@@ -1398,21 +1400,14 @@ impl Outbox {
         mut rec: NewRecord,
         now: i64,
     ) -> Result<Submitted, Staging> {
-        let window = i64::try_from(self.inner.opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
-        let dkey = if rec.source_key.is_empty() {
+        let hash = if rec.source_key.is_empty() {
             None
         } else {
-            let k = dedupe_key(rec.source_key.as_bytes());
-            if g.flying.contains(&k) {
+            let h = dedupe::key_hash(rec.source_key.as_bytes());
+            if g.seen.contains(h, now) {
                 return Ok(Submitted::Duplicate);
             }
-            if let Some(v) = self.inner.db.get(&k)? {
-                let at = v.as_ref().try_into().map_or(i64::MIN, i64::from_be_bytes);
-                if (now - at).abs() < window {
-                    return Ok(Submitted::Duplicate);
-                }
-            }
-            Some(k)
+            Some(h)
         };
         let id = g.next.next_id;
         rec.meta.img_name = rec.img_name.render(id);
@@ -1442,10 +1437,12 @@ impl Outbox {
         g.touched.insert(loc.seg);
         g.batch.insert(&key(P_RECORD, id), &encode_pointer(loc)[..]);
         g.pointers.insert(id, loc);
-        if let Some(k) = dkey {
-            g.batch.insert(k.as_slice(), &now.to_be_bytes());
-            g.flying.insert(k.clone());
-            g.keys.push(k);
+        if let Some(h) = hash {
+            g.seen.insert(h, now);
+            if g.hashes.is_empty() {
+                g.first_id = id;
+            }
+            g.hashes.push(h);
         }
         g.next.next_id = id + 1;
         g.next.pending += 1;
@@ -1928,19 +1925,62 @@ impl Outbox {
         Ok(())
     }
 
-    /// Forget dedupe entries older than the window.
-    fn gc_dedupe(&self) -> Result<(), OutboxError> {
+    /// The dedupe memory from sled's entries within the window (see [`dedupe`]); older
+    /// ones are deleted. Entries of versions before the log (`d` + source key → accepted-at)
+    /// are taken over and deleted.
+    fn load_dedupe(db: &sled::Db, opts: &OutboxOptions) -> Result<Seen, OutboxError> {
         let now = Clock::local_ms();
-        let window = i64::try_from(self.inner.opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
+        let window = i64::try_from(opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
+        let mut seen = Seen::new(window);
+        let horizon = seen.horizon(now);
         let mut batch = sled::Batch::default();
-        let mut n = 0u32;
-        for item in self.inner.db.scan_prefix([P_DEDUPE]) {
+        for item in db.scan_prefix([dedupe::PREFIX]) {
+            let (k, v) = item?;
+            match dedupe::entry_bucket(&k) {
+                Some(b) if b >= horizon => {
+                    for h in dedupe::decode(&v) {
+                        seen.insert_in_bucket(h, b);
+                    }
+                }
+                _ => batch.remove(k),
+            }
+        }
+        // Taken over as one entry per bucket, under id 0 (no record has it).
+        let mut legacy: BTreeMap<i64, Vec<u64>> = BTreeMap::new();
+        for item in db.scan_prefix([P_DEDUPE]) {
             let (k, v) = item?;
             let at = v.as_ref().try_into().map_or(i64::MIN, i64::from_be_bytes);
-            if (now - at).abs() >= window {
-                batch.remove(k);
-                n += 1;
+            if (now - at).abs() < window {
+                let h = dedupe::key_hash(&k[1..]);
+                seen.insert(h, at);
+                legacy.entry(seen.bucket(at)).or_default().push(h);
             }
+            batch.remove(k);
+        }
+        for (b, hashes) in legacy {
+            batch.insert(&dedupe::entry_key(b, 0)[..], dedupe::encode(&hashes));
+        }
+        db.apply_batch(batch)?;
+        Ok(seen)
+    }
+
+    /// Forget dedupe keys older than the window: in memory, and their sled entries.
+    fn gc_dedupe(&self) -> Result<(), OutboxError> {
+        self.gc_dedupe_at(Clock::local_ms())
+    }
+
+    fn gc_dedupe_at(&self, now: i64) -> Result<(), OutboxError> {
+        let horizon = self.writer().seen.prune(now);
+        let mut batch = sled::Batch::default();
+        let mut n = 0u32;
+        for k in self
+            .inner
+            .db
+            .range(&[dedupe::PREFIX][..]..&dedupe::bucket_start(horizon)[..])
+            .keys()
+        {
+            batch.remove(k?);
+            n += 1;
         }
         if n > 0 {
             self.inner.db.apply_batch(batch)?;
@@ -2186,6 +2226,33 @@ mod tests {
         assert_eq!(all.len() as u64, ob.len());
     }
 
+    /// `tasks` submitters at once, each submitting `per` records made by `make(task, i)`:
+    /// every answer.
+    async fn submit_from_many(
+        ob: &Outbox,
+        tasks: u32,
+        per: u32,
+        make: fn(u32, u32) -> NewRecord,
+    ) -> Vec<Result<Submitted, OutboxError>> {
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let ob = ob.clone();
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    for i in 0..per {
+                        out.push(ob.submit(make(t, i)).await);
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.await.unwrap());
+        }
+        all
+    }
+
     /// The writer stages a group while the previous one is still being written, and acks
     /// run in between: every batch must still leave sled's counters true.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2209,25 +2276,17 @@ mod tests {
                 acked
             })
         };
-        let mut tasks = Vec::new();
-        for t in 0..32u32 {
-            let ob = ob.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut ids = Vec::new();
-                for i in 0..40u32 {
-                    let key = format!("cam{t}/{i}");
-                    match ob.submit(rec(&key, &key, vec![7; 300])).await.unwrap() {
-                        Submitted::Stored(id) => ids.push(id),
-                        Submitted::Duplicate => panic!("{key} is new"),
-                    }
-                }
-                ids
-            }));
-        }
-        let mut stored = BTreeSet::new();
-        for t in tasks {
-            stored.extend(t.await.unwrap());
-        }
+        let stored: BTreeSet<u64> = submit_from_many(&ob, 32, 40, |t, i| {
+            let key = format!("cam{t}/{i}");
+            rec(&key, &key, vec![7; 300])
+        })
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Ok(Submitted::Stored(id)) => id,
+            other => panic!("every key is new: {other:?}"),
+        })
+        .collect();
         let acked = acker.await.unwrap();
         let pending: Vec<u64> = stored.difference(&acked).copied().collect();
         let listed = |ob: &Outbox| -> Vec<u64> {
@@ -2254,33 +2313,23 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let max = 1 << 20;
         let ob = open(d.path(), max);
-        let mut tasks = Vec::new();
-        for t in 0..16u32 {
-            let ob = ob.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut ids = Vec::new();
-                for i in 0..10u32 {
-                    match ob
-                        .submit(rec("", &format!("P{t}/{i}"), vec![9; 50_000]))
-                        .await
-                    {
-                        Ok(Submitted::Stored(id)) => ids.push(id),
-                        Ok(Submitted::Duplicate) => panic!("no source key, no duplicate"),
-                        Err(OutboxError::Full { .. }) => {}
-                        Err(e) => panic!("{e}"),
-                    }
-                }
-                ids
-            }));
-        }
-        let mut stored = Vec::new();
-        for t in tasks {
-            let ids = tokio::time::timeout(Duration::from_secs(60), t)
-                .await
-                .expect("every submit is answered")
-                .unwrap();
-            stored.extend(ids);
-        }
+        let answers = tokio::time::timeout(
+            Duration::from_secs(60),
+            submit_from_many(&ob, 16, 10, |t, i| {
+                rec("", &format!("P{t}/{i}"), vec![9; 50_000])
+            }),
+        )
+        .await
+        .expect("every submit is answered");
+        let mut stored: Vec<u64> = answers
+            .into_iter()
+            .filter_map(|r| match r {
+                Ok(Submitted::Stored(id)) => Some(id),
+                Ok(Submitted::Duplicate) => panic!("no source key, no duplicate"),
+                Err(OutboxError::Full { .. }) => None,
+                Err(e) => panic!("{e}"),
+            })
+            .collect();
         stored.sort_unstable();
         // 8 MB of images into a 1 MiB quota: images were replaced and every record kept
         // (placeholders fit; a segment the quota could not compact would refuse some).
@@ -2332,8 +2381,15 @@ mod tests {
             for id in &later {
                 db.remove(key(P_RECORD, *id)).unwrap();
             }
-            for k in ["b", "c"] {
-                db.remove(dedupe_key(k.as_bytes())).unwrap();
+            let dedupe_entries: Vec<_> = db
+                .scan_prefix([dedupe::PREFIX])
+                .keys()
+                .map(Result::unwrap)
+                .filter(|k| later.iter().any(|id| k.ends_with(&id.to_be_bytes())))
+                .collect();
+            assert_eq!(dedupe_entries.len(), 2, "one per group");
+            for k in dedupe_entries {
+                db.remove(k).unwrap();
             }
             ob.flush().await.unwrap();
             assert_eq!(ob.inner.db.scan_prefix([P_RECORD]).count(), 1);
@@ -2355,6 +2411,60 @@ mod tests {
         };
         assert!(n > later[1], "ids never go back");
         assert_eq!(ob.bytes(), log_on_disk(d.path()));
+    }
+
+    #[tokio::test]
+    async fn dedupe_entries_past_the_window_are_deleted_from_memory_and_sled() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = open(d.path(), 1 << 30);
+        for k in ["a", "b", "c"] {
+            ob.submit(rec(k, k, vec![1])).await.unwrap();
+        }
+        let entries = |ob: &Outbox| ob.inner.db.scan_prefix([dedupe::PREFIX]).count();
+        assert!(entries(&ob) >= 1);
+        let now = Clock::local_ms();
+        ob.gc_dedupe_at(now + 60_000).unwrap();
+        assert!(entries(&ob) >= 1, "still inside the window");
+        assert_eq!(ob.writer().seen.len(), 3);
+        ob.gc_dedupe_at(now + 12 * 60_000).unwrap();
+        assert_eq!(entries(&ob), 0);
+        assert_eq!(ob.writer().seen.len(), 0);
+    }
+
+    /// Versions before the log kept one sled entry per source key (`d` + key → accepted at);
+    /// an upgrade within the window must still refuse those keys once.
+    #[tokio::test]
+    async fn dedupe_entries_of_an_older_version_are_taken_over() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let ob = open(d.path(), 1 << 30);
+            let db = &ob.inner.db;
+            let mut old = vec![P_DEDUPE];
+            old.extend_from_slice(b"cam/old");
+            db.insert(&old, &Clock::local_ms().to_be_bytes()).unwrap();
+            let mut stale = vec![P_DEDUPE];
+            stale.extend_from_slice(b"cam/stale");
+            db.insert(&stale, &(Clock::local_ms() - 3_600_000).to_be_bytes())
+                .unwrap();
+            ob.flush().await.unwrap();
+        }
+        let ob = open(d.path(), 1 << 30);
+        assert_eq!(ob.inner.db.scan_prefix([P_DEDUPE]).count(), 0, "taken over");
+        assert_eq!(
+            ob.submit(rec("cam/old", "A", vec![1])).await.unwrap(),
+            Submitted::Duplicate
+        );
+        assert!(matches!(
+            ob.submit(rec("cam/stale", "B", vec![1])).await.unwrap(),
+            Submitted::Stored(_)
+        ));
+        drop(ob);
+        let ob = open(d.path(), 1 << 30);
+        assert_eq!(
+            ob.submit(rec("cam/old", "A", vec![1])).await.unwrap(),
+            Submitted::Duplicate,
+            "and kept"
+        );
     }
 
     /// A crash in the middle of writing a group leaves half an entry at the end of the log.

@@ -1,0 +1,212 @@
+//! Dedupe at ingest: which source keys were accepted within the window (10 minutes).
+//!
+//! A source key is remembered as a 64-bit hash (the first 8 bytes of its MD5: stable across
+//! versions and platforms, and 100,000 keys in one window collide with odds of about
+//! 3 in 10^10) in a time bucket of a tenth of the window. In memory: a set per bucket, so a
+//! lookup is a few hash probes and forgetting a bucket is dropping a set. In sled: one
+//! entry per group of submits, `e` + bucket (u64 BE) + the group's first record id (u64 BE)
+//! → the group's hashes (u64 LE each), written in the group's own batch, so it is as
+//! durable as the group's pointers; the log has the source keys too, and replay puts back
+//! the entries of groups sled lost. One sled entry per group rather than per record keeps
+//! sled small in a burst (sled's memory grows with its number of entries).
+//!
+//! A key is a duplicate if its bucket lies within the window of now, either side (the
+//! clock may step back): so it is remembered for the window and at most one bucket more.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use md5::{Digest, Md5};
+
+/// The sled key prefix of the entries.
+pub(super) const PREFIX: u8 = b'e';
+
+/// The hash a source key is remembered by.
+pub(super) fn key_hash(source_key: &[u8]) -> u64 {
+    let d = Md5::digest(source_key);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// The values are hashes already: use them as they are.
+#[derive(Default)]
+pub(super) struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type HashSet64 = HashSet<u64, BuildHasherDefault<Identity>>;
+
+/// The keys accepted within the window, in buckets.
+pub(super) struct Seen {
+    window_ms: i64,
+    bucket_ms: i64,
+    buckets: BTreeMap<i64, HashSet64>,
+}
+
+impl Seen {
+    pub(super) fn new(window_ms: i64) -> Seen {
+        Seen {
+            window_ms,
+            bucket_ms: (window_ms / 10).max(1),
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    pub(super) fn bucket(&self, at_ms: i64) -> i64 {
+        at_ms.div_euclid(self.bucket_ms)
+    }
+
+    /// Was `hash` accepted within the window of `now_ms`?
+    pub(super) fn contains(&self, hash: u64, now_ms: i64) -> bool {
+        let lo = self.bucket(now_ms.saturating_sub(self.window_ms));
+        let hi = self.bucket(now_ms.saturating_add(self.window_ms));
+        self.buckets
+            .range(lo..=hi)
+            .any(|(_, set)| set.contains(&hash))
+    }
+
+    pub(super) fn insert(&mut self, hash: u64, at_ms: i64) {
+        self.insert_in_bucket(hash, self.bucket(at_ms));
+    }
+
+    pub(super) fn insert_in_bucket(&mut self, hash: u64, bucket: i64) {
+        self.buckets.entry(bucket).or_default().insert(hash);
+    }
+
+    /// Forget a key (its group failed).
+    pub(super) fn remove(&mut self, hash: u64, at_ms: i64) {
+        let b = self.bucket(at_ms);
+        if let Some(set) = self.buckets.get_mut(&b) {
+            set.remove(&hash);
+            if set.is_empty() {
+                self.buckets.remove(&b);
+            }
+        }
+    }
+
+    /// The first bucket still needed at `now_ms`: everything before it can go.
+    pub(super) fn horizon(&self, now_ms: i64) -> i64 {
+        self.bucket(now_ms.saturating_sub(self.window_ms))
+    }
+
+    /// Forget the buckets before the horizon; returns the horizon.
+    pub(super) fn prune(&mut self, now_ms: i64) -> i64 {
+        let h = self.horizon(now_ms);
+        self.buckets = self.buckets.split_off(&h);
+        h
+    }
+
+    /// How many keys are remembered.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.buckets.values().map(HashSet::len).sum()
+    }
+}
+
+/// The sled key of a group's entry.
+pub(super) fn entry_key(bucket: i64, first_id: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = PREFIX;
+    k[1..9].copy_from_slice(&u64::try_from(bucket).unwrap_or(0).to_be_bytes());
+    k[9..].copy_from_slice(&first_id.to_be_bytes());
+    k
+}
+
+/// The sled key every entry of buckets before `bucket` sorts before.
+pub(super) fn bucket_start(bucket: i64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = PREFIX;
+    k[1..].copy_from_slice(&u64::try_from(bucket).unwrap_or(0).to_be_bytes());
+    k
+}
+
+/// The bucket of an entry's sled key.
+pub(super) fn entry_bucket(k: &[u8]) -> Option<i64> {
+    let b: [u8; 8] = k.get(1..9)?.try_into().ok()?;
+    i64::try_from(u64::from_be_bytes(b)).ok()
+}
+
+/// A group's hashes as stored.
+pub(super) fn encode(hashes: &[u64]) -> Vec<u8> {
+    hashes.iter().flat_map(|h| h.to_le_bytes()).collect()
+}
+
+/// A group's hashes back (a torn tail is ignored).
+pub(super) fn decode(v: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    v.chunks_exact(8).map(|c| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        u64::from_le_bytes(b)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn a_key_is_remembered_for_the_window_and_at_most_one_bucket_more() {
+        let mut s = Seen::new(10 * MIN);
+        let h = key_hash(b"cam1/2026-11-29 08:00:00/A12345");
+        let t0 = 1_000 * MIN + 30_000;
+        s.insert(h, t0);
+        assert!(s.contains(h, t0));
+        assert!(s.contains(h, t0 + 10 * MIN - 1), "within the window");
+        assert!(s.contains(h, t0 - 5 * MIN), "the clock stepped back");
+        assert!(
+            !s.contains(h, t0 + 11 * MIN),
+            "past the window and a bucket"
+        );
+        assert!(!s.contains(key_hash(b"another"), t0));
+    }
+
+    #[test]
+    fn pruning_forgets_whole_buckets_past_the_window_only() {
+        let mut s = Seen::new(10 * MIN);
+        let t0 = 1_000 * MIN;
+        s.insert(1, t0);
+        s.insert(2, t0 + 5 * MIN);
+        s.prune(t0 + 10 * MIN + 1);
+        assert!(
+            s.contains(1, t0 + 10 * MIN + 1),
+            "its bucket is not past yet"
+        );
+        s.prune(t0 + 11 * MIN);
+        assert!(!s.contains(1, t0 + 11 * MIN));
+        assert!(s.contains(2, t0 + 11 * MIN));
+        assert_eq!(s.len(), 1);
+        s.remove(2, t0 + 5 * MIN);
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn entries_sort_by_bucket_and_round_trip() {
+        assert!(entry_key(7, u64::MAX) < entry_key(8, 0));
+        assert!(entry_key(7, 5).as_slice() < bucket_start(8).as_slice());
+        assert!(bucket_start(8).as_slice() <= entry_key(8, 0).as_slice());
+        assert_eq!(entry_bucket(&entry_key(123, 9)), Some(123));
+        let hashes = [1, u64::MAX, key_hash(b"x")];
+        assert_eq!(decode(&encode(&hashes)).collect::<Vec<_>>(), hashes);
+    }
+
+    #[test]
+    fn the_hash_of_a_key_never_changes() {
+        // Stored in sled: a new version must read an old store's entries the same way.
+        assert_eq!(key_hash(b""), 0x04b2_008f_d98c_1dd4);
+    }
+}
