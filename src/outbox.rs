@@ -405,8 +405,6 @@ struct Group {
     next: State,
     batch: sled::Batch,
     touched: BTreeSet<u64>,
-    /// The writer's dedupe memory, moved in while the group is staged.
-    seen: Seen,
     /// This group's source keys (hashes), and its first record's id: its dedupe entry.
     hashes: Vec<u64>,
     first_id: u64,
@@ -1327,7 +1325,6 @@ impl Outbox {
             next: w.st.clone(),
             batch: sled::Batch::default(),
             touched: BTreeSet::new(),
-            seen: std::mem::replace(&mut w.seen, Seen::new(0)),
             hashes: Vec::new(),
             first_id: 0,
             live: BTreeMap::new(),
@@ -1346,7 +1343,7 @@ impl Outbox {
                 later.push((rec, answer));
                 continue;
             }
-            match self.stage(&mut w.head, &mut g, rec, now) {
+            match self.stage(&mut w.head, &mut w.seen, &mut g, rec, now) {
                 Ok(r) => {
                     answers.push(answer);
                     results.push(Ok(r));
@@ -1366,11 +1363,10 @@ impl Outbox {
         w.head.take(&mut g.write);
         if !g.hashes.is_empty() {
             g.batch.insert(
-                &dedupe::entry_key(g.seen.bucket(now), g.first_id)[..],
+                &dedupe::entry_key(w.seen.bucket(now), g.first_id)[..],
                 dedupe::encode(&g.hashes),
             );
         }
-        w.seen = g.seen;
         if g.changed {
             w.st = g.next;
         }
@@ -1396,6 +1392,7 @@ impl Outbox {
     fn stage(
         &self,
         head: &mut Head,
+        seen: &mut Seen,
         g: &mut Group,
         mut rec: NewRecord,
         now: i64,
@@ -1404,7 +1401,7 @@ impl Outbox {
             None
         } else {
             let h = dedupe::key_hash(rec.source_key.as_bytes());
-            if g.seen.contains(h, now) {
+            if seen.contains(h, now) {
                 return Ok(Submitted::Duplicate);
             }
             Some(h)
@@ -1438,7 +1435,7 @@ impl Outbox {
         g.batch.insert(&key(P_RECORD, id), &encode_pointer(loc)[..]);
         g.pointers.insert(id, loc);
         if let Some(h) = hash {
-            g.seen.insert(h, now);
+            seen.insert(h, now);
             if g.hashes.is_empty() {
                 g.first_id = id;
             }
