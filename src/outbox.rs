@@ -371,6 +371,18 @@ impl State {
         true
     }
 
+    /// Move the per-segment counts by a group's `delta`, `sign` = 1 to add the group, -1 to
+    /// take it out again.
+    fn shift_live(&mut self, delta: &BTreeMap<u64, i64>, sign: i64) {
+        for (seg, d) in delta {
+            let n = self.live.entry(*seg).or_insert(0);
+            *n = n.saturating_add_signed(sign * d);
+            if *n == 0 {
+                self.live.remove(seg);
+            }
+        }
+    }
+
     /// [`State::forget`] for the counters only (`applied`: no segment is deleted for it).
     fn forget_counts(&mut self, v: &[u8]) {
         self.forget(v, u64::MAX, &mut BTreeSet::new(), &mut Vec::new());
@@ -720,8 +732,6 @@ pub fn decode_record(id: u64, v: &[u8]) -> Result<StoredRecord, OutboxError> {
     })
 }
 
-/// A group's write or flush failed: every submit it had accepted (stored or duplicate) gets
-/// the store error instead; refusals keep their own.
 /// Why a record was not staged.
 enum Staging {
     /// It needs the quota to compact while an earlier group is still being written: it
@@ -739,6 +749,15 @@ impl From<OutboxError> for Staging {
 impl From<sled::Error> for Staging {
     fn from(e: sled::Error) -> Self {
         Staging::Failed(e.into())
+    }
+}
+
+/// A group's write or flush failed: every submit it had accepted (stored or duplicate) gets
+/// the store error instead; refusals keep their own.
+/// Send every submitter its answer (one that gave up is not waiting: nothing to do).
+fn answer_all(answers: Vec<Answer>, results: Vec<Result<Submitted, OutboxError>>) {
+    for (answer, r) in answers.into_iter().zip(results) {
+        let _ = answer.send(r);
     }
 }
 
@@ -1159,9 +1178,7 @@ impl Outbox {
     /// (all duplicates or refused) is answered at once: every group before it is fsynced.
     fn launch(&self, s: Staged, write: LogWrite) -> Option<Flight> {
         if !s.changed {
-            for (answer, r) in s.answers.into_iter().zip(s.results) {
-                let _ = answer.send(r);
-            }
+            answer_all(s.answers, s.results);
             return None;
         }
         let ob = self.clone();
@@ -1220,26 +1237,17 @@ impl Outbox {
                 }
             }
         }
-        for (answer, r) in answers.into_iter().zip(results) {
-            let _ = answer.send(r);
-        }
+        answer_all(answers, results);
     }
 
     /// Apply a group whose log bytes are fsynced: its pointers, dedupe entry and counters
     /// as one sled batch. Returns the answers and the segments to delete after a flush.
-    fn apply_group(&self, s: Staged) -> (Vec<Result<Submitted, OutboxError>>, Vec<u64>) {
-        let mut s = s;
+    fn apply_group(&self, mut s: Staged) -> (Vec<Result<Submitted, OutboxError>>, Vec<u64>) {
         let mut a = self.applied();
         let mut app = a.clone();
         app.next_id = app.next_id.max(s.next_id);
         app.pending += s.stored;
-        for (seg, d) in &s.live {
-            let n = app.live.entry(*seg).or_insert(0);
-            *n = n.saturating_add_signed(*d);
-            if *n == 0 {
-                app.live.remove(seg);
-            }
-        }
+        app.shift_live(&s.live, 1);
         let mut batch = std::mem::take(&mut s.batch);
         app.write(&mut batch, &s.touched);
         batch.insert(K_WAL, &wal_value(s.wal.0, s.wal.1)[..]);
@@ -1268,9 +1276,7 @@ impl Outbox {
         self.unstage(&mut self.writer(), &groups, true);
         for mut g in groups {
             fail_the_accepted(&mut g.results, message);
-            for (answer, r) in g.answers.into_iter().zip(g.results) {
-                let _ = answer.send(r);
-            }
+            answer_all(g.answers, g.results);
         }
     }
 
@@ -1284,13 +1290,7 @@ impl Outbox {
                 w.seen.remove(*h, g.at);
             }
             w.st.pending = w.st.pending.saturating_sub(g.stored);
-            for (seg, d) in &g.live {
-                let n = w.st.live.entry(*seg).or_insert(0);
-                *n = n.saturating_add_signed(-d);
-                if *n == 0 {
-                    w.st.live.remove(seg);
-                }
-            }
+            w.st.shift_live(&g.live, -1);
         }
         if let Ok(files) = segments::list(&self.inner.seg_dir) {
             for (seg, size) in files {
@@ -1641,6 +1641,25 @@ impl Outbox {
         Ok(out)
     }
 
+    /// An ack or dead-letter change, done: `next` becomes the writer's books and `app`
+    /// sled's, whose counters go into `batch` (those of the `touched` segments too). The
+    /// books change only if sled took the batch.
+    fn commit_books(
+        &self,
+        w: &mut Writer,
+        a: &mut State,
+        next: State,
+        app: State,
+        mut batch: sled::Batch,
+        touched: &BTreeSet<u64>,
+    ) -> Result<(), OutboxError> {
+        app.write(&mut batch, touched);
+        self.inner.db.apply_batch(batch)?;
+        w.st = next;
+        *a = app;
+        Ok(())
+    }
+
     /// The platform has these records: delete them.
     pub async fn ack(&self, ids: &[u64]) -> Result<(), OutboxError> {
         let reap = {
@@ -1663,10 +1682,7 @@ impl Outbox {
                     batch.remove(&k);
                 }
             }
-            app.write(&mut batch, &touched);
-            db.apply_batch(batch)?;
-            w.st = next;
-            *a = app;
+            self.commit_books(&mut w, &mut a, next, app, batch, &touched)?;
             reap
         };
         self.flush().await?;
@@ -1718,10 +1734,7 @@ impl Outbox {
         let mut batch = sled::Batch::default();
         batch.remove(&k);
         batch.insert(&key(P_DEAD, id), dv);
-        app.write(&mut batch, &touched);
-        db.apply_batch(batch)?;
-        w.st = next;
-        *a = app;
+        self.commit_books(&mut w, &mut a, next, app, batch, &touched)?;
         Ok(reap)
     }
 
@@ -1784,10 +1797,7 @@ impl Outbox {
             let mut batch = sled::Batch::default();
             batch.remove(&key(P_DEAD, id));
             batch.insert(&key(P_RECORD, id), rest);
-            app.write(&mut batch, &BTreeSet::new());
-            db.apply_batch(batch)?;
-            w.st = next;
-            *a = app;
+            self.commit_books(&mut w, &mut a, next, app, batch, &BTreeSet::new())?;
         }
         self.inner.notify.notify_one();
         self.flush().await
@@ -1810,10 +1820,7 @@ impl Outbox {
             }
             let mut batch = sled::Batch::default();
             batch.remove(&key(P_DEAD, id));
-            app.write(&mut batch, &BTreeSet::new());
-            db.apply_batch(batch)?;
-            w.st = next;
-            *a = app;
+            self.commit_books(&mut w, &mut a, next, app, batch, &BTreeSet::new())?;
         }
         self.flush().await
     }

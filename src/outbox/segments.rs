@@ -250,8 +250,8 @@ pub(super) struct LogWrite {
 impl LogWrite {
     /// `write` every part, then `fdatasync` every file written.
     pub(super) fn run(self) -> io::Result<()> {
-        for (mut file, buf) in self.parts.iter().map(|(f, b)| (f.as_ref(), b)) {
-            file.write_all(buf)?;
+        for (file, buf) in &self.parts {
+            file.as_ref().write_all(buf)?;
         }
         for (file, _) in &self.parts {
             file.sync_data()?;
