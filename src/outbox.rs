@@ -13,8 +13,9 @@
 //! wrote ~4.6x the data to disk and needed ~2-3x the space while its GC caught up, took 41 %
 //! of the raw grouped-fsync rate at best, and replays its whole log on the first open after a
 //! backlog (0.8 s for 100,000 records). So a record's bytes are written once, to an
-//! append-only segment file, and fsynced there; sled keeps only a 21-byte pointer per record
-//! and is flushed in the background. Kinder to SD cards, and sled stays small.
+//! append-only segment file, and fsynced there; sled keeps only a 21-byte pointer per record,
+//! 32 of them to a value (see [`index`]), and is flushed in the background. Kinder to SD
+//! cards, and sled stays small.
 //!
 //! ## Record format
 //!
@@ -22,7 +23,8 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `r` + id (u64 big-endian) | a pending record: a pointer `2, seg: u64, off: u64, len: u32` into the segment log, or (written by versions before the log, and by a dead-letter retry) the record inline |
+//! | `q` + chunk (id >> 5, u64 big-endian) | the pointers into the segment log of the chunk's pending records ([`index`]) |
+//! | `r` + id (u64 BE) | a pending record inline (written by a dead-letter retry, and by versions before the log); or, from versions before [`index`], a pointer `2, seg: u64, off: u64, len: u32`, moved into `q` when opening |
 //! | `x` + id | a dead letter: `reason_len: u32 BE`, reason (UTF-8), then the record inline |
 //! | `e` + bucket + first id (u64 BE each) | dedupe entry of a group of submits: the 64-bit hashes of its source keys (see [`dedupe`]) |
 //! | `d` + source key | dedupe entry of a version before the log (accepted-at, Unix ms, i64 BE): taken over into `e` when opening |
@@ -46,8 +48,8 @@
 //!    in the background): opening replays those entries into sled, so sled never loses a
 //!    record the log has. A torn entry at the end of the log (a crash mid-write, before its
 //!    fsync returned, so before anyone was answered) is cut off.
-//! 3. Records are read oldest first (key order = id order = insertion order).
-//! 4. A record leaves `r` only by [`Outbox::ack`] (the platform said success, or `1004` for
+//! 3. Records are read oldest first (id order = insertion order; `q` and `r` merged).
+//! 4. A record leaves the index (`q` or `r`) only by [`Outbox::ack`] (the platform said success, or `1004` for
 //!    a request holding that record alone) or by [`Outbox::dead_letter`] (the platform
 //!    explicitly rejected it: `1501`/`1502`/repeated `2001`), which moves it to `x` intact.
 //!    Nothing else ever deletes a pending record: not retries, not the quota, not age.
@@ -88,6 +90,10 @@
 //! the event. Segments are `max_disk / 32` long (64 KiB to 16 MiB). sled's own files come on
 //! top (a pointer per record, a dedupe entry per group, ~60 bytes per record).
 //!
+//! Changes of the index that groups not yet applied made (a staged group's pointers, the
+//! quota's moves) are kept in the writer's overlay until they are applied; see [`index`]
+//! for how an ack and a group writing the same chunk are kept apart.
+//!
 //! ## A store that cannot be opened
 //!
 //! If sled reports corruption, the directory is renamed to `<path>.corrupt-<unix time>`, a
@@ -96,6 +102,7 @@
 //! dropped: keep one [`Outbox`] per process; opening retries briefly on the lock.
 
 mod dedupe;
+mod index;
 mod segments;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -125,6 +132,7 @@ const RECORD_VERSION: u8 = 1;
 const POINTER_VERSION: u8 = 2;
 
 use dedupe::Seen;
+use index::{chunk_of, Chunk, Overlay};
 use segments::{Head, Kind, Location, LogWrite, Readers};
 /// Text added to `remark` when the quota forced the image out.
 pub const DEGRADED_REMARK: &str = "图片因网关存储已满被替换 (image replaced: gateway outbox full)";
@@ -384,22 +392,33 @@ impl State {
     }
 
     /// [`State::forget`] for the counters only (`applied`: no segment is deleted for it).
-    fn forget_counts(&mut self, v: &[u8]) {
+    fn forget_counts(&mut self, v: &Value) {
         self.forget(v, u64::MAX, &mut BTreeSet::new(), &mut Vec::new());
     }
 
-    /// Forget a stored value (a pointer or an inline record) that is being removed.
-    fn forget(&mut self, v: &[u8], head: u64, touched: &mut BTreeSet<u64>, reap: &mut Vec<u64>) {
-        match decode_pointer(v) {
-            Some(loc) => {
+    /// Forget a pending record that is being removed.
+    fn forget(&mut self, v: &Value, head: u64, touched: &mut BTreeSet<u64>, reap: &mut Vec<u64>) {
+        match v {
+            Value::Log(loc) => {
                 touched.insert(loc.seg);
                 if self.unlink(loc.seg, head) {
                     reap.push(loc.seg);
                 }
             }
-            None => self.inline_bytes = self.inline_bytes.saturating_sub(v.len() as u64),
+            Value::Inline(v) => {
+                self.inline_bytes = self.inline_bytes.saturating_sub(v.len() as u64);
+            }
         }
     }
+}
+
+/// Where a pending record is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    /// In the segment log (the index points there).
+    Log(Location),
+    /// Inline in sled, under `r` + id.
+    Inline(sled::IVec),
 }
 
 /// The books and the segment being written, under one lock.
@@ -410,6 +429,8 @@ struct Writer {
     head: Head,
     /// Source keys accepted within the dedupe window, staged groups' included.
     seen: Seen,
+    /// Index chunks changed by groups not yet applied.
+    index: Overlay,
 }
 
 /// What a group of submits changes, staged before it is written and applied.
@@ -422,8 +443,8 @@ struct Group {
     first_id: u64,
     /// Pending records gained (or lost, by the quota's moves) per segment.
     live: BTreeMap<u64, i64>,
-    /// Where this group put records (sled does not know yet).
-    pointers: std::collections::HashMap<u64, Location>,
+    /// Index chunks this group changed (their values are in the overlay).
+    chunks: BTreeSet<u64>,
     /// Records stored.
     stored: u64,
     /// May the quota compact? Only when no earlier group is still being written: compaction
@@ -447,7 +468,10 @@ struct Staged {
     hashes: Vec<u64>,
     at: i64,
     live: BTreeMap<u64, i64>,
+    /// Index chunks changed: written from the overlay when the group is applied.
+    chunks: BTreeSet<u64>,
     stored: u64,
+    /// One past the group's last id: the chunks are written without the ids from here on.
     next_id: u64,
     /// How far the log is applied once this group is: `m/wal`.
     wal: (u64, u64),
@@ -478,6 +502,9 @@ struct Inner {
     applied: Mutex<State>,
     readers: Readers,
     notify: Notify,
+    /// Told whenever index chunks leave the overlay: an ack or dead letter waiting for its
+    /// chunks (see [`index`]) looks again.
+    index_free: Notify,
     /// When dedupe entries were last pruned (Unix ms; 0: not since opening).
     pruned_ms: AtomicI64,
     /// Flush tickets taken after a write was applied…
@@ -616,13 +643,29 @@ struct Replay<'a> {
     db: &'a sled::Db,
     batch: sled::Batch,
     touched: BTreeSet<u64>,
-    /// Pointers changed by this replay (sled does not have them yet).
-    moved: std::collections::HashMap<u64, Location>,
+    /// Index chunks changed by this replay (sled does not have them yet).
+    index: Overlay,
     seen: Seen,
     entries: u64,
 }
 
 impl Replay<'_> {
+    /// Move pointers that versions before [`index`] kept one per `r` key into their chunks.
+    /// Inline records stay where they are.
+    fn take_over_pointers(&mut self) -> Result<u64, OutboxError> {
+        let mut n = 0;
+        for item in self.db.scan_prefix([P_RECORD]) {
+            let (k, v) = item?;
+            let (Some(id), Some(loc)) = (id_of(&k), decode_pointer(&v)) else {
+                continue;
+            };
+            self.index.set(self.db, id, loc, &mut BTreeSet::new())?;
+            self.batch.remove(k);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Apply one entry found after `m/wal`. A new record past `next_id` is added with its
     /// dedupe entry; a moved record re-points its index entry if it is still pending.
     fn apply(
@@ -641,28 +684,18 @@ impl Replay<'_> {
                         dedupe::encode(&[h]),
                     );
                 }
-                self.batch
-                    .insert(&key(P_RECORD, e.id), &encode_pointer(loc)[..]);
-                self.moved.insert(e.id, loc);
+                self.index.set(self.db, e.id, loc, &mut BTreeSet::new())?;
                 st.add(loc, 0);
                 st.pending += 1;
                 st.next_id = e.id + 1;
             }
             Kind::New => {}
             Kind::Moved => {
-                let current = match self.moved.get(&e.id) {
-                    Some(l) => Some(*l),
-                    None => self
-                        .db
-                        .get(key(P_RECORD, e.id))?
-                        .and_then(|v| decode_pointer(&v)),
-                };
+                let current = self.index.get(self.db, e.id)?;
                 let Some(from) = current.filter(|c| *c != loc) else {
                     return Ok(());
                 };
-                self.batch
-                    .insert(&key(P_RECORD, e.id), &encode_pointer(loc)[..]);
-                self.moved.insert(e.id, loc);
+                self.index.set(self.db, e.id, loc, &mut BTreeSet::new())?;
                 st.release(from.seg);
                 self.touched.insert(from.seg);
                 st.add(loc, 0);
@@ -674,16 +707,7 @@ impl Replay<'_> {
     }
 }
 
-/// A pointer into the segment log: `2, seg, off, len`.
-fn encode_pointer(l: Location) -> [u8; 21] {
-    let mut v = [0u8; 21];
-    v[0] = POINTER_VERSION;
-    v[1..9].copy_from_slice(&l.seg.to_be_bytes());
-    v[9..17].copy_from_slice(&l.off.to_be_bytes());
-    v[17..21].copy_from_slice(&l.len.to_be_bytes());
-    v
-}
-
+/// A pointer of a version before [`index`] (`2, seg, off, len`), taken over when opening.
 fn decode_pointer(v: &[u8]) -> Option<Location> {
     if v.len() != 21 || v[0] != POINTER_VERSION {
         return None;
@@ -879,10 +903,11 @@ impl Outbox {
             db: &db,
             batch: sled::Batch::default(),
             touched: BTreeSet::new(),
-            moved: std::collections::HashMap::new(),
+            index: Overlay::default(),
             seen: Self::load_dedupe(&db, &opts)?,
             entries: 0,
         };
+        let taken_over = replay.take_over_pointers()?;
         let last = files.last().map(|f| f.0);
         for &(seg, mut size) in &files {
             if seg >= wal_seg {
@@ -948,15 +973,23 @@ impl Outbox {
         let Replay {
             mut batch,
             touched,
+            mut index,
             seen,
             entries,
             ..
         } = replay;
+        index.drain_into(&mut batch);
         st.write(&mut batch, &touched);
         batch.insert(K_WAL, &wal_value(head.seg, 0)[..]);
         db.apply_batch(batch)?;
-        if entries > 0 || !reap.is_empty() {
+        if entries > 0 || taken_over > 0 || !reap.is_empty() {
             db.flush()?;
+        }
+        if taken_over > 0 {
+            tracing::info!(
+                records = taken_over,
+                "outbox: moved the pointers of an older version into index chunks"
+            );
         }
         if entries > 0 {
             tracing::info!(
@@ -973,10 +1006,16 @@ impl Outbox {
                 opts,
                 roll,
                 applied: Mutex::new(st.clone()),
-                writer: Mutex::new(Writer { st, head, seen }),
+                writer: Mutex::new(Writer {
+                    st,
+                    head,
+                    seen,
+                    index: Overlay::default(),
+                }),
                 log: Mutex::new(()),
                 readers: Readers::default(),
                 notify: Notify::new(),
+                index_free: Notify::new(),
                 pruned_ms: AtomicI64::new(0),
                 written: AtomicU64::new(0),
                 flushed: tokio::sync::Mutex::new(0),
@@ -1243,12 +1282,17 @@ impl Outbox {
     /// Apply a group whose log bytes are fsynced: its pointers, dedupe entry and counters
     /// as one sled batch. Returns the answers and the segments to delete after a flush.
     fn apply_group(&self, mut s: Staged) -> (Vec<Result<Submitted, OutboxError>>, Vec<u64>) {
+        let mut batch = std::mem::take(&mut s.batch);
+        // No ack changes these chunks while the group holds them (see `index`), so the
+        // values read here are still current when the batch is applied below.
+        for (c, chunk) in self.writer().index.values(&s.chunks, s.next_id) {
+            chunk.write_to(c, &mut batch);
+        }
         let mut a = self.applied();
         let mut app = a.clone();
         app.next_id = app.next_id.max(s.next_id);
         app.pending += s.stored;
         app.shift_live(&s.live, 1);
-        let mut batch = std::mem::take(&mut s.batch);
         app.write(&mut batch, &s.touched);
         batch.insert(K_WAL, &wal_value(s.wal.0, s.wal.1)[..]);
         let applied = self.inner.db.apply_batch(batch);
@@ -1257,7 +1301,11 @@ impl Outbox {
         }
         drop(a);
         match applied {
-            Ok(()) => (std::mem::take(&mut s.results), std::mem::take(&mut s.reap)),
+            Ok(()) => {
+                self.writer().index.release(&s.chunks);
+                self.inner.index_free.notify_waiters();
+                (std::mem::take(&mut s.results), std::mem::take(&mut s.reap))
+            }
             Err(e) => {
                 // The entries are in the log but not in sled: not pending (a later group
                 // moves `m/wal` past them), and their submitters are refused.
@@ -1291,7 +1339,14 @@ impl Outbox {
             }
             w.st.pending = w.st.pending.saturating_sub(g.stored);
             w.st.shift_live(&g.live, -1);
+            // Its pointers and moves leave the index (in order: a later group's records
+            // stay until its own turn).
+            if let Err(e) = w.index.revert(&self.inner.db, &g.chunks, g.next_id) {
+                tracing::error!(error = %e, "outbox: could not read the index back after a failed write");
+            }
+            w.index.release(&g.chunks);
         }
+        self.inner.index_free.notify_waiters();
         if let Ok(files) = segments::list(&self.inner.seg_dir) {
             for (seg, size) in files {
                 if seg == w.head.seg || w.st.live.contains_key(&seg) {
@@ -1328,7 +1383,7 @@ impl Outbox {
             hashes: Vec::new(),
             first_id: 0,
             live: BTreeMap::new(),
-            pointers: std::collections::HashMap::new(),
+            chunks: BTreeSet::new(),
             stored: 0,
             may_compact,
             write: LogWrite::default(),
@@ -1343,7 +1398,7 @@ impl Outbox {
                 later.push((rec, answer));
                 continue;
             }
-            match self.stage(&mut w.head, &mut w.seen, &mut g, rec, now) {
+            match self.stage(&mut w.head, &mut w.seen, &mut w.index, &mut g, rec, now) {
                 Ok(r) => {
                     answers.push(answer);
                     results.push(Ok(r));
@@ -1370,6 +1425,7 @@ impl Outbox {
         if g.changed {
             w.st = g.next;
         }
+        w.index.hold(&g.chunks);
         let staged = Staged {
             answers,
             results,
@@ -1378,6 +1434,7 @@ impl Outbox {
             hashes: g.hashes,
             at: now,
             live: g.live,
+            chunks: g.chunks,
             stored: g.stored,
             next_id: w.st.next_id,
             wal: (w.head.seg, w.head.len),
@@ -1393,6 +1450,7 @@ impl Outbox {
         &self,
         head: &mut Head,
         seen: &mut Seen,
+        index: &mut Overlay,
         g: &mut Group,
         mut rec: NewRecord,
         now: i64,
@@ -1416,7 +1474,7 @@ impl Outbox {
             if !g.may_compact {
                 return Err(Staging::Later(Box::new(rec)));
             }
-            self.make_room(head, g, need)?;
+            self.make_room(head, index, g, need)?;
         }
         if g.next.bytes() + need > max {
             return Err(OutboxError::Full { needed: need, max }.into());
@@ -1424,6 +1482,7 @@ impl Outbox {
         if head.len >= self.inner.roll {
             self.roll(head, g)?;
         }
+        index.ensure(&self.inner.db, id)?;
         let loc = head.append(&entry);
         let gain = rec
             .image
@@ -1432,8 +1491,7 @@ impl Outbox {
         g.next.add(loc, gain);
         *g.live.entry(loc.seg).or_insert(0) += 1;
         g.touched.insert(loc.seg);
-        g.batch.insert(&key(P_RECORD, id), &encode_pointer(loc)[..]);
-        g.pointers.insert(id, loc);
+        index.set(&self.inner.db, id, loc, &mut g.chunks)?;
         if let Some(h) = hash {
             seen.insert(h, now);
             if g.hashes.is_empty() {
@@ -1474,7 +1532,13 @@ impl Outbox {
     /// The quota: compact the oldest segments (their records copied to the head with the
     /// image replaced by the placeholder, the old file deleted) until `need` more bytes fit
     /// or nothing is left to shrink.
-    fn make_room(&self, head: &mut Head, g: &mut Group, need: u64) -> Result<(), OutboxError> {
+    fn make_room(
+        &self,
+        head: &mut Head,
+        index: &mut Overlay,
+        g: &mut Group,
+        need: u64,
+    ) -> Result<(), OutboxError> {
         let max = self.inner.opts.max_disk;
         let mut replaced = 0u64;
         while g.next.bytes() + need > max {
@@ -1496,7 +1560,7 @@ impl Outbox {
                 }
                 None => break,
             };
-            replaced += self.compact(head, g, victim)?;
+            replaced += self.compact(head, index, g, victim)?;
         }
         if replaced > 0 {
             tracing::warn!(
@@ -1512,23 +1576,21 @@ impl Outbox {
     /// Copy the pending records of segment `victim` to the head, images replaced by the
     /// placeholder, and drop the segment (its file goes after the group's flush). Returns
     /// how many images were replaced.
-    fn compact(&self, head: &mut Head, g: &mut Group, victim: u64) -> Result<u64, OutboxError> {
+    fn compact(
+        &self,
+        head: &mut Head,
+        index: &mut Overlay,
+        g: &mut Group,
+        victim: u64,
+    ) -> Result<u64, OutboxError> {
         let (entries, _) = segments::scan(&self.inner.seg_dir, victim, 0)
             .map_err(|e| OutboxError::Store(format!("outbox log, segment {victim}: {e}")))?;
         let placeholder = crate::imaging::placeholder_jpeg();
         let mut replaced = 0;
         for (loc, e) in entries {
             // Records of this very group are not in sled yet (a roll made their segment
-            // a candidate): their pointers are in the group.
-            let current = match g.pointers.get(&e.id) {
-                Some(l) => Some(*l),
-                None => self
-                    .inner
-                    .db
-                    .get(key(P_RECORD, e.id))?
-                    .and_then(|v| decode_pointer(&v)),
-            };
-            if current != Some(loc) {
+            // a candidate): the overlay has their pointers.
+            if index.get(&self.inner.db, e.id)? != Some(loc) {
                 continue; // delivered, dead-lettered or moved already
             }
             let record = match decode_record(e.id, &e.record) {
@@ -1547,13 +1609,12 @@ impl Outbox {
             if head.len >= self.inner.roll {
                 self.roll(head, g)?;
             }
+            index.ensure(&self.inner.db, e.id)?;
             let to = head.append(&entry);
             g.next.add(to, 0);
             *g.live.entry(to.seg).or_insert(0) += 1;
             g.touched.insert(to.seg);
-            g.batch
-                .insert(&key(P_RECORD, e.id), &encode_pointer(to)[..]);
-            g.pointers.insert(e.id, to);
+            index.set(&self.inner.db, e.id, to, &mut g.chunks)?;
             g.next.release(victim);
             *g.live.entry(victim).or_insert(0) -= 1;
         }
@@ -1576,11 +1637,11 @@ impl Outbox {
         Ok(replaced)
     }
 
-    /// Read a stored value back: a pointer is followed into the log, an inline record
-    /// decoded as it is.
-    fn load(&self, id: u64, v: &[u8]) -> Result<StoredRecord, OutboxError> {
-        let Some(loc) = decode_pointer(v) else {
-            return decode_record(id, v);
+    /// Read a pending record back: followed into the log, or decoded inline.
+    fn load(&self, id: u64, v: &Value) -> Result<StoredRecord, OutboxError> {
+        let loc = match v {
+            Value::Log(loc) => *loc,
+            Value::Inline(v) => return decode_record(id, v),
         };
         let e = self
             .inner
@@ -1613,12 +1674,11 @@ impl Outbox {
         let mut out = Vec::new();
         let mut size = 0u64;
         let mut corrupt = Vec::new();
-        for item in self.inner.db.scan_prefix([P_RECORD]) {
+        for item in self.pending() {
             if out.len() >= max_records {
                 break;
             }
-            let (k, v) = item?;
-            let Some(id) = id_of(&k) else { continue };
+            let (id, v) = item?;
             match self.load(id, &v) {
                 Ok(r) => {
                     let s = r.wire_size();
@@ -1629,16 +1689,61 @@ impl Outbox {
                     out.push(r);
                 }
                 // Delivered or moved while we read (its segment may be gone): not corrupt.
-                Err(_) if self.inner.db.get(k)?.as_deref() != Some(v.as_ref()) => {}
+                Err(_) if self.lookup(id)? != Some(v) => {}
                 Err(e) => corrupt.push((id, e.to_string())),
             }
         }
         for (id, why) in corrupt {
-            tracing::error!(id, error = %why, "outbox record is not decodable; moved to the dead letters");
-            // Its segment (if now empty) is deleted at the next start.
-            self.dead_letter_now(id, &why)?;
+            // Its segment (if now empty) is deleted at the next start. If a group being
+            // written holds its index chunk, the next peek moves it.
+            if self.dead_letter_now(id, &why)?.is_some() {
+                tracing::error!(id, error = %why, "outbox record is not decodable; moved to the dead letters");
+            }
         }
         Ok(out)
+    }
+
+    /// Every pending record sled has, oldest first (see [`Pending`]).
+    fn pending(&self) -> Pending {
+        Pending {
+            chunks: self.inner.db.scan_prefix([index::PREFIX]),
+            inline: self.inner.db.scan_prefix([P_RECORD]).peekable(),
+            buffered: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Where sled has pending record `id`, if it is pending.
+    fn lookup(&self, id: u64) -> Result<Option<Value>, OutboxError> {
+        if let Some(loc) = index::load(&self.inner.db, chunk_of(id))?.get(id) {
+            return Ok(Some(Value::Log(loc)));
+        }
+        Ok(self.inner.db.get(key(P_RECORD, id))?.map(Value::Inline))
+    }
+
+    /// Take pending record `id` out of the index in `batch`: its chunk (read from sled once
+    /// into `chunks`, written by the caller) or its inline key. `None` if it is not pending.
+    fn take(
+        &self,
+        id: u64,
+        chunks: &mut BTreeMap<u64, Chunk>,
+        batch: &mut sled::Batch,
+    ) -> Result<Option<Value>, OutboxError> {
+        let c = chunk_of(id);
+        let chunk = match chunks.entry(c) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(index::load(&self.inner.db, c)?)
+            }
+        };
+        if let Some(loc) = chunk.remove(id) {
+            return Ok(Some(Value::Log(loc)));
+        }
+        let k = key(P_RECORD, id);
+        let v = self.inner.db.get(k)?;
+        if v.is_some() {
+            batch.remove(&k);
+        }
+        Ok(v.map(Value::Inline))
     }
 
     /// An ack or dead-letter change, done: `next` becomes the writer's books and `app`
@@ -1662,46 +1767,65 @@ impl Outbox {
 
     /// The platform has these records: delete them.
     pub async fn ack(&self, ids: &[u64]) -> Result<(), OutboxError> {
-        let reap = {
-            let db = &self.inner.db;
-            let mut w = self.writer();
-            let head = w.head.seg;
-            let mut next = w.st.clone();
-            let mut a = self.applied();
-            let mut app = a.clone();
-            let mut batch = sled::Batch::default();
-            let mut touched = BTreeSet::new();
-            let mut reap = Vec::new();
-            for &id in ids {
-                let k = key(P_RECORD, id);
-                if let Some(v) = db.get(k)? {
-                    next.pending = next.pending.saturating_sub(1);
-                    next.forget(&v, head, &mut touched, &mut reap);
-                    app.pending = app.pending.saturating_sub(1);
-                    app.forget_counts(&v);
-                    batch.remove(&k);
-                }
+        let reap = loop {
+            // Taken before looking, so a chunk freed in between still wakes this.
+            let free = self.inner.index_free.notified();
+            if let Some(reap) = self.ack_now(ids)? {
+                break reap;
             }
-            self.commit_books(&mut w, &mut a, next, app, batch, &touched)?;
-            reap
+            free.await;
         };
         self.flush().await?;
         self.delete_segments(&reap);
         Ok(())
     }
 
-    /// Move a pending record to the dead letters (inline, with the reason). Returns the
-    /// segments that emptied.
-    fn dead_letter_now(&self, id: u64, reason: &str) -> Result<Vec<u64>, OutboxError> {
-        let db = &self.inner.db;
+    /// [`Outbox::ack`] unless a group being written holds one of the records' index chunks
+    /// (`None`: wait for `index_free` and try again). Returns the segments that emptied.
+    fn ack_now(&self, ids: &[u64]) -> Result<Option<Vec<u64>>, OutboxError> {
         let mut w = self.writer();
-        let k = key(P_RECORD, id);
-        let Some(v) = db.get(k)? else {
-            return Ok(Vec::new());
+        if w.index.holds_any(ids.iter().map(|id| chunk_of(*id))) {
+            return Ok(None);
+        }
+        let head = w.head.seg;
+        let mut next = w.st.clone();
+        let mut a = self.applied();
+        let mut app = a.clone();
+        let mut batch = sled::Batch::default();
+        let mut chunks = BTreeMap::new();
+        let mut touched = BTreeSet::new();
+        let mut reap = Vec::new();
+        for &id in ids {
+            if let Some(v) = self.take(id, &mut chunks, &mut batch)? {
+                next.pending = next.pending.saturating_sub(1);
+                next.forget(&v, head, &mut touched, &mut reap);
+                app.pending = app.pending.saturating_sub(1);
+                app.forget_counts(&v);
+            }
+        }
+        for (c, chunk) in &chunks {
+            chunk.write_to(*c, &mut batch);
+        }
+        self.commit_books(&mut w, &mut a, next, app, batch, &touched)?;
+        Ok(Some(reap))
+    }
+
+    /// Move a pending record to the dead letters (inline, with the reason). Returns the
+    /// segments that emptied, or `None` if a group being written holds the record's index
+    /// chunk (try again once `index_free` is told).
+    fn dead_letter_now(&self, id: u64, reason: &str) -> Result<Option<Vec<u64>>, OutboxError> {
+        let mut w = self.writer();
+        if w.index.holds_any(std::iter::once(chunk_of(id))) {
+            return Ok(None);
+        }
+        let mut chunks = BTreeMap::new();
+        let mut batch = sled::Batch::default();
+        let Some(v) = self.take(id, &mut chunks, &mut batch)? else {
+            return Ok(Some(Vec::new()));
         };
-        let record = match decode_pointer(&v) {
-            None => v.to_vec(),
-            Some(loc) => match self.inner.readers.read(&self.inner.seg_dir, loc) {
+        let record = match &v {
+            Value::Inline(v) => v.to_vec(),
+            Value::Log(loc) => match self.inner.readers.read(&self.inner.seg_dir, *loc) {
                 Ok(e) => e.record,
                 Err(e) => {
                     tracing::error!(id, segment = loc.seg, error = %e, "outbox: a dead-lettered record could not be read from the log; only its reason is kept");
@@ -1731,16 +1855,23 @@ impl Outbox {
             s.dead += 1;
             s.inline_bytes += dv.len() as u64;
         }
-        let mut batch = sled::Batch::default();
-        batch.remove(&k);
+        for (c, chunk) in &chunks {
+            chunk.write_to(*c, &mut batch);
+        }
         batch.insert(&key(P_DEAD, id), dv);
         self.commit_books(&mut w, &mut a, next, app, batch, &touched)?;
-        Ok(reap)
+        Ok(Some(reap))
     }
 
     /// The platform explicitly rejected this record: move it to the dead letters.
     pub async fn dead_letter(&self, id: u64, reason: &str) -> Result<(), OutboxError> {
-        let reap = self.dead_letter_now(id, reason)?;
+        let reap = loop {
+            let free = self.inner.index_free.notified();
+            if let Some(reap) = self.dead_letter_now(id, reason)? {
+                break reap;
+            }
+            free.await;
+        };
         self.flush().await?;
         self.delete_segments(&reap);
         Ok(())
@@ -1853,8 +1984,8 @@ impl Outbox {
 
     /// When the oldest pending record was accepted (Unix ms).
     pub fn oldest_submitted_ms(&self) -> Option<i64> {
-        let (k, v) = self.inner.db.scan_prefix([P_RECORD]).next()?.ok()?;
-        self.load(id_of(&k)?, &v).ok().map(|r| r.meta.submitted_ms)
+        let (id, v) = self.pending().next()?.ok()?;
+        self.load(id, &v).ok().map(|r| r.meta.submitted_ms)
     }
 
     /// Wait until something may be pending (a submit, a dead-letter retry, a space change).
@@ -1990,6 +2121,64 @@ impl Outbox {
             self.inner.db.apply_batch(batch)?;
         }
         Ok(())
+    }
+}
+
+/// Pending records as sled has them, oldest first: the pointers of the index chunks (`q`) and
+/// the inline records (`r`) merged in id order. A damaged chunk is skipped with an ERROR (its
+/// records stay in the log and in the counts; nothing deletes them); a sled error is an item.
+struct Pending {
+    chunks: sled::Iter,
+    inline: std::iter::Peekable<sled::Iter>,
+    /// The rest of the chunk being read.
+    buffered: std::collections::VecDeque<(u64, Location)>,
+}
+
+impl Iterator for Pending {
+    type Item = Result<(u64, Value), OutboxError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.buffered.is_empty() {
+            match self.chunks.next() {
+                None => break,
+                Some(Err(e)) => return Some(Err(e.into())),
+                Some(Ok((k, v))) => {
+                    let Some(c) = id_of(&k) else { continue };
+                    match Chunk::decode(c, &v) {
+                        Some(chunk) => self.buffered.extend(chunk.entries().iter().copied()),
+                        None => {
+                            tracing::error!(error = %index::damaged(c), "outbox: skipped a damaged index chunk; its records are not uploaded");
+                        }
+                    }
+                }
+            }
+        }
+        let inline = loop {
+            match self.inline.peek() {
+                None => break None,
+                Some(Ok((k, _))) => match id_of(k) {
+                    Some(id) => break Some(id),
+                    None => {
+                        self.inline.next(); // not a record key
+                    }
+                },
+                Some(Err(_)) => {
+                    let e = self.inline.next()?.err()?;
+                    return Some(Err(e.into()));
+                }
+            }
+        };
+        match (self.buffered.front().copied(), inline) {
+            (None, None) => None,
+            (Some((id, loc)), i) if i.map_or(true, |i| id < i) => {
+                self.buffered.pop_front();
+                Some(Ok((id, Value::Log(loc))))
+            }
+            _ => {
+                let (k, v) = self.inline.next()?.ok()?;
+                Some(Ok((id_of(&k)?, Value::Inline(v))))
+            }
+        }
     }
 }
 
@@ -2310,6 +2499,67 @@ mod tests {
         assert_eq!(ob.bytes(), log_on_disk(d.path()));
     }
 
+    /// An ack of a record whose index chunk a group being written also changes waits for
+    /// that group; the group's write then cannot bring the acked record back. A group that
+    /// fails leaves the chunk as sled had it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ack_waits_while_a_group_being_written_holds_its_index_chunk() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = open(d.path(), 1 << 30);
+        let Submitted::Stored(a) = ob.submit(rec("a", "A", vec![1; 50])).await.unwrap() else {
+            panic!()
+        };
+        // Stage B by hand (what the group writer does), in A's chunk: the chunk is held.
+        let stage = |key: &str| {
+            let (tx, _rx) = tokio::sync::oneshot::channel();
+            let ((staged, write), deferred) =
+                ob.stage_group(vec![(rec(key, key, vec![2; 50]), tx)], true);
+            assert!(!deferred);
+            (staged, write)
+        };
+        let (staged, write) = stage("b");
+        let b = staged.next_id - 1;
+        assert_eq!(chunk_of(a), chunk_of(b));
+        assert_eq!(ob.ack_now(&[a]).unwrap(), None, "held: the ack must wait");
+        let acking = tokio::spawn({
+            let ob = ob.clone();
+            async move { ob.ack(&[a]).await }
+        });
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!acking.is_finished(), "still waiting for the group");
+        write.run().unwrap();
+        let (results, _) = ob.apply_group(staged);
+        assert!(matches!(results[0], Ok(Submitted::Stored(id)) if id == b));
+        tokio::time::timeout(Duration::from_secs(10), acking)
+            .await
+            .expect("the ack goes on once the group is applied")
+            .unwrap()
+            .unwrap();
+        let ids = |ob: &Outbox| -> Vec<u64> {
+            ob.peek(10, u64::MAX)
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect()
+        };
+        assert_eq!(ids(&ob), [b], "A acked, B pending");
+        // C is staged and its write fails: C is refused and the chunk is B's alone again.
+        let (staged, _write) = stage("c");
+        ob.fail(vec![staged], "disk gone");
+        assert_eq!(
+            ob.ack_now(&[]).unwrap(),
+            Some(vec![]),
+            "nothing held any more"
+        );
+        assert_eq!(ids(&ob), [b]);
+        drop(ob);
+        let ob = open(d.path(), 1 << 30);
+        assert_eq!(ids(&ob), [b], "as sled has it after a reopen");
+        assert_eq!(ob.len(), 1);
+    }
+
     /// Records that need the quota to compact while an earlier group is still being written
     /// wait for the next group: all are answered, none is lost.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2368,7 +2618,11 @@ mod tests {
                 .db
                 .iter()
                 .map(Result::unwrap)
-                .filter(|(k, _)| k.starts_with(b"m/") || k.starts_with(&[P_SEGMENT]))
+                .filter(|(k, _)| {
+                    k.starts_with(b"m/")
+                        || k.starts_with(&[P_SEGMENT])
+                        || k.starts_with(&[index::PREFIX])
+                })
                 .collect();
             let mut ids = vec![];
             for (k, p) in [("b", "B"), ("c", "C")] {
@@ -2379,11 +2633,11 @@ mod tests {
             later = ids;
             // …and then it loses the next two batches, as an unflushed sled does.
             let db = &ob.inner.db;
+            for k in db.scan_prefix([index::PREFIX]).keys() {
+                db.remove(k.unwrap()).unwrap();
+            }
             for (k, v) in &saved {
                 db.insert(k, v).unwrap();
-            }
-            for id in &later {
-                db.remove(key(P_RECORD, *id)).unwrap();
             }
             let dedupe_entries: Vec<_> = db
                 .scan_prefix([dedupe::PREFIX])
@@ -2396,7 +2650,7 @@ mod tests {
                 db.remove(k).unwrap();
             }
             ob.flush().await.unwrap();
-            assert_eq!(ob.inner.db.scan_prefix([P_RECORD]).count(), 1);
+            assert_eq!(ob.pending().count(), 1);
         }
         let ob = open(d.path(), 1 << 30);
         let all = ob.peek(10, u64::MAX).unwrap();
@@ -2415,6 +2669,60 @@ mod tests {
         };
         assert!(n > later[1], "ids never go back");
         assert_eq!(ob.bytes(), log_on_disk(d.path()));
+    }
+
+    /// Stores of the version before index chunks kept one pointer per `r` key: opening takes
+    /// them over into chunks, and inline records stay inline, all in one order.
+    #[tokio::test]
+    async fn pointers_of_an_older_version_are_taken_over_into_index_chunks() {
+        let d = tempfile::tempdir().unwrap();
+        let mut ids = vec![];
+        {
+            let ob = open(d.path(), 1 << 30);
+            for (k, p) in [("a", "A"), ("b", "B"), ("c", "C")] {
+                if let Submitted::Stored(id) = ob.submit(rec(k, p, vec![1; 100])).await.unwrap() {
+                    ids.push(id);
+                }
+            }
+            // Rewrite the index as the old version kept it: `r` + id → `2, seg, off, len`,
+            // and the middle record inline (as a dead-letter retry leaves it).
+            let db = &ob.inner.db;
+            let middle = ob.peek(3, u64::MAX).unwrap()[1].clone();
+            for item in db.scan_prefix([index::PREFIX]) {
+                let (k, v) = item.unwrap();
+                let chunk = Chunk::decode(id_of(&k).unwrap(), &v).unwrap();
+                for (id, l) in chunk.entries() {
+                    let mut p = vec![POINTER_VERSION];
+                    p.extend_from_slice(&l.seg.to_be_bytes());
+                    p.extend_from_slice(&l.off.to_be_bytes());
+                    p.extend_from_slice(&l.len.to_be_bytes());
+                    db.insert(key(P_RECORD, *id), p).unwrap();
+                }
+                db.remove(k).unwrap();
+            }
+            db.insert(
+                key(P_RECORD, middle.id),
+                encode_record(&middle.meta, &middle.image),
+            )
+            .unwrap();
+            ob.flush().await.unwrap();
+        }
+        let ob = open(d.path(), 1 << 30);
+        let all = ob.peek(10, u64::MAX).unwrap();
+        assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), ids);
+        assert_eq!(all[2].image, vec![1; 100], "followed into the log");
+        let inline: Vec<u64> = ob
+            .inner
+            .db
+            .scan_prefix([P_RECORD])
+            .keys()
+            .map(|k| id_of(&k.unwrap()).unwrap())
+            .collect();
+        assert_eq!(inline, [ids[1]], "only the inline record is left under r");
+        assert_eq!(ob.inner.db.scan_prefix([index::PREFIX]).count(), 1);
+        ob.ack(&ids).await.unwrap();
+        assert!(ob.is_empty());
+        assert_eq!(ob.pending().count(), 0, "chunk and inline key both gone");
     }
 
     #[tokio::test]
