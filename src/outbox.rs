@@ -1234,15 +1234,21 @@ impl Outbox {
     async fn finish(&self, mut s: Staged) {
         let n = s.results.len();
         let answers = std::mem::take(&mut s.answers);
+        let chunks = s.chunks.clone();
         let ob = self.clone();
         let (results, reap) = match tokio::task::spawn_blocking(move || ob.apply_group(s)).await {
             Ok(done) => done,
-            Err(e) => (
-                (0..n)
-                    .map(|_| Err(OutboxError::Store(format!("the group writer failed: {e}"))))
-                    .collect(),
-                Vec::new(),
-            ),
+            Err(e) => {
+                // Whatever it did, its chunks must not stay held: acks would wait forever.
+                self.writer().index.release(&chunks);
+                self.inner.index_free.notify_waiters();
+                (
+                    (0..n)
+                        .map(|_| Err(OutboxError::Store(format!("the group writer failed: {e}"))))
+                        .collect(),
+                    Vec::new(),
+                )
+            }
         };
         if results
             .iter()
@@ -1376,6 +1382,7 @@ impl Outbox {
         let now = Clock::local_ms();
         let mut guard = self.writer();
         let w = &mut *guard;
+        w.index.drop_unheld();
         let mut g = Group {
             next: w.st.clone(),
             batch: sled::Batch::default(),

@@ -271,9 +271,15 @@ impl Overlay {
         Ok(())
     }
 
-    /// Is any of these chunks held?
+    /// Is any of these chunks held by a staged group?
     pub(super) fn holds_any(&self, mut chunks: impl Iterator<Item = u64>) -> bool {
-        !self.held.is_empty() && chunks.any(|c| self.held.contains_key(&c))
+        !self.held.is_empty() && chunks.any(|c| self.held.get(&c).is_some_and(|h| h.groups > 0))
+    }
+
+    /// Forget chunks no staged group holds: changes left by a staging that panicked half-way
+    /// (sled's value is the truth for them). Called before a group is staged.
+    pub(super) fn drop_unheld(&mut self) {
+        self.held.retain(|_, h| h.groups > 0);
     }
 
     /// Every chunk in the overlay into `batch` (the replay's end), emptying it.
