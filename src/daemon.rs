@@ -43,10 +43,38 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// `RELOADING=1` with the `MONOTONIC_USEC=` systemd wants beside it.
 fn notify_reloading() {
-    match NotifyState::monotonic_usec_now() {
-        Ok(now) => notify(&[NotifyState::Reloading, now]),
-        Err(_) => notify(&[NotifyState::Reloading]),
+    match monotonic_usec() {
+        Some(now) => notify(&[NotifyState::Reloading, NotifyState::MonotonicUsec(now)]),
+        None => notify(&[NotifyState::Reloading]),
     }
+}
+
+/// `CLOCK_MONOTONIC` in microseconds. Not sd-notify 0.4's `monotonic_usec_now`: it multiplies
+/// in the C `time_t`, which is 32 bits on armv7, so after 35 minutes of uptime it overflowed
+/// (a panic in debug builds, a negative `MONOTONIC_USEC` in release builds).
+fn monotonic_usec() -> Option<i128> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: clock_gettime only writes the timespec it is given, which lives here.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        // `time_t` and `c_long` are i32 on armv7 and i64 elsewhere: widen them either way.
+        #[allow(clippy::useless_conversion)]
+        (rc == 0).then(|| usec_of(i64::from(ts.tv_sec), i64::from(ts.tv_nsec)))
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// Seconds and nanoseconds as microseconds, in arithmetic wide enough for any uptime.
+fn usec_of(sec: i64, nsec: i64) -> i128 {
+    i128::from(sec) * 1_000_000 + i128::from(nsec / 1_000)
 }
 
 fn notify(state: &[NotifyState]) {
@@ -218,4 +246,21 @@ async fn reload_file(gw: &mut Gateway, path: &Path, config_tx: &watch::Sender<Co
 /// The default config path.
 pub fn default_path() -> PathBuf {
     PathBuf::from("/etc/lotlink/lotlink.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monotonic_usec_survives_uptimes_past_what_32_bits_of_microseconds_hold() {
+        // 2,148 s is the first whole second whose microseconds do not fit an i32: where
+        // sd-notify's own helper broke on armv7.
+        assert_eq!(usec_of(2_148, 999_999), 2_148_000_999);
+        assert_eq!(usec_of(400 * 86_400, 0), 34_560_000_000_000, "400 days up");
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        let now = monotonic_usec().expect("CLOCK_MONOTONIC");
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        assert!(now > 0 && monotonic_usec().unwrap() >= now, "monotonic");
+    }
 }
