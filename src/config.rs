@@ -360,6 +360,10 @@ pub struct ManagementConfig {
 /// never starts talking to the platform with it.
 pub const EXAMPLE_TOKEN: &str = "replace-with-the-platform-token";
 
+/// The lot code the shipped example carries: refused like [`EXAMPLE_TOKEN`], so a box never
+/// reports another lot's cars.
+pub const EXAMPLE_LOT_CODE: &str = "replace-with-the-lot-code";
+
 /// The configuration the gateway runs on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -605,6 +609,11 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
         c.bad("platform.lot_code", "must not be empty");
     } else if lot_code.chars().any(char::is_control) {
         c.bad("platform.lot_code", "must not contain control characters");
+    } else if lot_code == EXAMPLE_LOT_CODE {
+        c.bad(
+            "platform.lot_code",
+            "is still the example value: put the lot code the platform assigned to this lot",
+        );
     }
 
     let token = match (&p.token, &p.token_file) {
@@ -1070,7 +1079,9 @@ total = 500
 
     #[test]
     fn the_shipped_example_config_validates() {
-        let text = include_str!("../config/lotlink.toml").replace(EXAMPLE_TOKEN, "a-real-token");
+        let text = include_str!("../config/lotlink.toml")
+            .replace(EXAMPLE_TOKEN, "a-real-token")
+            .replace(EXAMPLE_LOT_CODE, "350");
         let c = from_str(Path::new("config/lotlink.toml"), &text).expect("example is valid");
         assert_eq!(c.platform.max_batch, 100);
         assert!(c.management.is_none(), "no broker, no management");
@@ -1078,13 +1089,17 @@ total = 500
     }
 
     #[test]
-    fn the_example_token_is_refused_so_a_fresh_install_does_not_start() {
+    fn the_example_token_and_lot_code_are_refused_so_a_fresh_install_does_not_start() {
         let text = include_str!("../config/lotlink.toml");
         let err = from_str(Path::new("lotlink.toml"), text)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("platform.token: is still the example value"),
+            "{err}"
+        );
+        assert!(
+            err.contains("platform.lot_code: is still the example value"),
             "{err}"
         );
         assert!(

@@ -9,7 +9,7 @@ fn lotlink() -> Command {
 }
 
 #[test]
-fn check_config_refuses_the_shipped_example_until_the_token_is_filled_in_then_says_ok() {
+fn check_config_refuses_the_shipped_example_until_token_and_lot_code_are_filled_in_then_says_ok() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/lotlink.toml");
     let out = lotlink()
         .args(["check-config", "--config", example])
@@ -29,13 +29,20 @@ fn check_config_refuses_the_shipped_example_until_the_token_is_filled_in_then_sa
         )),
         "{err}"
     );
+    assert!(
+        err.contains("platform.lot_code: is still the example value"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let filled = dir.path().join("lotlink.toml");
-    let text = std::fs::read_to_string(example).unwrap().replace(
-        lotlink::config::EXAMPLE_TOKEN,
-        "the-token-the-platform-assigned",
-    );
+    let text = std::fs::read_to_string(example)
+        .unwrap()
+        .replace(
+            lotlink::config::EXAMPLE_TOKEN,
+            "the-token-the-platform-assigned",
+        )
+        .replace(lotlink::config::EXAMPLE_LOT_CODE, "350");
     std::fs::write(&filled, text).unwrap();
     let out = lotlink()
         .args(["check-config", "--config"])
