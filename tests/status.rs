@@ -302,3 +302,53 @@ async fn a_status_token_guards_every_route_and_the_page_shows_the_outbox_depth_i
     gw.stop().await;
     sim.shutdown().await;
 }
+
+/// `/healthz` is 503, with the reason in the body, while the platform cannot be reached: the
+/// daemon's platform address is a loopback port nothing listens on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_says_503_and_why_while_the_platform_cannot_be_reached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let dead_platform = format!("http://127.0.0.1:{}", free_port());
+    let text = common::config_text(&dead_platform, &dir.path().join("outbox"), "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let config = dir.path().join("lotlink.toml");
+    std::fs::write(&config, text).expect("config");
+    let _daemon = Daemon(
+        common::lotlink_command()
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("daemon.log")).expect("log"))
+            .spawn()
+            .expect("daemon starts"),
+    );
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(None));
+    assert!(
+        eventually_async(WAIT, || {
+            let (http, url, answer) = (http.clone(), url.clone(), answer.clone());
+            async move {
+                let Ok(r) = http.get(&url).send().await else {
+                    return false; // not listening yet
+                };
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                *answer.lock().unwrap() = Some((status, body));
+                true
+            }
+        })
+        .await,
+        "the status endpoint answers; daemon log:\n{}",
+        std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+    );
+    let (status, body) = answer.lock().unwrap().take().expect("an answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("platform not reached since start"),
+        "the reason: {body}"
+    );
+}
