@@ -27,15 +27,31 @@ cargo bench --locked --bench shrink 2>&1 | tee -a "$out"
 
 # P6: the stripped aarch64 binary as the .deb ships it (profile dist). LOTLINK_P6_BIN names
 # one already built (e.g. by scripts/package) instead of building it here.
+p6_bin=""
 if [ -n "${LOTLINK_P6_BIN:-}" ]; then
+    p6_bin=$LOTLINK_P6_BIN
     echo "=> p6_aarch64_bytes $(stat -c %s "$LOTLINK_P6_BIN") bytes" | tee -a "$out"
 elif command -v aarch64-linux-gnu-gcc >/dev/null && rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu; then
     note "P6 build"
     cargo build --locked --profile dist --target aarch64-unknown-linux-gnu --bin lotlink 2>&1 | tail -n 2 | tee -a "$out"
-    bytes=$(stat -c %s "${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-gnu/dist/lotlink")
+    p6_bin="${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-gnu/dist/lotlink"
+    bytes=$(stat -c %s "$p6_bin")
     echo "=> p6_aarch64_bytes $bytes bytes" | tee -a "$out"
 else
     echo "P6 not measured: needs gcc-aarch64-linux-gnu and rustup target aarch64-unknown-linux-gnu" | tee -a "$out"
+fi
+
+# The same 1080p shrink by that aarch64 binary under qemu-user and by the host's dist binary:
+# a rough guide to the image cost on a Pi (qemu is slower than a real Pi 4).
+median_ms() { sed -n 's/.*median \([0-9.]*\) ms.*/\1/p' | tail -n 1; }
+if [ -n "$p6_bin" ] && command -v qemu-aarch64 >/dev/null; then
+    note "P6 shrink under qemu-aarch64"
+    host_ms=$({ "$LOTLINK_GATEWAY_BIN" shrink --repeat 11 2>&1 || true; } | tee -a "$out" | median_ms)
+    qemu_ms=$({ qemu-aarch64 -L /usr/aarch64-linux-gnu "$p6_bin" shrink --repeat 11 2>&1 || true; } | tee -a "$out" | median_ms)
+    [ -n "$host_ms" ] && echo "=> p6_shrink_host $host_ms ms" | tee -a "$out"
+    [ -n "$qemu_ms" ] && echo "=> p6_shrink_qemu_aarch64 $qemu_ms ms" | tee -a "$out"
+else
+    echo "P6 shrink under qemu not measured: needs the aarch64 binary and qemu-aarch64 (qemu-user)" | tee -a "$out"
 fi
 
 # value of a `=> key value unit` line, or empty.
@@ -60,6 +76,10 @@ grouped=$(v p1_raw_fsync_grouped)
 pct=""
 if [ -n "$p1_64" ] && [ -n "$grouped" ]; then
     pct=$(awk -v a="$p1_64" -v b="$grouped" 'BEGIN { printf "%.0f %%", 100 * a / b }')
+fi
+qemu_ratio=""
+if [ -n "$(v p6_shrink_host)" ] && [ -n "$(v p6_shrink_qemu_aarch64)" ]; then
+    qemu_ratio=$(awk -v a="$(v p6_shrink_qemu_aarch64)" -v b="$(v p6_shrink_host)" 'BEGIN { printf "%.1f×", a / b }')
 fi
 p6_mb=""
 if [ -n "$(v p6_aarch64_bytes)" ]; then
@@ -86,6 +106,7 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
     echo "| P5 | start to first upload, 100,000 pending | $(show p5_first_upload s) | bare sled opening a copy of that store (its log replay) and reading the first record: $(show p5_sled_open s) | ≤ 0.5 s | $(verdict p5_first_upload 'a <= 0.5') |"
     echo "| P5 | RSS after loading them (at the first upload) / after 5,000 uploaded | $(show p5_rss_first MB) / $(show p5_rss_steady MB) | | ≤ 15 MB (after loading) | $(verdict p5_rss_first 'a <= 15') |"
     echo "| P6 | stripped aarch64 binary (profile dist) | ${p6_mb:-not measured} | | ≤ 8 MB | $(verdict p6_aarch64_bytes 'a <= 8000000') |"
+    echo "| P6 | 1080p shrink by that binary under qemu-aarch64 (median of 11; qemu is slower than a real Pi) | $(show p6_shrink_qemu_aarch64 ms) (${qemu_ratio:-?} x86) | the host's dist binary: $(show p6_shrink_host ms) | | |"
     echo "| P7 | MQTT event → platform receipt, no image, p50 / p99 | $(show p7_plain_p50 ms) / $(show p7_plain_p99 ms) | | | |"
     echo "| P7 | MQTT event → platform receipt, 400 KB image, p50 / p99 | $(show p7_image_p50 ms) / $(show p7_image_p99 ms) | | | |"
     echo
