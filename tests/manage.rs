@@ -244,5 +244,28 @@ async fn config_push_applies_rejects_rolls_back_and_reports_every_outcome() {
         .expect("status channel")
         .clone();
     assert_eq!(offline["online"], false);
+
+    // A daemon that dies without a word (SIGKILL): the broker publishes its last will.
+    let mut daemon = Daemon(
+        common::lotlink_command()
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("daemon starts again"),
+    );
+    tokio::time::timeout(WAIT, st.wait_for(|v| v["online"] == true))
+        .await
+        .expect("online again in time")
+        .expect("status channel");
+    let _ = daemon.0.kill();
+    let _ = daemon.0.wait();
+    let will = tokio::time::timeout(WAIT, st.wait_for(|v| v["online"] == false))
+        .await
+        .expect("the last will in time")
+        .expect("status channel")
+        .clone();
+    assert_eq!(will["online"], false, "{will}");
     sim.shutdown().await;
 }
