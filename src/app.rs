@@ -315,7 +315,7 @@ impl Gateway {
     pub fn uploader_alive(&self, window: Duration) -> bool {
         let last = self.liveness.load(Ordering::Relaxed);
         let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-        last == 0 || Clock::local_ms() - last <= window
+        last == 0 || crate::uploader::liveness_now() - last <= window
     }
 
     /// Apply a new config, restarting only the parts whose settings changed. Returns the

@@ -34,16 +34,22 @@ pub const BUSINESS_STRIKES: u32 = 3;
 /// How often the data loop shows it is alive while it waits (for the systemd watchdog).
 pub const LIVENESS_TICK: Duration = Duration::from_secs(5);
 
-/// Unix ms of the data loop's last sign of life: bumped on every loop turn, every request
-/// and every [`LIVENESS_TICK`] while waiting. The watchdog pings systemd only while it is
-/// fresh, so a wedged uploader gets the daemon restarted.
+/// The data loop's last sign of life, in [`liveness_now`] ms (0: none yet): bumped on every
+/// loop turn, every request and every [`LIVENESS_TICK`] while waiting. The watchdog pings
+/// systemd only while it is fresh, so a wedged uploader gets the daemon restarted.
 pub type Liveness = Arc<std::sync::atomic::AtomicI64>;
 
+/// Milliseconds on a monotonic clock (since the first call, plus 1): not the wall clock, which
+/// NTP steps forward at boot on a Pi without a real-time clock, and that step must not look
+/// like a wedged uploader.
+pub fn liveness_now() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX - 1) + 1
+}
+
 fn bump(l: &Liveness) {
-    l.store(
-        crate::protocol::Clock::local_ms(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    l.store(liveness_now(), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Exponential back-off with full jitter.
