@@ -246,15 +246,7 @@ async fn config_push_applies_rejects_rolls_back_and_reports_every_outcome() {
     assert_eq!(offline["online"], false);
 
     // A daemon that dies without a word (SIGKILL): the broker publishes its last will.
-    let mut daemon = Daemon(
-        common::lotlink_command()
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("daemon starts again"),
-    );
+    let mut daemon = Daemon::start(&config, &log);
     tokio::time::timeout(WAIT, st.wait_for(|v| v["online"] == true))
         .await
         .expect("online again in time")

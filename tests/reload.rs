@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::devices::{free_port, PtyCable};
@@ -65,15 +65,7 @@ async fn sighup_refuses_a_bad_file_and_moves_to_a_new_platform_without_losing_or
     let config = dir.path().join("lotlink.toml");
     std::fs::write(&config, text_for(&sim_a.url(), "")).expect("config");
     let log = dir.path().join("daemon.log");
-    let daemon = Daemon(
-        common::lotlink_command()
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("daemon starts"),
-    );
+    let daemon = Daemon::start(&config, &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let http = reqwest::Client::new();
     let status = || {

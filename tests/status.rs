@@ -316,15 +316,7 @@ async fn healthz_says_503_and_why_while_the_platform_cannot_be_reached() {
     );
     let config = dir.path().join("lotlink.toml");
     std::fs::write(&config, text).expect("config");
-    let _daemon = Daemon(
-        common::lotlink_command()
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("daemon.log")).expect("log"))
-            .spawn()
-            .expect("daemon starts"),
-    );
+    let _daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/healthz");
     let answer = std::sync::Arc::new(std::sync::Mutex::new(None));

@@ -156,6 +156,21 @@ pub fn target_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Com
 /// A child process (the daemon under test) that is killed and reaped when dropped.
 pub struct Daemon(pub std::process::Child);
 
+impl Daemon {
+    /// `lotlink run --config <config>`, its log (stderr) into `log`.
+    pub fn start(config: &std::path::Path, log: &std::path::Path) -> Daemon {
+        Daemon(
+            lotlink_command()
+                .args(["run", "--config"])
+                .arg(config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(log).expect("daemon log file"))
+                .spawn()
+                .expect("the daemon starts"),
+        )
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
