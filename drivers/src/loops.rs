@@ -1497,9 +1497,16 @@ mod tests {
                 let why = format!("serial ports cannot be configured under this emulator ({e})");
                 eprintln!("skipped: {why}");
                 if let Some(f) = std::env::var_os("LOTLINK_TEST_SKIPS") {
+                    use std::io::Write as _;
+                    // One appending write: other test binaries may add their lines too.
                     let line = format!("an_rtu_bus_opens_its_serial_port_by_path: {why}\n");
-                    let old = std::fs::read_to_string(&f).unwrap_or_default();
-                    let _ = std::fs::write(&f, old + &line);
+                    if let Ok(mut f) = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(f)
+                    {
+                        let _ = f.write_all(line.as_bytes());
+                    }
                 }
                 return;
             }
