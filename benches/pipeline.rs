@@ -693,39 +693,31 @@ async fn images_inline_vs_files(image: &[u8]) {
 
 /// VmRSS and VmHWM (peak) of a process, in KB.
 fn pid_rss_hwm_kb(pid: u32) -> (u64, u64) {
+    let [rss, hwm] = pid_status_kb(pid, ["VmRSS:", "VmHWM:"]);
+    (rss, hwm)
+}
+
+fn pid_rss_kb(pid: u32) -> u64 {
+    pid_status_kb(pid, ["VmRSS:"])[0]
+}
+
+/// `kB` figures of `/proc/<pid>/status`, read at one moment (0 if the process is gone).
+fn pid_status_kb<const N: usize>(pid: u32, fields: [&str; N]) -> [u64; N] {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
+    fields.map(|name| {
         status
             .lines()
             .find(|l| l.starts_with(name))
             .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
             .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn pid_rss_kb(pid: u32) -> u64 {
-    pid_status_kb(pid, "VmRSS:")
-}
-
-/// One `kB` figure of `/proc/<pid>/status` (0 if the process is gone).
-fn pid_status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
+    })
 }
 
 /// RSS split into what the process allocated (anonymous) and pages of mapped files (the
 /// binary and its libraries, which the kernel can drop and re-read).
 fn rss_split(pid: u32) -> String {
-    format!(
-        "{} KB anonymous + {} KB file-backed",
-        pid_status_kb(pid, "RssAnon:"),
-        pid_status_kb(pid, "RssFile:")
-    )
+    let [anon, file] = pid_status_kb(pid, ["RssAnon:", "RssFile:"]);
+    format!("{anon} KB anonymous + {file} KB file-backed")
 }
 
 fn main() {

@@ -776,8 +776,6 @@ impl From<sled::Error> for Staging {
     }
 }
 
-/// A group's write or flush failed: every submit it had accepted (stored or duplicate) gets
-/// the store error instead; refusals keep their own.
 /// Send every submitter its answer (one that gave up is not waiting: nothing to do).
 fn answer_all(answers: Vec<Answer>, results: Vec<Result<Submitted, OutboxError>>) {
     for (answer, r) in answers.into_iter().zip(results) {
@@ -785,6 +783,8 @@ fn answer_all(answers: Vec<Answer>, results: Vec<Result<Submitted, OutboxError>>
     }
 }
 
+/// A group's write or flush failed: every submit it had accepted (stored or duplicate) gets
+/// the store error instead; refusals keep their own.
 fn fail_the_accepted(results: &mut [Result<Submitted, OutboxError>], message: &str) {
     for r in results.iter_mut().filter(|r| r.is_ok()) {
         *r = Err(OutboxError::Store(message.to_owned()));
@@ -1240,8 +1240,7 @@ impl Outbox {
             Ok(done) => done,
             Err(e) => {
                 // Whatever it did, its chunks must not stay held: acks would wait forever.
-                self.writer().index.release(&chunks);
-                self.inner.index_free.notify_waiters();
+                self.release_chunks(&mut self.writer(), &chunks);
                 (
                     (0..n)
                         .map(|_| Err(OutboxError::Store(format!("the group writer failed: {e}"))))
@@ -1308,8 +1307,7 @@ impl Outbox {
         drop(a);
         match applied {
             Ok(()) => {
-                self.writer().index.release(&s.chunks);
-                self.inner.index_free.notify_waiters();
+                self.release_chunks(&mut self.writer(), &s.chunks);
                 (std::mem::take(&mut s.results), std::mem::take(&mut s.reap))
             }
             Err(e) => {
@@ -1321,6 +1319,13 @@ impl Outbox {
                 (results, Vec::new())
             }
         }
+    }
+
+    /// A group that held these index chunks is applied or failed: release them, and wake the
+    /// acks and dead letters waiting for them.
+    fn release_chunks(&self, w: &mut Writer, chunks: &BTreeSet<u64>) {
+        w.index.release(chunks);
+        self.inner.index_free.notify_waiters();
     }
 
     /// Groups whose log write failed: answer their submitters with the error, take them
@@ -1350,9 +1355,8 @@ impl Outbox {
             if let Err(e) = w.index.revert(&self.inner.db, &g.chunks, g.next_id) {
                 tracing::error!(error = %e, "outbox: could not read the index back after a failed write");
             }
-            w.index.release(&g.chunks);
+            self.release_chunks(w, &g.chunks);
         }
-        self.inner.index_free.notify_waiters();
         if let Ok(files) = segments::list(&self.inner.seg_dir) {
             for (seg, size) in files {
                 if seg == w.head.seg || w.st.live.contains_key(&seg) {
@@ -1774,17 +1778,26 @@ impl Outbox {
 
     /// The platform has these records: delete them.
     pub async fn ack(&self, ids: &[u64]) -> Result<(), OutboxError> {
-        let reap = loop {
-            // Taken before looking, so a chunk freed in between still wakes this.
-            let free = self.inner.index_free.notified();
-            if let Some(reap) = self.ack_now(ids)? {
-                break reap;
-            }
-            free.await;
-        };
+        let reap = self.when_index_free(|| self.ack_now(ids)).await?;
         self.flush().await?;
         self.delete_segments(&reap);
         Ok(())
+    }
+
+    /// Run `attempt` until it is done (`Some`): `None` means a group being written holds an
+    /// index chunk it needs, and it is tried again each time chunks are released.
+    async fn when_index_free<T>(
+        &self,
+        mut attempt: impl FnMut() -> Result<Option<T>, OutboxError>,
+    ) -> Result<T, OutboxError> {
+        loop {
+            // Taken before looking, so a chunk freed in between still wakes this.
+            let free = self.inner.index_free.notified();
+            if let Some(done) = attempt()? {
+                return Ok(done);
+            }
+            free.await;
+        }
     }
 
     /// [`Outbox::ack`] unless a group being written holds one of the records' index chunks
@@ -1872,13 +1885,9 @@ impl Outbox {
 
     /// The platform explicitly rejected this record: move it to the dead letters.
     pub async fn dead_letter(&self, id: u64, reason: &str) -> Result<(), OutboxError> {
-        let reap = loop {
-            let free = self.inner.index_free.notified();
-            if let Some(reap) = self.dead_letter_now(id, reason)? {
-                break reap;
-            }
-            free.await;
-        };
+        let reap = self
+            .when_index_free(|| self.dead_letter_now(id, reason))
+            .await?;
         self.flush().await?;
         self.delete_segments(&reap);
         Ok(())
@@ -2426,6 +2435,15 @@ mod tests {
         assert_eq!(all.len() as u64, ob.len());
     }
 
+    /// The ids of the oldest `max` pending records.
+    fn peeked_ids(ob: &Outbox, max: usize) -> Vec<u64> {
+        ob.peek(max, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect()
+    }
+
     /// `tasks` submitters at once, each submitting `per` records made by `make(task, i)`:
     /// every answer.
     async fn submit_from_many(
@@ -2464,8 +2482,7 @@ mod tests {
             tokio::spawn(async move {
                 let mut acked = BTreeSet::new();
                 while acked.len() < 600 {
-                    let ids: Vec<u64> =
-                        ob.peek(7, u64::MAX).unwrap().iter().map(|r| r.id).collect();
+                    let ids = peeked_ids(&ob, 7);
                     if ids.is_empty() {
                         tokio::task::yield_now().await;
                         continue;
@@ -2489,20 +2506,13 @@ mod tests {
         .collect();
         let acked = acker.await.unwrap();
         let pending: Vec<u64> = stored.difference(&acked).copied().collect();
-        let listed = |ob: &Outbox| -> Vec<u64> {
-            ob.peek(10_000, u64::MAX)
-                .unwrap()
-                .iter()
-                .map(|r| r.id)
-                .collect()
-        };
         assert_eq!(stored.len(), 32 * 40);
-        assert_eq!(listed(&ob), pending);
+        assert_eq!(peeked_ids(&ob, 10_000), pending);
         assert_eq!(ob.len(), pending.len() as u64);
         drop(ob);
         let ob = open(d.path(), 1 << 30);
         assert_eq!(ob.len(), pending.len() as u64, "the counter sled holds");
-        assert_eq!(listed(&ob), pending);
+        assert_eq!(peeked_ids(&ob, 10_000), pending);
         assert_eq!(ob.bytes(), log_on_disk(d.path()));
     }
 
@@ -2544,14 +2554,7 @@ mod tests {
             .expect("the ack goes on once the group is applied")
             .unwrap()
             .unwrap();
-        let ids = |ob: &Outbox| -> Vec<u64> {
-            ob.peek(10, u64::MAX)
-                .unwrap()
-                .iter()
-                .map(|r| r.id)
-                .collect()
-        };
-        assert_eq!(ids(&ob), [b], "A acked, B pending");
+        assert_eq!(peeked_ids(&ob, 10), [b], "A acked, B pending");
         // C is staged and its write fails: C is refused and the chunk is B's alone again.
         let (staged, _write) = stage("c");
         ob.fail(vec![staged], "disk gone");
@@ -2560,10 +2563,10 @@ mod tests {
             Some(vec![]),
             "nothing held any more"
         );
-        assert_eq!(ids(&ob), [b]);
+        assert_eq!(peeked_ids(&ob, 10), [b]);
         drop(ob);
         let ob = open(d.path(), 1 << 30);
-        assert_eq!(ids(&ob), [b], "as sled has it after a reopen");
+        assert_eq!(peeked_ids(&ob, 10), [b], "as sled has it after a reopen");
         assert_eq!(ob.len(), 1);
     }
 

@@ -201,7 +201,10 @@ pub fn records_json(recs: &[StoredRecord]) -> String {
         })
         .collect();
     // One allocation of about the right size: the images' Base64 and ~300 bytes per record.
-    let size: usize = recs.iter().map(|r| r.image.len() / 3 * 4 + 400).sum();
+    let size: usize = recs
+        .iter()
+        .map(|r| crate::imaging::b64_len(r.image.len()) + 400)
+        .sum();
     let mut out = Vec::with_capacity(size);
     match serde_json::to_writer(&mut out, &wire) {
         Ok(()) => String::from_utf8(out).unwrap_or_else(|_| "[]".into()),

@@ -33,6 +33,19 @@ impl Drop for Operator {
     }
 }
 
+/// The retained status once its `online` is `online` (what: named if it does not come in time).
+async fn retained_status(
+    st: &mut tokio::sync::watch::Receiver<Value>,
+    online: bool,
+    what: &str,
+) -> Value {
+    tokio::time::timeout(WAIT, st.wait_for(|v| v["online"] == online))
+        .await
+        .unwrap_or_else(|_| panic!("{what} in time"))
+        .expect("status channel")
+        .clone()
+}
+
 impl Operator {
     async fn connect(port: u16) -> Operator {
         let mut o = MqttOptions::new(format!("operator-{}", free_port()), "127.0.0.1", port);
@@ -149,11 +162,7 @@ async fn config_push_applies_rejects_rolls_back_and_reports_every_outcome() {
         read_log()
     );
     let mut st = op.status.clone();
-    let online = tokio::time::timeout(WAIT, st.wait_for(|v| v["online"] == true))
-        .await
-        .expect("retained status in time")
-        .expect("status channel")
-        .clone();
+    let online = retained_status(&mut st, true, "the retained status").await;
     assert_eq!(online["config_version"], 0);
     assert_eq!(online["outbox_depth"], 0);
 
@@ -238,26 +247,15 @@ async fn config_push_applies_rejects_rolls_back_and_reports_every_outcome() {
         .args(["-TERM", &daemon.0.id().to_string()])
         .status();
     let _ = daemon.0.wait();
-    let offline = tokio::time::timeout(WAIT, st.wait_for(|v| v["online"] == false))
-        .await
-        .expect("offline in time")
-        .expect("status channel")
-        .clone();
+    let offline = retained_status(&mut st, false, "offline after a clean stop").await;
     assert_eq!(offline["online"], false);
 
     // A daemon that dies without a word (SIGKILL): the broker publishes its last will.
     let mut daemon = Daemon::start(&config, &log);
-    tokio::time::timeout(WAIT, st.wait_for(|v| v["online"] == true))
-        .await
-        .expect("online again in time")
-        .expect("status channel");
+    retained_status(&mut st, true, "online again").await;
     let _ = daemon.0.kill();
     let _ = daemon.0.wait();
-    let will = tokio::time::timeout(WAIT, st.wait_for(|v| v["online"] == false))
-        .await
-        .expect("the last will in time")
-        .expect("status channel")
-        .clone();
+    let will = retained_status(&mut st, false, "the last will").await;
     assert_eq!(will["online"], false, "{will}");
     sim.shutdown().await;
 }

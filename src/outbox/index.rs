@@ -181,17 +181,18 @@ impl Overlay {
         }
     }
 
-    /// Read `id`'s chunk from sled into the overlay unless it is there already: after this,
-    /// [`Overlay::set`] of that id cannot fail.
-    pub(super) fn ensure(&mut self, db: &sled::Db, id: u64) -> Result<(), OutboxError> {
+    /// Read `id`'s chunk from sled into the overlay unless it is there already (so that
+    /// [`Overlay::set`] of that id cannot fail after this); the overlay's chunk.
+    pub(super) fn ensure(&mut self, db: &sled::Db, id: u64) -> Result<&mut Chunk, OutboxError> {
         let c = chunk_of(id);
-        if let std::collections::btree_map::Entry::Vacant(v) = self.held.entry(c) {
-            v.insert(Held {
+        let held = match self.held.entry(c) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => v.insert(Held {
                 chunk: load(db, c)?,
                 groups: 0,
-            });
-        }
-        Ok(())
+            }),
+        };
+        Ok(&mut held.chunk)
     }
 
     /// Point `id` at `loc` in the overlay (its chunk read from sled first if it is not held);
@@ -203,12 +204,8 @@ impl Overlay {
         loc: Location,
         touched: &mut BTreeSet<u64>,
     ) -> Result<(), OutboxError> {
-        self.ensure(db, id)?;
-        let c = chunk_of(id);
-        if let Some(held) = self.held.get_mut(&c) {
-            held.chunk.set(id, loc);
-        }
-        touched.insert(c);
+        self.ensure(db, id)?.set(id, loc);
+        touched.insert(chunk_of(id));
         Ok(())
     }
 
