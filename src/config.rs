@@ -15,9 +15,9 @@ use serde::Deserialize;
 
 mod devices;
 pub use devices::{
-    CameraConfig, CameraSource, Devices, LineTerminator, LoopConfig, LoopSource, ModbusMode,
-    ModbusTarget, MqttConfig, MqttFormat, RawCamera, RawLoop, RawMqtt, RegisterKind,
-    SerialEncoding, SerialFraming,
+    CameraConfig, CameraSource, Devices, HttpConfig, HttpFormat, LineTerminator, LoopConfig,
+    LoopSource, ModbusMode, ModbusTarget, MqttConfig, MqttFormat, RawCamera, RawHttp, RawLoop,
+    RawMqtt, RegisterKind, SerialEncoding, SerialFraming,
 };
 
 use crate::space::SpaceSource;
@@ -71,6 +71,8 @@ pub struct RawConfig {
     pub status: RawStatus,
     /// The site MQTT broker (needed by MQTT cameras and loops).
     pub mqtt: Option<RawMqtt>,
+    /// The listener HTTP cameras POST to (defaults apply when absent).
+    pub http: Option<RawHttp>,
     /// The cameras, one `[[camera]]` table each.
     #[serde(default)]
     pub camera: Vec<RawCamera>,
@@ -780,6 +782,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
     let devices = devices::validate_devices(
         &mut c,
         raw.mqtt.as_ref(),
+        raw.http.as_ref(),
         &raw.camera,
         &raw.loops,
         &lot_code,
@@ -798,6 +801,16 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
             None
         }
     };
+
+    if let (Some(h), Some(s)) = (&devices.http, listen) {
+        let same_ip = h.listen.ip() == s.ip() || h.listen.ip().is_unspecified() || s.ip().is_unspecified();
+        if h.listen.port() == s.port() && h.listen.port() != 0 && same_ip {
+            c.bad(
+                "http.listen",
+                format!("{} is the status endpoint's address: give the camera listener its own port", h.listen),
+            );
+        }
+    }
 
     let status_token = raw.status.token.clone();
     if let Some(t) = &status_token {

@@ -1,7 +1,10 @@
 //! `lotlink demo`: the real pipeline (ingest, sled outbox, uploader, signed HTTP) against the
-//! in-process platform simulator, fed by two simulated lanes that produce plates with real
-//! 1920×1080 JPEG images. The platform goes offline now and then; the demo shows the outbox
-//! filling and draining, and at the end that every acknowledged event was delivered once.
+//! in-process platform simulator, fed by three lanes that produce plates with real
+//! 1920×1080 JPEG images: two simulated drivers, and a simulated Vzenith camera that POSTs
+//! its results to the real camera listener (`[http]`, `driver = "http"`) and counts a result
+//! as kept only when the listener answered 200. The platform goes offline now and then; the
+//! demo shows the outbox filling and draining, and at the end that every acknowledged event
+//! was delivered once.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -13,6 +16,7 @@ use lotlink_drivers::{
     Accepted, CancellationToken, CarStyle, Direction, Driver, DriverFuture, Event, EventSink,
     PlateEvent,
 };
+use base64::Engine as _;
 use rand::Rng;
 
 use crate::app::{Gateway, RunOptions};
@@ -134,6 +138,61 @@ impl Driver for SimLane {
     }
 }
 
+/// A simulated Vzenith camera posting to the camera listener at `url`, a result every
+/// `interval` (±30 %), in the full `AlarmInfoPlate` shape with the picture in `imageFile`.
+async fn http_camera(
+    url: String,
+    interval: Duration,
+    images: Arc<Vec<Vec<u8>>>,
+    stats: Arc<LaneStats>,
+    stop: CancellationToken,
+) {
+    let client = reqwest::Client::new();
+    let b64: Vec<String> = images
+        .iter()
+        .map(|i| base64::engine::general_purpose::STANDARD.encode(i))
+        .collect();
+    let mut n = 0usize;
+    loop {
+        let jitter = rand::thread_rng().gen_range(0.7..1.3);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval.mul_f64(jitter)) => {}
+        }
+        n += 1;
+        let plate = random_plate(&mut rand::thread_rng());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let body = serde_json::json!({"AlarmInfoPlate": {
+            "channel": 0, "deviceName": "IVS", "ipaddr": "192.168.1.100",
+            "serialno": "33ae5105-d7732a0d",
+            "result": {"PlateResult": {
+                "license": plate, "colorType": 1, "type": 1, "confidence": 95, "triggerType": 8,
+                "timeStamp": {"Timeval": {"sec": now.as_secs(), "usec": now.subsec_micros()}},
+                "imageFile": b64.get(n % b64.len().max(1)).cloned().unwrap_or_default(),
+            }}
+        }});
+        match client.post(&url).json(&body).send().await {
+            Ok(r) if r.status() == 200 => {
+                stats.stored.fetch_add(1, Ordering::Relaxed);
+                println!("  camera 入口2 in  {plate}  → POST answered 200: on disk");
+            }
+            Ok(r) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                println!(
+                    "  camera 入口2 {plate}: POST answered {}; the camera keeps it",
+                    r.status().as_u16()
+                );
+            }
+            Err(e) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                println!("  camera 入口2 {plate}: POST failed ({e}); the camera keeps it");
+            }
+        }
+    }
+}
+
 fn demo_config(url: &str, outbox: &std::path::Path) -> String {
     format!(
         r#"[platform]
@@ -152,6 +211,16 @@ listen = "127.0.0.1:0"
 
 [space]
 total = 120
+
+[http]
+listen = "127.0.0.1:0"
+
+[[camera]]
+name = "入口2"
+direction = "in"
+driver = "http"
+format = "vzenith"
+path = "/push/entry2"
 "#,
         outbox.display()
     )
@@ -175,7 +244,10 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
         dir.path().display()
     );
     println!(
-        "  two lanes (入口1 in, 出口1 out) send a plate with a 1920x1080 JPEG every ~{:?};",
+        "  three lanes (入口1 in, 出口1 out, and 入口2 in: a camera POSTing Vzenith JSON to the HTTP listener)"
+    );
+    println!(
+        "  each send a plate with a 1920x1080 JPEG every ~{:?};",
         opts.interval
     );
     println!(
@@ -198,7 +270,7 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
     }
     let images = Arc::new(images);
     let stats = Arc::new(LaneStats::default());
-    let lanes: Vec<Box<dyn Driver>> = [("入口1", Direction::In), ("出口1", Direction::Out)]
+    let mut lanes: Vec<Box<dyn Driver>> = [("入口1", Direction::In), ("出口1", Direction::Out)]
         .into_iter()
         .map(|(name, direction)| {
             Box::new(SimLane {
@@ -211,16 +283,38 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
             }) as Box<dyn Driver>
         })
         .collect();
+    let hw = crate::hardware::build(&cfg).map_err(|e| other(&e))?;
+    lanes.extend(hw.drivers);
     let gw = Gateway::start(
         &cfg,
         lanes,
         RunOptions {
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(4),
+            driver_status: hw.statuses,
             ..RunOptions::default()
         },
     )
     .await?;
+    let camera_stop = CancellationToken::new();
+    let camera = match &hw.http {
+        Some(bound) => {
+            let addr = tokio::time::timeout(Duration::from_secs(10), bound.wait())
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| CliError::Other("the camera listener did not start".into()))?;
+            println!("  camera listener on http://{addr}/push/entry2");
+            Some(tokio::spawn(http_camera(
+                format!("http://{addr}/push/entry2"),
+                opts.interval,
+                images.clone(),
+                stats.clone(),
+                camera_stop.clone(),
+            )))
+        }
+        None => None,
+    };
 
     let start = Instant::now();
     let mut shown = 0usize;
@@ -267,6 +361,10 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
         start.elapsed().as_secs()
     );
     let mut gw = gw;
+    camera_stop.cancel();
+    if let Some(c) = camera {
+        let _ = c.await;
+    }
     gw.stop_drivers().await;
     sim.set_mode(Mode::Up);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,13 +1,16 @@
 //! Builds the configured drivers from the validated config: one [`MqttHub`] for every MQTT
 //! camera and camera-IO loop, one [`SerialCamera`] per serial camera, one [`ModbusBus`] per
 //! Modbus port or host (loops on one bus share its connection and poll cycle), and one
-//! [`SerialDetector`] per ASCII detector port. Every driver gets a [`DriverStatus`] the status
-//! page reads.
+//! [`SerialDetector`] per ASCII detector port; and one [`HttpListener`] for all cameras that
+//! POST (`driver = "http"`). Every driver gets a [`DriverStatus`] the status page reads.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lotlink_drivers::codec::{LineEnding, LineField, LineFormat, TextEncoding};
+use lotlink_drivers::http::{
+    BoundAddr, HttpCamera, HttpListener, HttpSettings, PushFormat, CAMERA_SILENCE,
+};
 use lotlink_drivers::loops::{BusTarget, LoopMode, ModbusBus, ModbusPoint, Register};
 use lotlink_drivers::mqtt::{CameraFormat, MqttCamera, MqttHub, MqttLoop, MqttSettings};
 use lotlink_drivers::serial::{CameraFraming, DetectorLoop, SerialCamera, SerialDetector};
@@ -15,8 +18,8 @@ use lotlink_drivers::snapshot::Snapshot;
 use lotlink_drivers::{Driver, DriverStatus};
 
 use crate::config::{
-    CameraSource, Config, LineTerminator, LoopSource, ModbusMode, ModbusTarget, MqttFormat,
-    RegisterKind, SerialEncoding, SerialFraming,
+    CameraSource, Config, HttpFormat, LineTerminator, LoopSource, ModbusMode, ModbusTarget,
+    MqttFormat, RegisterKind, SerialEncoding, SerialFraming,
 };
 
 /// How long a Vzenith quick result waits for its full result.
@@ -36,6 +39,8 @@ pub struct Hardware {
     pub drivers: Vec<Box<dyn Driver>>,
     /// One status per camera, loop group and broker connection.
     pub statuses: Vec<DriverStatus>,
+    /// Where the camera listener is bound, when HTTP cameras are configured.
+    pub http: Option<BoundAddr>,
 }
 
 impl std::fmt::Debug for Hardware {
@@ -71,6 +76,7 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
     let mut statuses = Vec::new();
     let mut mqtt_cameras = Vec::new();
     let mut mqtt_loops = Vec::new();
+    let mut http_cameras = Vec::new();
 
     for cam in &dev.cameras {
         let snapshot = cam
@@ -95,6 +101,28 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                             topic: topic.clone(),
                         },
                     },
+                    snapshot,
+                    status,
+                });
+            }
+            CameraSource::Http {
+                format,
+                path,
+                sn,
+                gate_open,
+            } => {
+                let status = DriverStatus::new(&cam.name, "http-camera");
+                statuses.push(status.clone());
+                http_cameras.push(HttpCamera {
+                    name: cam.name.clone(),
+                    direction: cam.direction,
+                    format: match format {
+                        HttpFormat::Vzenith => PushFormat::Vzenith,
+                        HttpFormat::Hikvision => PushFormat::Hikvision,
+                    },
+                    path: path.clone(),
+                    sn: sn.clone(),
+                    gate_open: *gate_open,
                     snapshot,
                     status,
                 });
@@ -280,5 +308,32 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
             }));
         }
     }
-    Ok(Hardware { drivers, statuses })
+    let mut http = None;
+    if let (Some(h), false) = (&dev.http, http_cameras.is_empty()) {
+        let name = format!("http {}", h.listen);
+        let status = DriverStatus::new(&name, "http-listener");
+        statuses.push(status.clone());
+        let bound = BoundAddr::default();
+        http = Some(bound.clone());
+        drivers.push(Box::new(HttpListener {
+            name,
+            settings: HttpSettings {
+                listen: h.listen,
+                max_body: h.max_body,
+                allow: h.allow.clone(),
+                read_timeout: h.read_timeout,
+                max_connections: h.max_connections,
+                silence: CAMERA_SILENCE,
+            },
+            cameras: http_cameras,
+            tz,
+            status,
+            bound,
+        }));
+    }
+    Ok(Hardware {
+        drivers,
+        statuses,
+        http,
+    })
 }

@@ -29,6 +29,8 @@
 
 pub mod codec;
 pub mod event;
+pub mod hikvision;
+pub mod http;
 pub mod jsoncam;
 pub mod loops;
 pub mod mqtt;

@@ -18,6 +18,9 @@ pub struct StatusSnapshot {
     pub since_ms: i64,
     /// Unix ms of the last event handed to the gateway (0 = none yet).
     pub last_event_ms: i64,
+    /// Unix ms the device was last heard from: an event, or a sign of life such as a
+    /// heartbeat (0 = never).
+    pub last_heard_ms: i64,
     /// Events handed to the gateway.
     pub events: u64,
     /// Inputs that could not be understood (garbage, bad frames, bad JSON).
@@ -35,6 +38,7 @@ struct Inner {
     connected: AtomicBool,
     since_ms: AtomicI64,
     last_event_ms: AtomicI64,
+    last_heard_ms: AtomicI64,
     events: AtomicU64,
     bad_inputs: AtomicU64,
     unusual_plates: AtomicU64,
@@ -84,10 +88,17 @@ impl DriverStatus {
         self.inner.connected.load(Ordering::Acquire)
     }
 
-    /// Count an event handed to the gateway.
+    /// Count an event handed to the gateway (the device was heard from, too).
     pub fn event(&self) {
         self.inner.events.fetch_add(1, Ordering::AcqRel);
-        self.inner.last_event_ms.store(now_ms(), Ordering::Release);
+        let now = now_ms();
+        self.inner.last_event_ms.store(now, Ordering::Release);
+        self.inner.last_heard_ms.store(now, Ordering::Release);
+    }
+
+    /// Note a sign of life from the device (a heartbeat, any valid message).
+    pub fn heard(&self) {
+        self.inner.last_heard_ms.store(now_ms(), Ordering::Release);
     }
 
     /// Count a bad input; returns the new total (callers rate-limit logs with it).
@@ -120,6 +131,7 @@ impl DriverStatus {
             connected: i.connected.load(Ordering::Acquire),
             since_ms: i.since_ms.load(Ordering::Acquire),
             last_event_ms: i.last_event_ms.load(Ordering::Acquire),
+            last_heard_ms: i.last_heard_ms.load(Ordering::Acquire),
             events: i.events.load(Ordering::Acquire),
             bad_inputs: i.bad_inputs.load(Ordering::Acquire),
             unusual_plates: i.unusual_plates.load(Ordering::Acquire),

@@ -4,9 +4,11 @@
 //! table's `port` (1-based, as a person counts them in the file).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lotlink_drivers::http::IpNet;
 use lotlink_drivers::Direction;
 use serde::Deserialize;
 
@@ -43,12 +45,19 @@ pub struct RawCamera {
     pub name: String,
     /// "in" | "out": what a pass at this lane means.
     pub direction: String,
-    /// "mqtt" | "serial".
+    /// "mqtt" | "serial" | "http" (the camera POSTs to the `[http]` listener).
     pub driver: String,
-    /// mqtt: "vzenith" (default) | "json".
+    /// mqtt: "vzenith" (default) | "json". http: "vzenith" | "hikvision" (required).
     pub format: Option<String>,
     /// mqtt vzenith: only this camera's messages (its serial number). Absent = any camera.
+    /// http: the Vzenith `serialno`, or the Hikvision `deviceID` or MAC address, every
+    /// request on this camera's path must carry. Absent = not checked.
     pub sn: Option<String>,
+    /// http: the URL path the camera is set to POST to, e.g. "/push/entry1" (unique).
+    pub path: Option<String>,
+    /// http vzenith: "open" answers every pass with `"info": "ok"`, which makes the camera
+    /// open its barrier; "none" (default): lotlink never opens barriers.
+    pub gate: Option<String>,
     /// mqtt json: the topic the camera publishes to.
     pub topic: Option<String>,
     /// serial: the device path (prefer `/dev/serial/by-id/…`).
@@ -119,6 +128,53 @@ pub struct RawLoop {
     pub input: Option<i64>,
 }
 
+/// `[http]`: the listener cameras POST their results to. Started when any camera has
+/// `driver = "http"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// "address:port" to listen on, default "0.0.0.0:8088" (cameras are on the lot LAN).
+    #[serde(default = "d_http_listen")]
+    pub listen: String,
+    /// Largest request body, default "8MiB"; larger bodies get 413 and count as bad input.
+    #[serde(default = "d_8mib")]
+    pub max_body: String,
+    /// Optional: only these camera addresses or networks ("192.168.1.0/24",
+    /// "192.168.1.64"); others get 403. Absent = any address.
+    pub allow: Option<Vec<String>>,
+    /// Time a camera has to send a request's headers, and then its body, default "15s".
+    #[serde(default = "d_15s")]
+    pub read_timeout: String,
+    /// Connections served at once, default 64; one more is answered 503 and closed.
+    #[serde(default = "d_64")]
+    pub max_connections: i64,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            listen: d_http_listen(),
+            max_body: d_8mib(),
+            allow: None,
+            read_timeout: d_15s(),
+            max_connections: d_64(),
+        }
+    }
+}
+
+fn d_http_listen() -> String {
+    "0.0.0.0:8088".into()
+}
+fn d_8mib() -> String {
+    "8MiB".into()
+}
+fn d_15s() -> String {
+    "15s".into()
+}
+fn d_64() -> i64 {
+    64
+}
+
 fn d_1mib() -> String {
     "1MiB".into()
 }
@@ -156,6 +212,30 @@ pub enum MqttFormat {
     Vzenith { sn: Option<String> },
     /// lotlink's simple JSON on one topic.
     Json { topic: String },
+}
+
+/// What an HTTP camera posts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpFormat {
+    /// Vzenith HTTP push (`AlarmInfoPlate` JSON).
+    Vzenith,
+    /// Hikvision ISAPI (`EventNotificationAlert` XML, multipart with pictures).
+    Hikvision,
+}
+
+/// Validated `[http]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Largest request body, bytes.
+    pub max_body: usize,
+    /// Allowed client networks; empty = any.
+    pub allow: Vec<IpNet>,
+    /// Time for a request's headers, then for its body.
+    pub read_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
 }
 
 /// Serial camera framing.
@@ -199,6 +279,16 @@ pub enum CameraSource {
         separator: String,
         terminator: LineTerminator,
         max_line: usize,
+    },
+    /// POSTs to the `[http]` listener.
+    Http {
+        format: HttpFormat,
+        /// URL path, starts with `/`, unique.
+        path: String,
+        /// Identity every request must carry (serialno / deviceID / MAC).
+        sn: Option<String>,
+        /// Vzenith: answer `"info": "ok"` for every pass.
+        gate_open: bool,
     },
 }
 
@@ -277,6 +367,8 @@ pub struct LoopConfig {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Devices {
     pub mqtt: Option<MqttConfig>,
+    /// The camera listener; `Some` when any camera has `driver = "http"`.
+    pub http: Option<HttpConfig>,
     pub cameras: Vec<CameraConfig>,
     pub loops: Vec<LoopConfig>,
 }
@@ -491,10 +583,14 @@ fn validate_camera(
         ("line_ending", cam.line_ending.is_some()),
         ("max_line", cam.max_line.is_some()),
     ];
+    let http_keys = [("path", cam.path.is_some()), ("gate", cam.gate.is_some())];
     let source = match cam.driver.as_str() {
         "mqtt" => {
             for (f, given) in serial_keys {
                 not_for(c, &k(f), given, "serial cameras only");
+            }
+            for (f, given) in http_keys {
+                not_for(c, &k(f), given, "http cameras only");
             }
             if !have_mqtt {
                 c.bad(&k("driver"), "driver = \"mqtt\" needs an [mqtt] section");
@@ -551,8 +647,11 @@ fn validate_camera(
                 cam.format.is_some(),
                 "mqtt cameras only (serial uses `framing`)",
             );
-            not_for(c, &k("sn"), cam.sn.is_some(), "mqtt cameras only");
+            not_for(c, &k("sn"), cam.sn.is_some(), "mqtt and http cameras only");
             not_for(c, &k("topic"), cam.topic.is_some(), "mqtt cameras only");
+            for (f, given) in http_keys {
+                not_for(c, &k(f), given, "http cameras only");
+            }
             let port = cam.port.clone().filter(|p| !p.is_empty());
             if port.is_none() {
                 c.bad(
@@ -639,10 +738,11 @@ fn validate_camera(
                 _ => None,
             }
         }
+        "http" => validate_http_camera(c, i, cam, serial_keys),
         other => {
             c.bad(
                 &k("driver"),
-                format!("{other:?}: allowed are \"mqtt\", \"serial\""),
+                format!("{other:?}: allowed are \"mqtt\", \"serial\", \"http\""),
             );
             None
         }
@@ -653,6 +753,155 @@ fn validate_camera(
         source: source?,
         snapshot_url,
         snapshot_timeout: snapshot_timeout?,
+    })
+}
+
+/// The `driver = "http"` keys of camera `i`.
+fn validate_http_camera(
+    c: &mut Collector,
+    i: usize,
+    cam: &RawCamera,
+    serial_keys: [(&str, bool); 8],
+) -> Option<CameraSource> {
+    let k = |f: &str| format!("camera.{i}.{f}");
+    for (f, given) in serial_keys {
+        not_for(c, &k(f), given, "serial cameras only");
+    }
+    not_for(c, &k("topic"), cam.topic.is_some(), "mqtt cameras only");
+    let format = match cam.format.as_deref() {
+        Some("vzenith") => Some(HttpFormat::Vzenith),
+        Some("hikvision") => Some(HttpFormat::Hikvision),
+        Some(other) => {
+            c.bad(
+                &k("format"),
+                format!("{other:?}: allowed are \"vzenith\", \"hikvision\""),
+            );
+            None
+        }
+        None => {
+            c.bad(
+                &k("format"),
+                "missing: what the camera posts, \"vzenith\" or \"hikvision\"",
+            );
+            None
+        }
+    };
+    let path = match cam.path.as_deref() {
+        None => {
+            c.bad(
+                &k("path"),
+                "missing: the URL path the camera posts to, e.g. \"/push/entry1\"",
+            );
+            None
+        }
+        Some(p) if !p.starts_with('/') => {
+            c.bad(&k("path"), format!("{p:?} must start with \"/\""));
+            None
+        }
+        Some(p)
+            if p.len() > 200
+                || p.chars()
+                    .any(|ch| ch.is_whitespace() || ch.is_control() || matches!(ch, '?' | '#')) =>
+        {
+            c.bad(
+                &k("path"),
+                format!("{p:?}: a plain path of at most 200 bytes, without spaces, `?` or `#`"),
+            );
+            None
+        }
+        Some(p) => Some(p.to_string()),
+    };
+    let gate_open = choice(
+        c,
+        &k("gate"),
+        cam.gate.as_deref(),
+        false,
+        &[("none", false), ("open", true)],
+    );
+    if gate_open == Some(true) && format == Some(HttpFormat::Hikvision) {
+        c.bad(
+            &k("gate"),
+            "format = \"vzenith\" only (a Hikvision camera's barrier is not opened by the reply)",
+        );
+    }
+    Some(CameraSource::Http {
+        format: format?,
+        path: path?,
+        sn: cam.sn.clone().filter(|s| !s.trim().is_empty()),
+        gate_open: gate_open?,
+    })
+}
+
+fn validate_http(c: &mut Collector, h: &RawHttp) -> Option<HttpConfig> {
+    let listen = match h.listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            c.bad(
+                "http.listen",
+                format!(
+                    "{:?} is not an address:port such as \"0.0.0.0:8088\"",
+                    h.listen
+                ),
+            );
+            None
+        }
+    };
+    let max_body = c
+        .take("http.max_body", parse_size(&h.max_body))
+        .and_then(|b| {
+            if (64 * 1024..=64 << 20).contains(&b) {
+                usize::try_from(b).ok()
+            } else {
+                c.bad(
+                    "http.max_body",
+                    "must be between 64KiB and 64MiB (a result with two pictures is about 1MiB)",
+                );
+                None
+            }
+        });
+    let mut allow = Vec::new();
+    for a in h.allow.iter().flatten() {
+        let t = a.trim();
+        match t
+            .parse::<IpNet>()
+            .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
+            Ok(n) => allow.push(n.trunc()),
+            Err(_) => c.bad(
+                "http.allow",
+                format!("{a:?} is not an address or a network such as \"192.168.1.0/24\""),
+            ),
+        }
+    }
+    if h.allow.as_ref().is_some_and(Vec::is_empty) {
+        c.bad(
+            "http.allow",
+            "an empty list would refuse every camera: leave `allow` out to take any address",
+        );
+    }
+    let read_timeout = duration_in(
+        c,
+        "http.read_timeout",
+        Some(&h.read_timeout),
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+    );
+    let max_connections = ranged(
+        c,
+        "http.max_connections",
+        Some(h.max_connections),
+        64,
+        1,
+        4096,
+    )
+    .and_then(|n| usize::try_from(n).ok());
+    Some(HttpConfig {
+        listen: listen?,
+        max_body: max_body?,
+        allow,
+        read_timeout: read_timeout?,
+        max_connections: max_connections?,
     })
 }
 
@@ -933,16 +1182,32 @@ fn validate_loop(c: &mut Collector, i: usize, l: &RawLoop, have_mqtt: bool) -> O
 pub(super) fn validate_devices(
     c: &mut Collector,
     mqtt: Option<&RawMqtt>,
+    http: Option<&RawHttp>,
     cameras: &[RawCamera],
     loops: &[RawLoop],
     lot_code: &str,
 ) -> Devices {
     let mqtt = mqtt.and_then(|m| validate_mqtt(c, m, lot_code));
     let have_mqtt = mqtt.is_some();
+    // Validated whenever written; started only when a camera posts to it.
+    let default_http = RawHttp::default();
+    let http = validate_http(c, http.unwrap_or(&default_http));
     let mut out = Devices {
         mqtt,
+        http: http.filter(|_| cameras.iter().any(|cam| cam.driver == "http")),
         ..Devices::default()
     };
+    let mut paths: HashMap<&str, usize> = HashMap::new();
+    for (i, cam) in cameras.iter().enumerate() {
+        if let (Some(p), "http") = (cam.path.as_deref(), cam.driver.as_str()) {
+            if let Some(first) = paths.insert(p, i + 1) {
+                c.bad(
+                    &format!("camera.{}.path", i + 1),
+                    format!("{p:?} is already camera {first}'s path"),
+                );
+            }
+        }
+    }
     let mut names: HashMap<String, usize> = HashMap::new();
     for (i, cam) in cameras.iter().enumerate() {
         let n = i + 1;
@@ -1135,7 +1400,7 @@ input = 1
                 assert_eq!(separator, "|");
                 assert_eq!(*terminator, LineTerminator::Lf);
             }
-            other @ CameraSource::Mqtt(_) => panic!("{other:?}"),
+            other => panic!("{other:?}"),
         }
         assert_eq!(d.loops.len(), 5);
         assert_eq!(d.loops[0].min_hold, Duration::from_millis(200));
@@ -1264,6 +1529,127 @@ address = 2
             msg.contains("loop.3.port: \"/dev/ttyUSB1\" is shared with loop 2"),
             "{msg}"
         );
+    }
+
+    const HTTP: &str = r#"
+[http]
+listen = "0.0.0.0:8088"
+max_body = "8MiB"
+allow = ["192.168.1.0/24", "10.0.0.7"]
+
+[[camera]]
+name = "入口1"
+direction = "in"
+driver = "http"
+format = "vzenith"
+path = "/push/entry1"
+sn = "33ae5105-d7732a0d"
+gate = "open"
+
+[[camera]]
+name = "入口2"
+direction = "in"
+driver = "http"
+format = "hikvision"
+path = "/isapi/entry2"
+snapshot_url = "http://192.168.1.65/ISAPI/Streaming/channels/1/picture"
+"#;
+
+    #[test]
+    fn http_cameras_and_the_listener_validate() {
+        let c = from_str(Path::new("site.toml"), &format!("{BASE}{HTTP}")).expect("valid");
+        let h = c.devices.http.as_ref().expect("listener on");
+        assert_eq!(h.listen, "0.0.0.0:8088".parse().expect("addr"));
+        assert_eq!(h.max_body, 8 << 20);
+        assert_eq!(h.allow.len(), 2);
+        assert!(h.allow[1].contains(&"10.0.0.7".parse::<std::net::IpAddr>().expect("ip")));
+        assert_eq!(h.read_timeout, Duration::from_secs(15));
+        assert_eq!(h.max_connections, 64);
+        assert_eq!(
+            c.devices.cameras[0].source,
+            CameraSource::Http {
+                format: HttpFormat::Vzenith,
+                path: "/push/entry1".into(),
+                sn: Some("33ae5105-d7732a0d".into()),
+                gate_open: true,
+            }
+        );
+        assert_eq!(
+            c.devices.cameras[1].source,
+            CameraSource::Http {
+                format: HttpFormat::Hikvision,
+                path: "/isapi/entry2".into(),
+                sn: None,
+                gate_open: false,
+            }
+        );
+        // Without an HTTP camera the listener is off, even when [http] is written.
+        let off = from_str(
+            Path::new("site.toml"),
+            &format!("{BASE}[http]\nlisten = \"0.0.0.0:8088\"\n"),
+        )
+        .expect("valid");
+        assert!(off.devices.http.is_none());
+        // Without [http] an HTTP camera gets the default listener.
+        let text = format!("{BASE}{HTTP}").replace("listen = \"0.0.0.0:8088\"\n", "");
+        let dflt = from_str(Path::new("site.toml"), &text).expect("valid");
+        assert_eq!(
+            dflt.devices.http.map(|h| h.listen.port()),
+            Some(8088)
+        );
+    }
+
+    #[test]
+    fn http_mistakes_name_the_key_and_the_line() {
+        let text = format!(
+            "{BASE}{}",
+            r#"
+[http]
+listen = "127.0.0.1:9870"
+allow = ["192.168.1.0/33", "camera-1"]
+max_body = "1GiB"
+
+[[camera]]
+name = "a"
+direction = "in"
+driver = "http"
+path = "push/a"
+
+[[camera]]
+name = "b"
+direction = "in"
+driver = "http"
+format = "hikvision"
+path = "/same"
+gate = "open"
+
+[[camera]]
+name = "c"
+direction = "in"
+driver = "http"
+format = "dahua"
+path = "/same"
+
+[[camera]]
+name = "d"
+direction = "in"
+driver = "serial"
+port = "/dev/ttyUSB0"
+path = "/d"
+"#
+        );
+        let msg = problems(&text);
+        // BASE has 8 lines; [http] is line 10.
+        assert!(msg.contains("site.toml:11: http.listen: 127.0.0.1:9870 is the status endpoint's address"), "{msg}");
+        assert!(msg.contains("site.toml:12: http.allow: \"192.168.1.0/33\""), "{msg}");
+        assert!(msg.contains("http.allow: \"camera-1\""), "{msg}");
+        assert!(msg.contains("site.toml:13: http.max_body"), "{msg}");
+        assert!(msg.contains("camera.1.format: missing"), "{msg}");
+        assert!(msg.contains("site.toml:19: camera.1.path: \"push/a\" must start with \"/\""), "{msg}");
+        assert!(msg.contains("camera.2.gate: format = \"vzenith\" only"), "{msg}");
+        assert!(msg.contains("camera.3.format: \"dahua\""), "{msg}");
+        assert!(msg.contains("camera.3.path: \"/same\" is already camera 2's path"), "{msg}");
+        assert!(msg.contains("camera.4.path: does not apply here"), "{msg}");
     }
 
     #[test]

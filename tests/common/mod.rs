@@ -269,6 +269,8 @@ pub struct DeviceHarness {
     pub dir: tempfile::TempDir,
     pub gw: Gateway,
     pub statuses: Vec<lotlink::drivers::DriverStatus>,
+    /// Where the camera listener is bound (HTTP cameras configured).
+    pub http: Option<lotlink::drivers::http::BoundAddr>,
 }
 
 impl DeviceHarness {
@@ -324,6 +326,7 @@ pub async fn start_devices_in(
         dir,
         gw,
         statuses: hw.statuses,
+        http: hw.http,
     }
 }
 
