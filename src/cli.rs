@@ -502,15 +502,21 @@ mod operator {
             show(s, "free")
         );
         println!(
-            "{:<40} {:<16} {:<10} {:>8} {:>8}  last problem",
-            "driver", "kind", "connected", "events", "bad"
+            "{:<40} {:<16} {:<10} {:>11} {:>8} {:>8}  last problem",
+            "driver", "kind", "connected", "last heard", "events", "bad"
         );
+        let now_ms = crate::protocol::Clock::local_ms();
         for d in v["drivers"].as_array().map_or(&[][..], Vec::as_slice) {
+            let heard = match d["last_heard_ms"].as_i64() {
+                Some(ms) if ms > 0 => format!("{} s ago", (now_ms - ms).max(0) / 1000),
+                _ => "never".to_string(),
+            };
             println!(
-                "{:<40} {:<16} {:<10} {:>8} {:>8}  {}",
+                "{:<40} {:<16} {:<10} {:>11} {:>8} {:>8}  {}",
                 show(d, "name"),
                 show(d, "kind"),
                 show(d, "connected"),
+                heard,
                 show(d, "events"),
                 show(d, "bad_inputs"),
                 show(d, "last_problem")

@@ -25,6 +25,7 @@
 //! | `lotlink_driver_connected` | gauge | `driver`, `kind` |
 //! | `lotlink_driver_events` / `_bad_inputs` / `_unusual_plates` | counter | `driver`, `kind` |
 //! | `lotlink_driver_last_event_timestamp_seconds` | gauge | `driver`, `kind` |
+//! | `lotlink_driver_last_heard_timestamp_seconds` | gauge | `driver`, `kind` |
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -164,6 +165,7 @@ pub fn render(ctx: &StatusContext) -> String {
 
     let connected = Family::<Labels, Gauge>::default();
     let last_event = Family::<Labels, Gauge>::default();
+    let last_heard = Family::<Labels, Gauge>::default();
     let events = Family::<Labels, Counter>::default();
     let bad = Family::<Labels, Counter>::default();
     let unusual = Family::<Labels, Counter>::default();
@@ -172,6 +174,7 @@ pub fn render(ctx: &StatusContext) -> String {
         let l: Labels = vec![("driver", s.name.clone()), ("kind", s.kind.clone())];
         connected.get_or_create(&l).set(i64::from(s.connected));
         last_event.get_or_create(&l).set(s.last_event_ms / 1000);
+        last_heard.get_or_create(&l).set(s.last_heard_ms / 1000);
         events.get_or_create(&l).inc_by(s.events);
         bad.get_or_create(&l).inc_by(s.bad_inputs);
         unusual.get_or_create(&l).inc_by(s.unusual_plates);
@@ -185,6 +188,11 @@ pub fn render(ctx: &StatusContext) -> String {
         "driver_last_event_timestamp_seconds",
         "Unix time of the driver's last event (0: none)",
         last_event,
+    );
+    reg.register(
+        "driver_last_heard_timestamp_seconds",
+        "Unix time the device was last heard from: an event or a heartbeat (0: never)",
+        last_heard,
     );
     reg.register("driver_events", "Events handed to the gateway", events);
     reg.register(

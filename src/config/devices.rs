@@ -1607,7 +1607,7 @@ snapshot_url = "http://192.168.1.65/ISAPI/Streaming/channels/1/picture"
 [http]
 listen = "127.0.0.1:9870"
 allow = ["192.168.1.0/33", "camera-1"]
-max_body = "1GiB"
+read_timeout = "15s"
 
 [[camera]]
 name = "a"
@@ -1643,7 +1643,11 @@ path = "/d"
         assert!(msg.contains("site.toml:11: http.listen: 127.0.0.1:9870 is the status endpoint's address"), "{msg}");
         assert!(msg.contains("site.toml:12: http.allow: \"192.168.1.0/33\""), "{msg}");
         assert!(msg.contains("http.allow: \"camera-1\""), "{msg}");
-        assert!(msg.contains("site.toml:13: http.max_body"), "{msg}");
+        let big = problems(&format!(
+            "{BASE}{}",
+            "[http]\nmax_body = \"1GiB\"\n[[camera]]\nname = \"a\"\ndirection = \"in\"\ndriver = \"http\"\nformat = \"vzenith\"\npath = \"/a\"\n"
+        ));
+        assert!(big.contains("site.toml:10: http.max_body: must be between"), "{big}");
         assert!(msg.contains("camera.1.format: missing"), "{msg}");
         assert!(msg.contains("site.toml:19: camera.1.path: \"push/a\" must start with \"/\""), "{msg}");
         assert!(msg.contains("camera.2.gate: format = \"vzenith\" only"), "{msg}");
