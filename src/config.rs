@@ -803,11 +803,15 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
     };
 
     if let (Some(h), Some(s)) = (&devices.http, listen) {
-        let same_ip = h.listen.ip() == s.ip() || h.listen.ip().is_unspecified() || s.ip().is_unspecified();
+        let same_ip =
+            h.listen.ip() == s.ip() || h.listen.ip().is_unspecified() || s.ip().is_unspecified();
         if h.listen.port() == s.port() && h.listen.port() != 0 && same_ip {
             c.bad(
                 "http.listen",
-                format!("{} is the status endpoint's address: give the camera listener its own port", h.listen),
+                format!(
+                    "{} is the status endpoint's address: give the camera listener its own port",
+                    h.listen
+                ),
             );
         }
     }

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use lotlink_drivers::{
     Accepted, CancellationToken, CarStyle, Direction, Driver, DriverFuture, Event, EventSink,
     PlateEvent,
 };
-use base64::Engine as _;
 use rand::Rng;
 
 use crate::app::{Gateway, RunOptions};

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::devices::free_port;
-use common::{eventually, eventually_async, DeviceHarness, Daemon};
+use common::{eventually, eventually_async, Daemon, DeviceHarness};
 
 const WAIT: Duration = Duration::from_secs(30);
 const VZ_SN: &str = "33ae5105-d7732a0d";
@@ -225,7 +225,10 @@ async fn vzenith_pushes_in_both_shapes_and_gbk_reach_the_platform_once_and_heart
         "{a}"
     );
     let b = record(&records, "晋B5432学");
-    assert_eq!((b["carColor"].as_str(), b["carStyle"].as_str()), (Some("黄"), Some("1")));
+    assert_eq!(
+        (b["carColor"].as_str(), b["carStyle"].as_str()),
+        (Some("黄"), Some("1"))
+    );
     assert!(
         b["remark"].as_str().unwrap_or("").contains("placeholder"),
         "no picture came: {b}"
@@ -241,7 +244,10 @@ async fn vzenith_pushes_in_both_shapes_and_gbk_reach_the_platform_once_and_heart
     let s = h.status("入口1");
     assert_eq!(s.kind, "http-camera");
     assert_eq!(s.bad_inputs, 1, "the foreign sn: {s:?}");
-    assert!(s.last_problem.unwrap_or_default().contains("another camera"));
+    assert!(s
+        .last_problem
+        .unwrap_or_default()
+        .contains("another camera"));
     h.gw.stop().await;
 }
 
@@ -394,7 +400,10 @@ sn = "PARK-E2"
     let (w, hgt) = delivered_picture(truck);
     assert!(is_scene(w, hgt), "the scene, not the crop: {w}x{hgt}");
     let bus = record(&records, "晋A12345");
-    assert_eq!((bus["carColor"].as_str(), bus["carStyle"].as_str()), (Some("蓝"), Some("1")));
+    assert_eq!(
+        (bus["carColor"].as_str(), bus["carStyle"].as_str()),
+        (Some("蓝"), Some("1"))
+    );
     assert!(bus["remark"].as_str().unwrap_or("").contains("placeholder"));
     let s = h.status("入口2");
     assert!(s.connected);
@@ -479,7 +488,12 @@ async fn ten_thousand_garbage_requests_are_each_answered_and_counted_and_the_nex
     let (code, body) = post(
         &url,
         "application/json",
-        vz_full("晋A54321", 1_795_824_999, Some(&common::small_jpeg(9)), None),
+        vz_full(
+            "晋A54321",
+            1_795_824_999,
+            Some(&common::small_jpeg(9)),
+            None,
+        ),
     )
     .await;
     assert_eq!(code, 200, "{body}");
@@ -527,7 +541,12 @@ path = "/push/exit1"
     let (code, body) = post(
         &format!("http://{addr}/push/exit1"),
         "application/json",
-        vz_full("晋A13579", 1_795_824_950, Some(&common::small_jpeg(5)), None),
+        vz_full(
+            "晋A13579",
+            1_795_824_950,
+            Some(&common::small_jpeg(5)),
+            None,
+        ),
     )
     .await;
     assert_eq!(code, 200, "{body}");
@@ -566,7 +585,12 @@ path = "/push/exit1"
         eventually_async(WAIT, || {
             let addr = addr;
             async move {
-                raw_status(addr, b"POST /push/exit1 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n").await == 503
+                raw_status(
+                    addr,
+                    b"POST /push/exit1 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+                )
+                .await
+                    == 503
             }
         })
         .await,
@@ -607,13 +631,24 @@ async fn a_result_stored_before_a_sigkill_and_posted_again_after_the_restart_is_
     };
 
     let mut daemon = Daemon::start(&config, &log);
-    assert!(up().await, "listening; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        up().await,
+        "listening; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     // The camera posts and does not wait for our answer; the daemon is killed as soon as
     // the result is on disk, whether or not its answer went out.
     let client = reqwest::Client::new();
     let posted = tokio::spawn({
         let (client, url, body) = (client.clone(), url.clone(), body.clone());
-        async move { client.post(url).body(body).send().await.map(|r| r.status().as_u16()) }
+        async move {
+            client
+                .post(url)
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
     });
     assert!(
         eventually(WAIT, || std::fs::read_to_string(&log)
@@ -638,7 +673,12 @@ async fn a_result_stored_before_a_sigkill_and_posted_again_after_the_restart_is_
     assert!(
         eventually_async(WAIT, || async {
             let pending = async {
-                reqwest::get(&status_url).await.ok()?.json::<Value>().await.ok()
+                reqwest::get(&status_url)
+                    .await
+                    .ok()?
+                    .json::<Value>()
+                    .await
+                    .ok()
             }
             .await
             .and_then(|v| v["outbox"]["pending"].as_u64());

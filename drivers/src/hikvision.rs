@@ -259,17 +259,16 @@ pub fn parse_alert(body: &[u8]) -> Result<HikAlert, HikError> {
                 }
             }
             XmlEvent::Eof => break,
-            XmlEvent::Comment(_)
-            | XmlEvent::Decl(_)
-            | XmlEvent::PI(_)
-            | XmlEvent::DocType(_) => {}
+            XmlEvent::Comment(_) | XmlEvent::Decl(_) | XmlEvent::PI(_) | XmlEvent::DocType(_) => {}
         }
     }
     if !saw_root {
         return Err(HikError::Empty);
     }
     if !stack.is_empty() {
-        return Err(HikError::NotXml("the document ends inside an element".into()));
+        return Err(HikError::NotXml(
+            "the document ends inside an element".into(),
+        ));
     }
     alert.anpr = anpr;
     Ok(alert)

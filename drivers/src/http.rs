@@ -519,7 +519,10 @@ async fn handle(shared: &Shared, peer: IpAddr, req: Request<Incoming>) -> Reply 
     let body = match tokio::time::timeout(shared.settings.read_timeout, read).await {
         Err(_) => {
             cam.bad(peer, "read timeout: the body did not come in time");
-            return closing(text(StatusCode::REQUEST_TIMEOUT, "the body came too slowly"));
+            return closing(text(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body came too slowly",
+            ));
         }
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             cam.bad(peer, &format!("body over max_body ({max} bytes)"));
@@ -666,8 +669,7 @@ pub fn parse_vz_push(text: &str) -> Result<VzPush, vzenith::VzError> {
     }
     let info = root.get("AlarmInfoPlate").unwrap_or(&root);
     let serialno = text_of(info.get("serialno"));
-    let mut plate =
-        vzenith::parse_plate_result(serialno.as_deref().unwrap_or(""), info, false)?;
+    let mut plate = vzenith::parse_plate_result(serialno.as_deref().unwrap_or(""), info, false)?;
     let result = info
         .get("result")
         .and_then(|r| r.get("PlateResult"))
@@ -1185,14 +1187,20 @@ mod tests {
             panic!("not a plate")
         };
         assert_eq!(p.image, None);
-        assert!(p.image_problems[0].contains("Base64"), "{:?}", p.image_problems);
+        assert!(
+            p.image_problems[0].contains("Base64"),
+            "{:?}",
+            p.image_problems
+        );
     }
 
     #[test]
     fn heartbeats_in_either_layout_are_liveness() {
         assert_eq!(
-            parse_vz_push(r#"{"heartbeat":{"countid":7,"timeStamp":1795824930,"serialno":"ab-12"}}"#)
-                .unwrap(),
+            parse_vz_push(
+                r#"{"heartbeat":{"countid":7,"timeStamp":1795824930,"serialno":"ab-12"}}"#
+            )
+            .unwrap(),
             VzPush::Heartbeat {
                 sn: Some("ab-12".into())
             }
@@ -1209,14 +1217,19 @@ mod tests {
     fn source_keys_use_the_time_then_the_image_path_then_the_content() {
         let full = r#"{"AlarmInfoPlate":{"result":{"PlateResult":{"license":"晋A12345","timeStamp":{"Timeval":{"sec":1795824930,"usec":5000}}}}}}"#;
         let short_path = r#"{"AlarmInfoPlate":{"result":{"PlateResult":{"license":"晋A12345","imagePath":"%2Fmmc%2F20261128%2F0815.jpg"}}}}"#;
-        let short = r#"{"AlarmInfoPlate":{"result":{"PlateResult":{"license":"晋A12345","colorType":1}}}}"#;
-        let other = r#"{"AlarmInfoPlate":{"result":{"PlateResult":{"license":"晋A12346","colorType":1}}}}"#;
+        let short =
+            r#"{"AlarmInfoPlate":{"result":{"PlateResult":{"license":"晋A12345","colorType":1}}}}"#;
+        let other =
+            r#"{"AlarmInfoPlate":{"result":{"PlateResult":{"license":"晋A12346","colorType":1}}}}"#;
         let key = |t: &str| match parse_vz_push(t).unwrap() {
             VzPush::Plate(p) => vz_source_key("入口1", &p),
             VzPush::Heartbeat { .. } => panic!("heartbeat"),
         };
         assert_eq!(key(full), "vzhttp:入口1:1795824930005:晋A12345");
-        assert_eq!(key(short_path), "vzhttp:入口1:path:%2Fmmc%2F20261128%2F0815.jpg");
+        assert_eq!(
+            key(short_path),
+            "vzhttp:入口1:path:%2Fmmc%2F20261128%2F0815.jpg"
+        );
         assert!(key(short).starts_with("vzhttp:入口1:h:"));
         assert_eq!(key(short), key(short));
         assert_ne!(key(short), key(other));
@@ -1238,11 +1251,12 @@ mod tests {
         let (image, problems) = pick_hik_picture(&push);
         assert_eq!(image, None);
         assert_eq!(problems.len(), 1);
-        assert!(
-            parse_hik_request("multipart/form-data; boundary=b0", Bytes::from("--b0\r\nbroken"))
-                .await
-                .is_err()
-        );
+        assert!(parse_hik_request(
+            "multipart/form-data; boundary=b0",
+            Bytes::from("--b0\r\nbroken")
+        )
+        .await
+        .is_err());
         assert!(parse_hik_request("application/json", Bytes::from("{}"))
             .await
             .is_err());

@@ -1593,10 +1593,7 @@ snapshot_url = "http://192.168.1.65/ISAPI/Streaming/channels/1/picture"
         // Without [http] an HTTP camera gets the default listener.
         let text = format!("{BASE}{HTTP}").replace("listen = \"0.0.0.0:8088\"\n", "");
         let dflt = from_str(Path::new("site.toml"), &text).expect("valid");
-        assert_eq!(
-            dflt.devices.http.map(|h| h.listen.port()),
-            Some(8088)
-        );
+        assert_eq!(dflt.devices.http.map(|h| h.listen.port()), Some(8088));
     }
 
     #[test]
@@ -1640,19 +1637,39 @@ path = "/d"
         );
         let msg = problems(&text);
         // BASE has 8 lines; [http] is line 10.
-        assert!(msg.contains("site.toml:11: http.listen: 127.0.0.1:9870 is the status endpoint's address"), "{msg}");
-        assert!(msg.contains("site.toml:12: http.allow: \"192.168.1.0/33\""), "{msg}");
+        assert!(
+            msg.contains(
+                "site.toml:11: http.listen: 127.0.0.1:9870 is the status endpoint's address"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("site.toml:12: http.allow: \"192.168.1.0/33\""),
+            "{msg}"
+        );
         assert!(msg.contains("http.allow: \"camera-1\""), "{msg}");
         let big = problems(&format!(
             "{BASE}{}",
             "[http]\nmax_body = \"1GiB\"\n[[camera]]\nname = \"a\"\ndirection = \"in\"\ndriver = \"http\"\nformat = \"vzenith\"\npath = \"/a\"\n"
         ));
-        assert!(big.contains("site.toml:10: http.max_body: must be between"), "{big}");
+        assert!(
+            big.contains("site.toml:10: http.max_body: must be between"),
+            "{big}"
+        );
         assert!(msg.contains("camera.1.format: missing"), "{msg}");
-        assert!(msg.contains("site.toml:19: camera.1.path: \"push/a\" must start with \"/\""), "{msg}");
-        assert!(msg.contains("camera.2.gate: format = \"vzenith\" only"), "{msg}");
+        assert!(
+            msg.contains("site.toml:19: camera.1.path: \"push/a\" must start with \"/\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("camera.2.gate: format = \"vzenith\" only"),
+            "{msg}"
+        );
         assert!(msg.contains("camera.3.format: \"dahua\""), "{msg}");
-        assert!(msg.contains("camera.3.path: \"/same\" is already camera 2's path"), "{msg}");
+        assert!(
+            msg.contains("camera.3.path: \"/same\" is already camera 2's path"),
+            "{msg}"
+        );
         assert!(msg.contains("camera.4.path: does not apply here"), "{msg}");
     }
 
