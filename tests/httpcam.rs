@@ -583,7 +583,6 @@ path = "/push/exit1"
     }
     assert!(
         eventually_async(WAIT, || {
-            let addr = addr;
             async move {
                 raw_status(
                     addr,

@@ -143,6 +143,7 @@ async fn restart(
                     dir,
                     gw,
                     statuses: hw.statuses,
+                    http: hw.http,
                 }
             }
             Err(e) if std::time::Instant::now() < deadline => {

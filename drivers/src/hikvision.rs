@@ -224,17 +224,7 @@ pub fn parse_alert(body: &[u8]) -> Result<HikAlert, HikError> {
             XmlEvent::CData(t) => {
                 push_text(&mut text, &String::from_utf8_lossy(&t));
             }
-            XmlEvent::GeneralRef(r) => {
-                let name = r.decode().map_err(|e| HikError::NotXml(e.to_string()))?;
-                let resolved = match r.resolve_char_ref() {
-                    Ok(Some(c)) => c.to_string(),
-                    Ok(None) => quick_xml::escape::resolve_predefined_entity(&name)
-                        .map(str::to_owned)
-                        .ok_or_else(|| HikError::NotXml(format!("unknown entity &{name};")))?,
-                    Err(e) => return Err(HikError::NotXml(e.to_string())),
-                };
-                push_text(&mut text, &resolved);
-            }
+            XmlEvent::GeneralRef(r) => push_text(&mut text, &resolve_ref(&r)?),
             XmlEvent::End(_) => {
                 let Some(name) = stack.pop() else {
                     return Err(HikError::NotXml("unbalanced end tag".into()));
@@ -272,6 +262,18 @@ pub fn parse_alert(body: &[u8]) -> Result<HikAlert, HikError> {
     }
     alert.anpr = anpr;
     Ok(alert)
+}
+
+/// The text of `&name;` / `&#n;`: the predefined entities and character references.
+fn resolve_ref(r: &quick_xml::events::BytesRef<'_>) -> Result<String, HikError> {
+    let name = r.decode().map_err(|e| HikError::NotXml(e.to_string()))?;
+    match r.resolve_char_ref() {
+        Ok(Some(c)) => Ok(c.to_string()),
+        Ok(None) => quick_xml::escape::resolve_predefined_entity(&name)
+            .map(str::to_owned)
+            .ok_or_else(|| HikError::NotXml(format!("unknown entity &{name};"))),
+        Err(e) => Err(HikError::NotXml(e.to_string())),
+    }
 }
 
 fn push_text(text: &mut String, s: &str) {

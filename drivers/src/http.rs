@@ -376,8 +376,8 @@ impl HttpListener {
                 a = listener.accept() => a,
             };
             match accepted {
-                Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
-                    Ok(permit) => {
+                Ok((stream, peer)) => {
+                    if let Ok(permit) = slots.clone().try_acquire_owned() {
                         conns.spawn(serve_connection(
                             shared.clone(),
                             stream,
@@ -385,12 +385,11 @@ impl HttpListener {
                             permit,
                             shutdown.clone(),
                         ));
-                    }
-                    Err(_) => {
+                    } else {
                         shared.bad(peer.ip(), "too many connections: answered 503 and closed");
                         refuse_busy(&stream);
                     }
-                },
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little, never spin.
                     tracing::debug!(error = %e, "camera listener accept failed");
@@ -887,9 +886,13 @@ pub async fn parse_hik_request(content_type: &str, body: Bytes) -> Result<HikPus
             .bytes()
             .await
             .map_err(|e| HttpError::Body(format!("broken multipart: {e}")))?;
-        let lower = name.to_ascii_lowercase();
+        let ext = std::path::Path::new(&name)
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
         let is_xml = part_type.contains("xml")
-            || lower.ends_with(".xml")
+            || ext == "xml"
             || (!part_type.starts_with("image/") && looks_like_xml(&data));
         if is_xml {
             if xml.is_none() {
@@ -897,7 +900,7 @@ pub async fn parse_hik_request(content_type: &str, body: Bytes) -> Result<HikPus
             }
         } else if part_type.starts_with("image/")
             || is_picture(&data)
-            || [".jpg", ".jpeg", ".png"].iter().any(|e| lower.ends_with(e))
+            || ["jpg", "jpeg", "png"].contains(&ext.as_str())
         {
             pictures.push((name, data));
         }
