@@ -38,7 +38,9 @@
 //!
 //! At most `max_connections` connections are served at once; one more is answered `503`
 //! and closed at once. Each connection runs in its own task, so a slow camera never holds
-//! up another. Requests wait for the bounded driver queue like every driver's events do.
+//! up another. Request bodies held in memory at once are capped ([`body_budget_kib`]); a
+//! body that cannot get its share within `read_timeout` is answered `503`. Requests wait
+//! for the bounded driver queue like every driver's events do.
 //!
 //! ## Liveness
 //!
@@ -244,6 +246,16 @@ struct Shared {
     tz: chrono_tz::Tz,
     status: DriverStatus,
     sink: EventSink,
+    /// Bytes of request bodies being read at once, in KiB (see [`body_budget_kib`]).
+    body_budget: Arc<Semaphore>,
+}
+
+/// Request bodies read at once are held to this many KiB in all: 32 MiB, or two bodies of
+/// `max_body` when that is more. A request that cannot get its share within `read_timeout`
+/// is answered 503, so many large posts at once cannot run the gateway out of memory.
+pub fn body_budget_kib(max_body: usize) -> u32 {
+    let kib = (max_body.saturating_mul(2) / 1024).max(32 * 1024);
+    u32::try_from(kib).unwrap_or(u32::MAX >> 4)
 }
 
 impl Shared {
@@ -360,6 +372,9 @@ impl HttpListener {
             tz,
             status,
             sink,
+            body_budget: Arc::new(Semaphore::new(
+                usize::try_from(body_budget_kib(settings.max_body)).unwrap_or(usize::MAX >> 4),
+            )),
             settings,
         });
         let slots = Arc::new(Semaphore::new(shared.settings.max_connections.max(1)));
@@ -514,6 +529,19 @@ async fn handle(shared: &Shared, peer: IpAddr, req: Request<Incoming>) -> Reply 
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    // The body's share of the memory budget: what it declares, else the most it may be.
+    let want_kib = u32::try_from(declared.map_or(max as u64, |n| n).div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .clamp(1, body_budget_kib(max));
+    let Ok(Ok(_share)) = tokio::time::timeout(
+        shared.settings.read_timeout,
+        shared.body_budget.clone().acquire_many_owned(want_kib),
+    )
+    .await
+    else {
+        cam.bad(peer, "too many large bodies at once: answered 503");
+        return closing(unavailable("busy: send it again"));
+    };
     let read = Limited::new(req.into_body(), max).collect();
     let body = match tokio::time::timeout(shared.settings.read_timeout, read).await {
         Err(_) => {
@@ -1138,6 +1166,12 @@ mod tests {
         assert!(!status.connected(), "silent for longer than the window");
         assert!(status.snapshot().last_heard_ms > 0);
         stop.cancel();
+    }
+
+    #[test]
+    fn the_body_budget_holds_32_mib_or_two_of_the_largest_bodies() {
+        assert_eq!(body_budget_kib(8 << 20), 32 * 1024);
+        assert_eq!(body_budget_kib(64 << 20), 128 * 1024);
     }
 
     #[test]
