@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod devices;
+pub mod gateway;
 pub mod modbus;
 
 use std::path::Path;
