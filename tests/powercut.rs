@@ -17,7 +17,10 @@
 //! it (ext4 replays its journal, as after a real power loss) and start the gateway on it.
 //! Everything the gateway wrote but did not sync is gone, as after a real power loss; what
 //! it synced is there. Whatever the gateway had written, the broker keeps what the gateway
-//! has not acknowledged (persistent session, `QoS` 1) and sends it again.
+//! has not acknowledged (persistent session, `QoS` 1) and sends it again. The harness checks
+//! itself: just before each image is taken the test writes a probe file on the ext4 without
+//! a sync, and the run fails if every probe survived its cut (then the cuts would not be
+//! losing the page cache, and would prove nothing).
 //!
 //! The camera: an MQTT client publishing `QoS` 1 through a real mosquitto (persistence on)
 //! at a steady pace for the whole run, never stopped by a cut. The gateway acknowledges an
@@ -187,9 +190,17 @@ impl Disk {
 
     /// The power cut, with the gateway already stopped (`SIGSTOP`): the image of what
     /// reached the disk is taken now; then the gateway is killed and the disk swapped for
-    /// that image.
-    fn cut(&mut self, gw: &mut Gateway) -> Result<(), String> {
+    /// that image. Just before, a probe file is written without a sync; returns whether it
+    /// survived intact (it should not: that is the page cache being lost).
+    fn cut(&mut self, gw: &mut Gateway) -> Result<bool, String> {
         self.generation += 1;
+        let probe = self.ext4_dir().join(format!("probe-{}", self.generation));
+        let written = format!(
+            "written without a sync just before cut {}\n",
+            self.generation
+        )
+        .repeat(200);
+        std::fs::write(&probe, &written).map_err(|e| format!("write {}: {e}", probe.display()))?;
         let copy = self
             .root
             .join("xfs")
@@ -203,7 +214,10 @@ impl Disk {
         std::fs::remove_file(&self.backing)
             .map_err(|e| format!("remove {}: {e}", self.backing.display()))?;
         self.backing = copy;
-        self.attach()
+        self.attach()?;
+        let survived = std::fs::read_to_string(&probe).is_ok_and(|t| t == written);
+        let _ = std::fs::remove_file(&probe);
+        Ok(survived)
     }
 
     /// Stores moved aside on the disk (`outbox.corrupt-*`).
@@ -513,6 +527,7 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_power_cuts_t
     let mut down_cuts = 0u32;
     let mut down_left = 0u32;
     let mut restart_max = Duration::ZERO;
+    let mut probes_kept = 0u32;
     for cut in 0..cuts {
         // The platform: up most of the time, down for a few cuts in a row now and then.
         if down_left == 0 && rng.gen_bool(0.25) {
@@ -545,8 +560,10 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_power_cuts_t
             gw.exited(),
             gw.log_tail()
         );
-        if let Err(e) = disk.cut(&mut gw) {
-            panic!("cut {cut}: {e}");
+        match disk.cut(&mut gw) {
+            Ok(true) => probes_kept += 1,
+            Ok(false) => {}
+            Err(e) => panic!("cut {cut}: {e}"),
         }
         let t = Instant::now();
         gw.start();
@@ -618,7 +635,7 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_power_cuts_t
     let aside = disk.moved_aside();
     let stats = sim.stats();
     eprintln!(
-        "\n{TEST} summary (LOTLINK_POWERCUT_SEED={seed}):\n  cuts {cuts} ({moments:?}; {down_cuts} with the platform down), slowest restart {:.2} s\n  events published {published}, acknowledged by the broker {}\n  delivered {} distinct of {published}, missing {}, duplicates {}\n  records stored {} (with the warm-up event), 1004 answered {} times, images replaced by the quota {degraded}\n  stores moved aside {}\n  cut phase {:.1} s, final drain {:.1} s",
+        "\n{TEST} summary (LOTLINK_POWERCUT_SEED={seed}):\n  cuts {cuts} ({moments:?}; {down_cuts} with the platform down), slowest restart {:.2} s\n  events published {published}, acknowledged by the broker {}\n  delivered {} distinct of {published}, missing {}, duplicates {}\n  records stored {} (with the warm-up event), 1004 answered {} times, images replaced by the quota {degraded}\n  stores moved aside {}; unsynced probe writes that survived a cut {probes_kept} of {cuts}\n  cut phase {:.1} s, final drain {:.1} s",
         restart_max.as_secs_f64(),
         camera.acked() - acked_base,
         (1..=published).filter(|n| got.contains_key(&plate(*n))).count(),
@@ -653,6 +670,11 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_power_cuts_t
     }
     if !aside.is_empty() {
         failures.push(format!("stores were moved aside: {aside:?}"));
+    }
+    if probes_kept == cuts {
+        failures.push(format!(
+            "every one of the {cuts} files written without a sync just before a cut survived it: the cuts do not lose the page cache, so they prove nothing"
+        ));
     }
     if degraded == 0 {
         failures.push(
