@@ -38,8 +38,10 @@
 //! its image replaced): then it would not have tested what it claims.
 //!
 //! At the end the camera stops, the platform comes up, and the gateway drains: every
-//! published event must be at the platform exactly once, no store may have been moved
-//! aside, and a summary is printed (cuts, events acknowledged, delivered, duplicates).
+//! published event must be at the platform exactly once and as it was sent (direction, and
+//! the picture byte for byte unless the gateway shrank it or the quota replaced it), no
+//! store may have been moved aside, and a summary is printed (cuts, events acknowledged,
+//! delivered, duplicates).
 //!
 //! Needs root, `losetup`, `mkfs.xfs` (xfsprogs), `mkfs.ext4` (e2fsprogs), `mount`, `cp` and
 //! mosquitto; without them it is skipped with a message, and fails under
@@ -632,10 +634,44 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_power_cuts_t
                 .is_some_and(|m| m.contains(lotlink::outbox::DEGRADED_REMARK))
         })
         .count();
+    // Each record as it was sent: its direction, and its picture byte for byte unless the
+    // gateway had to shrink it (the large one) or the quota replaced it.
+    let mut damaged = Vec::new();
+    let mut compared = 0usize;
+    for r in &records {
+        let Some(n) = r["carNo"]
+            .as_str()
+            .and_then(|p| p.strip_prefix("晋P"))
+            .and_then(|d| d.parse::<u64>().ok())
+            .filter(|n| (1..=published).contains(n))
+        else {
+            continue;
+        };
+        let direction = if n % 2 == 0 { "in" } else { "out" };
+        let sent = pictures.for_event(n, seed);
+        let replaced = r["remark"]
+            .as_str()
+            .is_some_and(|m| m.contains(lotlink::outbox::DEGRADED_REMARK));
+        let exact = !replaced && !std::ptr::eq(sent, pictures.large.as_str());
+        compared += usize::from(exact);
+        let picture_ok = if exact {
+            r["imgData"].as_str() == Some(sent)
+        } else {
+            replaced || r["imgData"].as_str().is_some_and(|d| !d.is_empty())
+        };
+        if r["inOutType"] != direction || !picture_ok {
+            damaged.push(format!(
+                "{}: inOutType {}, picture {}",
+                plate(n),
+                r["inOutType"],
+                if picture_ok { "intact" } else { "changed" }
+            ));
+        }
+    }
     let aside = disk.moved_aside();
     let stats = sim.stats();
     eprintln!(
-        "\n{TEST} summary (LOTLINK_POWERCUT_SEED={seed}):\n  cuts {cuts} ({moments:?}; {down_cuts} with the platform down), slowest restart {:.2} s\n  events published {published}, acknowledged by the broker {}\n  delivered {} distinct of {published}, missing {}, duplicates {}\n  records stored {} (with the warm-up event), 1004 answered {} times, images replaced by the quota {degraded}\n  stores moved aside {}; unsynced probe writes that survived a cut {probes_kept} of {cuts}\n  cut phase {:.1} s, final drain {:.1} s",
+        "\n{TEST} summary (LOTLINK_POWERCUT_SEED={seed}):\n  cuts {cuts} ({moments:?}; {down_cuts} with the platform down), slowest restart {:.2} s\n  events published {published}, acknowledged by the broker {}\n  delivered {} distinct of {published}, missing {}, duplicates {}\n  records stored {} (with the warm-up event), 1004 answered {} times, images replaced by the quota {degraded}\n  records not as sent {} ({compared} pictures compared byte for byte), stores moved aside {}; unsynced probe writes that survived a cut {probes_kept} of {cuts}\n  cut phase {:.1} s, final drain {:.1} s",
         restart_max.as_secs_f64(),
         camera.acked() - acked_base,
         (1..=published).filter(|n| got.contains_key(&plate(*n))).count(),
@@ -643,6 +679,7 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_power_cuts_t
         duplicates.len(),
         stats.records_stored,
         stats.rejected_with(1004),
+        damaged.len(),
         aside.len(),
         cut_phase.as_secs_f64(),
         drain.as_secs_f64(),
@@ -666,6 +703,13 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_power_cuts_t
         failures.push(format!(
             "the outbox did not empty: status {:?}",
             gw.status(&http).await
+        ));
+    }
+    if !damaged.is_empty() {
+        failures.push(format!(
+            "{} records reached the platform not as they were sent: {:?}",
+            damaged.len(),
+            &damaged[..damaged.len().min(20)]
         ));
     }
     if !aside.is_empty() {
