@@ -116,11 +116,17 @@ impl Ingest {
                         notes.push("图片无法解码，已用占位图 (camera image not decodable, placeholder sent)".into());
                     }
                 }
-                p.bytes
+                // The placeholder is not stored: the outbox attaches it when the record
+                // is read (no image bytes = no image).
+                if matches!(p.action, ImageAction::Placeholder { .. }) {
+                    Vec::new()
+                } else {
+                    p.bytes
+                }
             }
             None => {
                 notes.push("无图片，已用占位图 (no image from camera, placeholder sent)".into());
-                imaging::placeholder_jpeg().to_vec()
+                Vec::new()
             }
         };
         let mut remark = ev

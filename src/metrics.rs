@@ -21,6 +21,9 @@
 //! | `lotlink_outbox_oldest_age_seconds` | gauge | |
 //! | `lotlink_outbox_record_bytes` / `lotlink_outbox_disk_bytes` | gauge | |
 //! | `lotlink_outbox_dead_letters` | gauge | |
+//! | `lotlink_outbox_refusing` / `lotlink_outbox_broken` | gauge | (1 while so) |
+//! | `lotlink_outbox_index_rebuilt_timestamp_seconds` | gauge | (within the last hour; else 0) |
+//! | `lotlink_outbox_damaged_ranges` | gauge | (found when the store was last opened) |
 //! | `lotlink_spaces_total` / `_occupied` / `_free` | gauge | |
 //! | `lotlink_driver_connected` | gauge | `driver`, `kind` |
 //! | `lotlink_driver_events` / `_bad_inputs` / `_unusual_plates` | counter | `driver`, `kind` |
@@ -151,6 +154,31 @@ pub fn render(ctx: &StatusContext) -> String {
         "outbox_dead_letters",
         "Records the platform refused, kept for the operator",
         sat(ctx.outbox.dead_len()),
+    );
+    let store = ctx.outbox.health();
+    gauge(
+        &mut reg,
+        "outbox_refusing",
+        "1 while new events are refused (disk full, quota, write errors); the sources keep them",
+        i64::from(matches!(store, crate::outbox::StoreHealth::Refusing { .. })),
+    );
+    gauge(
+        &mut reg,
+        "outbox_broken",
+        "1 when the store cannot recover by itself (the service needs a restart)",
+        i64::from(matches!(store, crate::outbox::StoreHealth::Broken { .. })),
+    );
+    gauge(
+        &mut reg,
+        "outbox_index_rebuilt_timestamp_seconds",
+        "When the outbox index was last rebuilt from the log, within the last hour (0: not)",
+        ctx.outbox.rebuilt_recently().map_or(0, |t| t / 1000),
+    );
+    gauge(
+        &mut reg,
+        "outbox_damaged_ranges",
+        "Damaged byte ranges of the log skipped when the store was last opened",
+        sat(ctx.outbox.open_report().damaged_ranges),
     );
     let (total, occupied, free) = ctx.space.figures();
     gauge(&mut reg, "spaces_total", "Spaces of the lot", sat(total));
