@@ -396,7 +396,7 @@ async fn p5(image: &[u8]) {
             }
         }
     }
-    let before = sim.requests_to(lotlink::sim::Route::CarInOut);
+    let before = sim.stats().requests_to(lotlink::sim::Route::CarInOut);
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace(&path.display().to_string(), &lost.display().to_string());
@@ -404,7 +404,7 @@ async fn p5(image: &[u8]) {
     std::fs::write(&cfg2, text).unwrap();
     let t = Instant::now();
     let mut child = spawn_gateway(&cfg2);
-    while sim.requests_to(lotlink::sim::Route::CarInOut) == before {
+    while sim.stats().requests_to(lotlink::sim::Route::CarInOut) == before {
         tick.tick().await;
     }
     let rebuilt = t.elapsed();

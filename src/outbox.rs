@@ -529,9 +529,11 @@ pub struct Aside {
 
 fn tree_bytes(p: &Path) -> u64 {
     match std::fs::metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::read_dir(p)
-            .map(|rd| rd.filter_map(Result::ok).map(|e| tree_bytes(&e.path())).sum())
-            .unwrap_or(0),
+        Ok(m) if m.is_dir() => std::fs::read_dir(p).map_or(0, |rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| tree_bytes(&e.path()))
+                .sum()
+        }),
         Ok(m) => m.len(),
         Err(_) => 0,
     }
@@ -550,24 +552,42 @@ pub fn moved_aside(path: &Path) -> Vec<Aside> {
     if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
         let prefix = format!("{}.unreadable-", name.to_string_lossy());
         for p in list(parent) {
-            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)) {
-                out.push(Aside { what: "store", bytes: tree_bytes(&p), path: p });
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            {
+                out.push(Aside {
+                    what: "store",
+                    bytes: tree_bytes(&p),
+                    path: p,
+                });
             }
         }
     }
     for p in list(path) {
-        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("index.broken-")) {
-            out.push(Aside { what: "index", bytes: tree_bytes(&p), path: p });
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("index.broken-"))
+        {
+            out.push(Aside {
+                what: "index",
+                bytes: tree_bytes(&p),
+                path: p,
+            });
         }
     }
     for p in list(&path.join(replay::DAMAGED_DIR)) {
-        out.push(Aside { what: "damaged", bytes: tree_bytes(&p), path: p });
+        out.push(Aside {
+            what: "damaged",
+            bytes: tree_bytes(&p),
+            path: p,
+        });
     }
     out
 }
 
 /// Wait for the writer's answer to a command.
-async fn answer<T>(rx: tokio::sync::oneshot::Receiver<Result<T, OutboxError>>) -> Result<T, OutboxError> {
+async fn answer<T>(
+    rx: tokio::sync::oneshot::Receiver<Result<T, OutboxError>>,
+) -> Result<T, OutboxError> {
     rx.await.unwrap_or_else(|_| {
         Err(OutboxError::Store(
             "the outbox writer stopped before answering".into(),
@@ -614,9 +634,9 @@ impl Outbox {
             .tx
             .as_ref()
             .ok_or_else(|| OutboxError::Store("the outbox is closed".into()))?;
-        tx.send_async(cmd).await.map_err(|_| {
-            OutboxError::Store("the outbox writer has stopped (see the log)".into())
-        })
+        tx.send_async(cmd)
+            .await
+            .map_err(|_| OutboxError::Store("the outbox writer has stopped (see the log)".into()))
     }
 
     /// Send a command without waiting (from synchronous code); dropped if the queue is full.

@@ -45,7 +45,6 @@ impl std::fmt::Debug for SpaceTracker {
     }
 }
 
-
 impl SpaceTracker {
     /// Load the persisted occupied count and publish the current report.
     pub fn new(

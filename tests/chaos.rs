@@ -904,7 +904,9 @@ async fn a_store_whose_index_was_corrupted_while_the_gateway_was_down_keeps_ever
     );
     camera.publish(77).await;
     assert!(
-        eventually(Duration::from_secs(30), || delivered(&sim).contains_key(&plate(77))).await,
+        eventually(Duration::from_secs(30), || delivered(&sim)
+            .contains_key(&plate(77)))
+        .await,
         "the store carries new events"
     );
     assert_eq!(

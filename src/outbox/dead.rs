@@ -6,8 +6,8 @@
 //! the index, and are rare.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::segments::sync_dir;
@@ -94,7 +94,9 @@ pub(super) fn remove(dir: &Path, id: u64) -> Result<u64, OutboxError> {
     let p = path_of(dir, id);
     let len = match std::fs::metadata(&p) {
         Ok(m) => m.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(OutboxError::NoSuchDead(id)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(OutboxError::NoSuchDead(id))
+        }
         Err(e) => return Err(io("reading", &e)),
     };
     std::fs::remove_file(&p).map_err(|e| io("deleting", &e))?;
@@ -115,7 +117,10 @@ pub(super) fn scan(dir: &Path) -> Result<Vec<(u64, u64)>, OutboxError> {
         let e = e.map_err(|e| io("listing", &e))?;
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".tmp") {
+        if std::path::Path::new(name)
+            .extension()
+            .is_some_and(|x| x == "tmp")
+        {
             let _ = std::fs::remove_file(e.path());
             continue;
         }

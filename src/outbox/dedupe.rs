@@ -116,14 +116,11 @@ impl Seen {
     }
 }
 
-
-
 /// The bucket of an entry's sled key.
 pub(super) fn entry_bucket(k: &[u8]) -> Option<i64> {
     let b: [u8; 8] = k.get(1..9)?.try_into().ok()?;
     i64::try_from(u64::from_be_bytes(b)).ok()
 }
-
 
 /// A group's hashes back (a torn tail is ignored).
 pub(super) fn decode(v: &[u8]) -> impl Iterator<Item = u64> + '_ {

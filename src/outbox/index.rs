@@ -193,7 +193,11 @@ impl Edit {
     }
 
     /// Take `id` out; where it pointed, if it was pending.
-    pub(super) fn remove(&mut self, db: &sled::Db, id: u64) -> Result<Option<Location>, OutboxError> {
+    pub(super) fn remove(
+        &mut self,
+        db: &sled::Db,
+        id: u64,
+    ) -> Result<Option<Location>, OutboxError> {
         Ok(self.chunk(db, id)?.remove(id))
     }
 

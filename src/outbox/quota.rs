@@ -130,7 +130,10 @@ mod tests {
     fn the_reserve_is_written_released_and_written_again() {
         let d = tempfile::tempdir().unwrap();
         assert!(ensure(d.path(), 1 << 20));
-        assert_eq!(std::fs::metadata(d.path().join(RESERVE)).unwrap().len(), 1 << 20);
+        assert_eq!(
+            std::fs::metadata(d.path().join(RESERVE)).unwrap().len(),
+            1 << 20
+        );
         assert!(!release_if_tight(d.path(), 1 << 20), "plenty of room: kept");
         assert!(release(d.path()));
         assert!(!has_reserve(d.path()));

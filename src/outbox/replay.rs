@@ -180,11 +180,19 @@ pub(super) fn open_index(
             quota::free_space(path).map_or_else(|| "unknown".into(), |f| format!("{f} bytes"))
         )));
     }
-    let aside = move_sled_aside(path)
-        .map_err(|m| fail(format!("index (sled) cannot be opened ({e}) and could not be moved aside: {m}")))?;
+    let aside = move_sled_aside(path).map_err(|m| {
+        fail(format!(
+            "index (sled) cannot be opened ({e}) and could not be moved aside: {m}"
+        ))
+    })?;
     let _ = quota::release_if_tight(path, reserve);
-    let db = open_sled(path, opts).map_err(|e2| fail(format!("a fresh index cannot be created either: {e2}")))?;
-    Ok((db, Some(aside), Some(format!("the index (sled) could not be opened: {e}"))))
+    let db = open_sled(path, opts)
+        .map_err(|e2| fail(format!("a fresh index cannot be created either: {e2}")))?;
+    Ok((
+        db,
+        Some(aside),
+        Some(format!("the index (sled) could not be opened: {e}")),
+    ))
 }
 
 /// What a recovery worked out: the writer's starting state.
@@ -215,7 +223,7 @@ fn mtime_ms(p: &Path) -> i64 {
 struct Window {
     seen: Seen,
     now: i64,
-    window: i64,
+    span_ms: i64,
     holder: HashMap<u64, u64>,
     of_id: HashMap<u64, (u64, i64)>,
 }
@@ -224,7 +232,7 @@ impl Window {
     /// Take a record's key into the window. False if another record of the window holds
     /// it (the record is a resurrected duplicate).
     fn take(&mut self, id: u64, hash: u64, at: i64) -> bool {
-        if hash == 0 || (self.now - at).abs() >= self.window {
+        if hash == 0 || (self.now - at).abs() >= self.span_ms {
             return true;
         }
         if let Some(&other) = self.holder.get(&hash) {
@@ -284,7 +292,7 @@ pub(super) fn recover(
     let mut win = Window {
         seen: Seen::new(window_ms),
         now,
-        window: window_ms,
+        span_ms: window_ms,
         holder: HashMap::new(),
         of_id: HashMap::new(),
     };
@@ -401,7 +409,10 @@ pub(super) fn recover(
                     }
                     report.damaged_ranges += 1;
                     let kept = segments::copy_aside(seg_dir, seg, off, n, &damaged_dir)
-                        .map_or_else(|e| format!("could not be copied aside: {e}"), |p| format!("copied to {}", p.display()));
+                        .map_or_else(
+                            |e| format!("could not be copied aside: {e}"),
+                            |p| format!("copied to {}", p.display()),
+                        );
                     tracing::error!(segment = seg, offset = off, bytes = n, record = ?id, kept = %kept, "outbox: a damaged range of the log was skipped; the entries after it are kept");
                     if let Some(id) = id {
                         edit.remove(db, id)?;
@@ -501,7 +512,7 @@ fn take_over_legacy(
     for item in db.scan_prefix([b'd']) {
         let (k, v) = item?;
         let at = <[u8; 8]>::try_from(v.as_ref()).map_or(i64::MIN, i64::from_be_bytes);
-        if (win.now - at).abs() < win.window {
+        if (win.now - at).abs() < win.span_ms {
             win.seen.insert(dedupe::key_hash(&k[1..]), at);
         }
     }
@@ -603,7 +614,12 @@ pub(super) fn open(path: &Path, opts: &OutboxOptions) -> Result<Opened, OutboxEr
                 path.display(),
                 Clock::local_ms() / 1000
             ));
-            std::fs::rename(path, &aside).map_err(|re| io_err(&format!("the log cannot be read ({e}) and the store could not be moved aside"), re))?;
+            std::fs::rename(path, &aside).map_err(|re| {
+                io_err(
+                    &format!("the log cannot be read ({e}) and the store could not be moved aside"),
+                    re,
+                )
+            })?;
             tracing::error!(path = %path.display(), moved_to = %aside.display(), error = %e, "outbox: THE LOG CANNOT BE READ; the whole store was moved aside and a fresh one started: its pending records were NOT uploaded (`lotlink outbox aside` lists it)");
             let mut opened = open(path, opts)?;
             opened.report.moved_aside = Some(aside);
@@ -613,11 +629,15 @@ pub(super) fn open(path: &Path, opts: &OutboxOptions) -> Result<Opened, OutboxEr
     };
     recovered.report.moved_aside = aside;
     if let Some(why) = &recovered.report.rebuilt {
-        shared.rebuilt_ms.store(Clock::local_ms(), Ordering::Relaxed);
+        shared
+            .rebuilt_ms
+            .store(Clock::local_ms(), Ordering::Relaxed);
         tracing::warn!(reason = %why, pending = recovered.report.pending, ms = t0.elapsed().as_millis(), "outbox: rebuilt the index from the log");
     }
     let head = match Head::create(&seg_dir, recovered.last_seg + 1) {
-        Err(e) if is_no_space(&e) && quota::release(path) => Head::create(&seg_dir, recovered.last_seg + 1),
+        Err(e) if is_no_space(&e) && quota::release(path) => {
+            Head::create(&seg_dir, recovered.last_seg + 1)
+        }
         other => other,
     }
     .map_err(|e| io_err("starting a new segment", e))?;

@@ -254,6 +254,9 @@ pub(super) enum Bodies {
     Skip,
 }
 
+/// An intact entry found by a scan: header, body (if read), whole length.
+type Found = (Header, Option<Vec<u8>>, u64);
+
 /// A segment file being scanned.
 struct Scan<'a> {
     f: &'a File,
@@ -270,7 +273,7 @@ impl Scan<'_> {
     }
 
     /// The intact entry at `off`, if there is one: its header, its body if read, its length.
-    fn entry_at(&self, off: u64) -> io::Result<Option<(Header, Option<Vec<u8>>, u64)>> {
+    fn entry_at(&self, off: u64) -> io::Result<Option<Found>> {
         let left = self.len - off;
         if self.v1 {
             if left < V1_HEADER as u64 {
@@ -384,7 +387,13 @@ pub(super) fn scan(
 }
 
 /// Copy a damaged byte range of a segment to `<aside>/<segment>-<offset>.bin`.
-pub(super) fn copy_aside(dir: &Path, seg: u64, off: u64, len: u64, aside: &Path) -> io::Result<PathBuf> {
+pub(super) fn copy_aside(
+    dir: &Path,
+    seg: u64,
+    off: u64,
+    len: u64,
+    aside: &Path,
+) -> io::Result<PathBuf> {
     std::fs::create_dir_all(aside)?;
     let f = File::open(path_of(dir, seg))?;
     let mut bytes = vec![0u8; usize::try_from(len).map_err(|_| invalid("range too long"))?];
@@ -462,17 +471,24 @@ impl Head {
             let _ = self.file.set_len(self.len);
             return Err((full, Cut::Done));
         }
-        let r = self
-            .file
-            .write_all_at(bytes, self.len)
-            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
+        let r = self.file.write_all_at(bytes, self.len).and_then(|()| {
+            if sync {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
         match r {
             Ok(()) => {
                 self.len += bytes.len() as u64;
                 Ok(())
             }
             Err(e) => {
-                let cut = match self.file.set_len(self.len).and_then(|()| self.file.sync_data()) {
+                let cut = match self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_data())
+                {
                     Ok(()) => Cut::Done,
                     Err(c) => Cut::Failed(c),
                 };
@@ -490,7 +506,10 @@ impl Head {
     /// the head is left for a new one. Best effort: replay skips such bytes anyway.
     pub(super) fn seal(&self) {
         if self.file.metadata().is_ok_and(|m| m.len() > self.len) {
-            let _ = self.file.set_len(self.len).and_then(|()| self.file.sync_data());
+            let _ = self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_data());
         }
     }
 }
@@ -559,13 +578,15 @@ impl Readers {
         let mut bytes = vec![0u8; loc.len as usize];
         f.read_exact_at(&mut bytes, loc.off)?;
         if bytes.first() == Some(&V1_MAGIC) {
-            let (header, body, n) = parse_v1(&bytes).ok_or_else(|| invalid("entry checksum mismatch"))?;
+            let (header, body, n) =
+                parse_v1(&bytes).ok_or_else(|| invalid("entry checksum mismatch"))?;
             if n != bytes.len() {
                 return Err(invalid("entry length differs from the index"));
             }
             return Ok(Read { header, body });
         }
-        let header = parse_header(&bytes).ok_or_else(|| invalid("no intact entry header at this offset"))?;
+        let header =
+            parse_header(&bytes).ok_or_else(|| invalid("no intact entry header at this offset"))?;
         if HEADER + header.body_len as usize != bytes.len() {
             return Err(invalid("entry length differs from the index"));
         }
@@ -615,9 +636,19 @@ mod tests {
         write_seg(dir.path(), 1, &e);
         let r = Readers::default();
         let got = r
-            .read(dir.path(), Location { seg: 1, off: 0, len: u32::try_from(e.len()).unwrap() })
+            .read(
+                dir.path(),
+                Location {
+                    seg: 1,
+                    off: 0,
+                    len: u32::try_from(e.len()).unwrap(),
+                },
+            )
             .unwrap();
-        assert_eq!((got.header.id, got.header.accepted_ms, got.header.key_hash), (7, 1234, 99));
+        assert_eq!(
+            (got.header.id, got.header.accepted_ms, got.header.key_hash),
+            (7, 1234, 99)
+        );
         assert_eq!(got.body, b"record bytes");
     }
 
@@ -626,7 +657,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut all = Vec::new();
         for id in 1..=5u64 {
-            all.extend(encode(Kind::Record, id, 0, id, &vec![u8::try_from(id).unwrap(); 100]));
+            all.extend(encode(
+                Kind::Record,
+                id,
+                0,
+                id,
+                &[u8::try_from(id).unwrap(); 100],
+            ));
         }
         // Entry 3's body starts at 2 * 141 + 41.
         all[2 * 141 + 41 + 10] ^= 0xFF;
@@ -640,7 +677,14 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, vec![1, 2, 4, 5]);
-        assert!(items.iter().any(|i| matches!(i, Item::Damaged { off: 282, len: 141, id: Some(3) })));
+        assert!(items.iter().any(|i| matches!(
+            i,
+            Item::Damaged {
+                off: 282,
+                len: 141,
+                id: Some(3)
+            }
+        )));
         // Checking headers only, the damaged body is not noticed here (the reader catches it).
         assert_eq!(entries(dir.path(), 1, Bodies::Skip).len(), 5);
     }
@@ -656,8 +700,21 @@ mod tests {
         write_seg(dir.path(), 1, &all);
         let items = entries(dir.path(), 1, Bodies::Check);
         assert_eq!(items.len(), 3);
-        assert!(matches!(items[1], Item::Damaged { off: 341, len: 341, id: None }));
-        assert!(matches!(items[2], Item::Entry { header: Header { id: 3, .. }, .. }));
+        assert!(matches!(
+            items[1],
+            Item::Damaged {
+                off: 341,
+                len: 341,
+                id: None
+            }
+        ));
+        assert!(matches!(
+            items[2],
+            Item::Entry {
+                header: Header { id: 3, .. },
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -669,7 +726,14 @@ mod tests {
         write_seg(dir.path(), 1, &all);
         let items = entries(dir.path(), 1, Bodies::Check);
         assert_eq!(items.len(), 2);
-        assert!(matches!(items[1], Item::Damaged { off: 44, id: Some(2), .. }));
+        assert!(matches!(
+            items[1],
+            Item::Damaged {
+                off: 44,
+                id: Some(2),
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -688,8 +752,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_seg(dir.path(), 1, &e);
         let items = entries(dir.path(), 1, Bodies::Check);
-        let Item::Entry { header, body, loc } = &items[0] else { panic!("{items:?}") };
-        assert_eq!((header.id, header.accepted_ms, header.key_hash), (9, 5, dedupe::key_hash(b"k")));
+        let Item::Entry { header, body, loc } = &items[0] else {
+            panic!("{items:?}")
+        };
+        assert_eq!(
+            (header.id, header.accepted_ms, header.key_hash),
+            (9, 5, dedupe::key_hash(b"k"))
+        );
         assert_eq!(body.as_deref(), Some(&b"rec"[..]));
         let r = Readers::default().read(dir.path(), *loc).unwrap();
         assert_eq!(r.body, b"rec");

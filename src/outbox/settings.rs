@@ -89,7 +89,11 @@ impl<'a> Settings<'a> {
     pub fn space_occupied(&self) -> Result<Option<u64>, OutboxError> {
         if let Some(text) = self.space_state()? {
             let v: Option<serde_json::Value> = serde_json::from_str(&text).ok();
-            if let Some(n) = v.as_ref().and_then(|v| v.get("occupied")).and_then(serde_json::Value::as_u64) {
+            if let Some(n) = v
+                .as_ref()
+                .and_then(|v| v.get("occupied"))
+                .and_then(serde_json::Value::as_u64)
+            {
                 return Ok(Some(n));
             }
         }
@@ -104,7 +108,9 @@ impl<'a> Settings<'a> {
     /// The last accepted config-push version as versions before the gateway state file kept
     /// it (read once, to carry it over).
     pub fn config_version_v1(&self) -> Result<Option<u64>, OutboxError> {
-        Ok(self.get_text(K_CONFIG_VERSION_V1)?.and_then(|s| s.parse().ok()))
+        Ok(self
+            .get_text(K_CONFIG_VERSION_V1)?
+            .and_then(|s| s.parse().ok()))
     }
 
     /// Remember the last accepted config-push version (until the gateway state file).

@@ -9,7 +9,6 @@ use super::segments::{self, Kind};
 use super::*;
 use crate::protocol::Clock;
 
-
 fn meta(plate: &str) -> RecordMeta {
     RecordMeta {
         car_no: Some(plate.to_string()),
@@ -112,8 +111,7 @@ async fn the_same_source_key_is_accepted_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_submits_are_stored_in_groups_each_key_once_and_the_counters_survive_a_reopen(
-) {
+async fn concurrent_submits_are_stored_in_groups_each_key_once_and_the_counters_survive_a_reopen() {
     let d = tempfile::tempdir().unwrap();
     let ob = open(d.path(), 1 << 30);
     // 64 submitters at once, every key twice: the copies may land in one group.
@@ -452,7 +450,10 @@ async fn space_reports_coalesce_to_the_newest() {
     assert_eq!((r.total, r.surplus), (500, 499));
     ob.settings().space_sent(r.seq).unwrap();
     assert_eq!(ob.settings().space_to_send(false).unwrap(), None);
-    assert_eq!(ob.settings().space_to_send(true).unwrap().unwrap().surplus, 499);
+    assert_eq!(
+        ob.settings().space_to_send(true).unwrap().unwrap().surplus,
+        499
+    );
     assert_eq!(
         ob.settings().set_space(500, 499).unwrap(),
         None,
@@ -485,7 +486,6 @@ fn auto_image_names_fit_50_chars_and_keep_the_id() {
     assert!(n.chars().count() <= 50, "{n}");
     assert!(n.ends_with("_20261128080000_123456789.jpg"), "{n}");
 }
-
 
 /// The store's path under a test directory.
 fn store(dir: &Path) -> PathBuf {
@@ -561,7 +561,11 @@ async fn several_segments(dir: &Path, n: u32) -> Vec<u64> {
     let mut ids = Vec::new();
     for i in 0..n {
         match ob
-            .submit(rec(&format!("k{i}"), &format!("P{i}"), vec![u8::try_from(i % 200).unwrap(); 20_000]))
+            .submit(rec(
+                &format!("k{i}"),
+                &format!("P{i}"),
+                vec![u8::try_from(i % 200).unwrap(); 20_000],
+            ))
             .await
             .unwrap()
         {
@@ -569,7 +573,12 @@ async fn several_segments(dir: &Path, n: u32) -> Vec<u64> {
             Submitted::Duplicate => panic!("new key"),
         }
     }
-    assert!(segments::list(&store(dir).join(segments::DIR)).unwrap().len() >= 3);
+    assert!(
+        segments::list(&store(dir).join(segments::DIR))
+            .unwrap()
+            .len()
+            >= 3
+    );
     ids
 }
 
@@ -657,7 +666,11 @@ async fn with_the_index_gone_the_log_rebuilds_the_pending_records_and_the_dedupe
     lose_index(&store(d.path()));
     let (ob, report) = Outbox::open(&store(d.path()), OutboxOptions::default()).unwrap();
     assert!(report.rebuilt.is_some(), "{report:?}");
-    assert_eq!(plates(&ob), ["P3", "P4"], "acked and dead-lettered records stay gone");
+    assert_eq!(
+        plates(&ob),
+        ["P3", "P4"],
+        "acked and dead-lettered records stay gone"
+    );
     assert_eq!((ob.len(), ob.dead_len()), (2, 1));
     assert!(ob.rebuilt_recently().is_some(), "reported");
     assert_eq!(
@@ -673,11 +686,18 @@ async fn with_the_index_gone_the_log_rebuilds_the_pending_records_and_the_dedupe
 async fn a_stale_snapshot_file_costs_at_most_the_index_never_the_records() {
     let d = tempfile::tempdir().unwrap();
     let ids = several_segments(d.path(), 20).await;
-    std::fs::write(store(d.path()).join("snap.0000000000ABCDEF.generating"), b"").unwrap();
+    std::fs::write(
+        store(d.path()).join("snap.0000000000ABCDEF.generating"),
+        b"",
+    )
+    .unwrap();
     let (ob, report) = Outbox::open(&store(d.path()), OutboxOptions::default()).unwrap();
     assert_eq!(ids_of(&ob), ids, "{report:?}");
     assert_eq!(ob.len(), 20);
-    assert!(store(d.path()).join(segments::DIR).exists(), "the log stays where it is");
+    assert!(
+        store(d.path()).join(segments::DIR).exists(),
+        "the log stays where it is"
+    );
 }
 
 #[tokio::test]
@@ -720,17 +740,35 @@ async fn garbage_over_sleds_files_moves_only_them_aside_and_keeps_every_record()
         std::fs::write(path.join(f), vec![0xA5u8; 4096]).unwrap();
     }
     let (ob, report) = Outbox::open(&path, OutboxOptions::default()).expect("opens");
-    let aside = report.moved_aside.clone().expect("sled's files were moved aside");
-    assert!(aside.starts_with(&path), "inside the store: {}", aside.display());
+    let aside = report
+        .moved_aside
+        .clone()
+        .expect("sled's files were moved aside");
     assert!(
-        aside.file_name().unwrap().to_string_lossy().starts_with("index.broken-"),
+        aside.starts_with(&path),
+        "inside the store: {}",
+        aside.display()
+    );
+    assert!(
+        aside
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("index.broken-"),
         "{}",
         aside.display()
     );
-    assert!(aside.join("db").exists(), "the old files are kept for an operator");
+    assert!(
+        aside.join("db").exists(),
+        "the old files are kept for an operator"
+    );
     assert!(report.rebuilt.is_some());
     assert_eq!(ids_of(&ob), ids, "every record is still there");
-    assert_eq!(ob.settings().ts_unit().unwrap(), None, "settings start again");
+    assert_eq!(
+        ob.settings().ts_unit().unwrap(),
+        None,
+        "settings start again"
+    );
     assert!(ob.rebuilt_recently().is_some());
 }
 
@@ -789,7 +827,9 @@ async fn a_flipped_byte_in_a_header_in_a_middle_segment_is_skipped_and_the_rest_
     let want: Vec<u64> = ids.iter().copied().filter(|i| *i != id).collect();
     assert_eq!(ids_of(&ob), want, "{report:?}");
     assert_eq!(report.damaged_ranges, 1);
-    let copied: Vec<_> = std::fs::read_dir(path.join(replay::DAMAGED_DIR)).unwrap().collect();
+    let copied: Vec<_> = std::fs::read_dir(path.join(replay::DAMAGED_DIR))
+        .unwrap()
+        .collect();
     assert_eq!(copied.len(), 1, "the damaged bytes are kept aside");
 }
 
@@ -828,7 +868,10 @@ async fn a_submit_whose_write_failed_is_refused_and_never_comes_back() {
         segments::faults::fail_appends(&path.join(segments::DIR), 1, false);
         let r = ob.submit(rec("b", "B", vec![2; 100])).await;
         assert!(matches!(r, Err(OutboxError::Unavailable(_))), "{r:?}");
-        assert!(r.unwrap_err().to_string().contains("source keeps the event"));
+        assert!(r
+            .unwrap_err()
+            .to_string()
+            .contains("source keeps the event"));
         assert!(matches!(ob.health(), StoreHealth::Refusing { .. }));
         assert_eq!(plates(&ob), ["A"]);
         // The camera sends it again; the store works again by itself.
@@ -862,12 +905,19 @@ async fn a_failed_write_that_cannot_be_cut_off_is_aborted_in_the_log() {
             lose_index(&path);
         }
         let (ob, report) = Outbox::open(&path, OutboxOptions::default()).unwrap();
-        assert_eq!(plates(&ob), ["A"], "refused submits never come back: {report:?}");
+        assert_eq!(
+            plates(&ob),
+            ["A"],
+            "refused submits never come back: {report:?}"
+        );
         drop(ob);
     }
     let ob = open(d.path(), 1 << 30);
     assert!(
-        matches!(ob.submit(rec("b", "B", vec![2])).await.unwrap(), Submitted::Stored(_)),
+        matches!(
+            ob.submit(rec("b", "B", vec![2])).await.unwrap(),
+            Submitted::Stored(_)
+        ),
         "the refused key was never accepted"
     );
 }
@@ -881,7 +931,13 @@ async fn replay_drops_a_record_whose_key_an_earlier_record_of_the_window_has() {
     let dir = path.join(segments::DIR);
     let (last, _) = *segments::list(&dir).unwrap().last().unwrap();
     let body = encode_record(&meta("A"), &[1; 10]);
-    let copy = segments::encode(Kind::Record, 500, Clock::local_ms(), dedupe::key_hash(b"a"), &body);
+    let copy = segments::encode(
+        Kind::Record,
+        500,
+        Clock::local_ms(),
+        dedupe::key_hash(b"a"),
+        &body,
+    );
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(segments::path_of(&dir, last))
@@ -909,7 +965,10 @@ async fn the_store_is_private_to_its_user() {
         assert_eq!(mode(&dir), 0o700, "{}", dir.display());
     }
     for (seg, _) in segments::list(&path.join(segments::DIR)).unwrap() {
-        assert_eq!(mode(&segments::path_of(&path.join(segments::DIR), seg)), 0o600);
+        assert_eq!(
+            mode(&segments::path_of(&path.join(segments::DIR), seg)),
+            0o600
+        );
     }
     for e in std::fs::read_dir(path.join(dead::DIR)).unwrap() {
         assert_eq!(mode(&e.unwrap().path()), 0o600);
@@ -931,7 +990,8 @@ async fn a_store_of_the_version_before_is_taken_over() {
             k.extend_from_slice(&id.to_be_bytes());
             k
         };
-        db.insert(key(b'r', 40), encode_record(&meta("INLINE"), &[4; 20])).unwrap();
+        db.insert(key(b'r', 40), encode_record(&meta("INLINE"), &[4; 20]))
+            .unwrap();
         let mut dv = 2u32.to_be_bytes().to_vec();
         dv.extend_from_slice(b"no");
         dv.extend(encode_record(&meta("DEAD"), &[5; 5]));
@@ -945,7 +1005,10 @@ async fn a_store_of_the_version_before_is_taken_over() {
     let ob = open(d.path(), 1 << 30);
     assert_eq!(plates(&ob), ["A", "INLINE"], "in id order");
     let dead = ob.dead_list().unwrap();
-    assert_eq!((dead.len(), dead[0].reason.as_str(), dead[0].record.id), (1, "no", 30));
+    assert_eq!(
+        (dead.len(), dead[0].reason.as_str(), dead[0].record.id),
+        (1, "no", 30)
+    );
     assert_eq!(
         ob.submit(rec("cam/old", "O", vec![1])).await.unwrap(),
         Submitted::Duplicate
@@ -979,11 +1042,12 @@ async fn ids_and_sizes_past_u32_work_on_32_bit_targets() {
         db.flush().unwrap();
     }
     drop(open(d.path(), 6 << 30)); // the log is indexed past segment 1
-    // An old, sparse 5 GiB segment no record points into.
+                                   // An old, sparse 5 GiB segment no record points into.
     let big = segments::path_of(&store(d.path()).join(segments::DIR), 1);
     let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
     f.set_len(five_gib).unwrap();
-    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000)).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000))
+        .unwrap();
     drop(f);
     let ob = open(d.path(), 6 << 30);
     assert!(ob.bytes() >= five_gib, "{}", ob.bytes());
@@ -997,8 +1061,16 @@ async fn ids_and_sizes_past_u32_work_on_32_bit_targets() {
     assert_eq!(ids, [first, first + 1, first + 2]);
     assert_eq!(ids[2], 1 << 32, "the third id is past u32::MAX");
     let got = ob.peek(10, u64::MAX).unwrap();
-    assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), ids, "oldest first");
-    assert!(got[2].meta.img_name.ends_with("_4294967296.jpg"), "{}", got[2].meta.img_name);
+    assert_eq!(
+        got.iter().map(|r| r.id).collect::<Vec<_>>(),
+        ids,
+        "oldest first"
+    );
+    assert!(
+        got[2].meta.img_name.ends_with("_4294967296.jpg"),
+        "{}",
+        got[2].meta.img_name
+    );
     ob.ack(&[ids[2]]).await.unwrap();
     assert_eq!(ob.len(), 2);
     ob.dead_letter(ids[1], "r").await.unwrap();

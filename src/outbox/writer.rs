@@ -35,7 +35,7 @@ use super::index::{self, chunk_of, Edit};
 use super::replay::{self, Opened, K_NEXT_ID, K_WAL};
 use super::segments::{self, Cut, Head, Kind, Location};
 use super::{
-    dead, encode_record, decode_record, quota, NewRecord, OutboxError, OutboxOptions, Shared,
+    dead, decode_record, encode_record, quota, NewRecord, OutboxError, OutboxOptions, Shared,
     StoreHealth, Submitted,
 };
 use crate::protocol::Clock;
@@ -240,7 +240,7 @@ impl Writer {
             self.tick();
         }
         if let Some((first, last)) = self.owed_abort {
-            let m = self.abort_mark(first, last);
+            let m = Self::abort_mark(first, last);
             if self.head.append(&m, true).is_ok() {
                 self.owed_abort = None;
                 self.grow_head(m.len() as u64);
@@ -402,7 +402,11 @@ impl Writer {
     }
 
     /// Write a staged group with one write and one fsync; the answers in order.
-    fn write_group(&mut self, staged: Vec<Staged>, now: i64) -> Vec<Result<Submitted, OutboxError>> {
+    fn write_group(
+        &mut self,
+        staged: Vec<Staged>,
+        now: i64,
+    ) -> Vec<Result<Submitted, OutboxError>> {
         let records: Vec<(u64, u64, usize)> = staged
             .iter()
             .filter_map(|s| match s {
@@ -461,7 +465,7 @@ impl Writer {
         }
         let mut buf = Vec::new();
         if let Some((first, last)) = self.owed_abort {
-            buf.extend(self.abort_mark(first, last));
+            buf.extend(Self::abort_mark(first, last));
         }
         let mut lens = vec![buf.len()];
         let (mut first, mut last) = (u64::MAX, 0);
@@ -495,8 +499,14 @@ impl Writer {
         }
     }
 
-    fn abort_mark(&self, first: u64, last: u64) -> Vec<u8> {
-        segments::encode(Kind::Abort, 0, Clock::local_ms(), 0, &segments::encode_ids(&[first, last]))
+    fn abort_mark(first: u64, last: u64) -> Vec<u8> {
+        segments::encode(
+            Kind::Abort,
+            0,
+            Clock::local_ms(),
+            0,
+            &segments::encode_ids(&[first, last]),
+        )
     }
 
     /// The head grew by `n` bytes (written now).
@@ -565,7 +575,10 @@ impl Writer {
         }
         match self.reopen() {
             Ok(()) => {
-                tracing::info!(after_s = since.elapsed().as_secs(), "outbox: the index was reopened and replayed from the log");
+                tracing::info!(
+                    after_s = since.elapsed().as_secs(),
+                    "outbox: the index was reopened and replayed from the log"
+                );
                 if matches!(self.shared.health(), StoreHealth::Broken { .. }) {
                     self.shared.set_health(StoreHealth::Ok);
                 }
@@ -623,8 +636,7 @@ impl Writer {
         self.head_unsynced = false;
         self.head = Head::create(&self.shared.seg_dir, r.last_seg.max(self.head.seg) + 1)
             .map_err(|e| io_unavailable(&e))?;
-        self.books
-            .add_segment(self.head.seg, 0, Clock::local_ms());
+        self.books.add_segment(self.head.seg, 0, Clock::local_ms());
         self.dirty = None;
         self.publish();
         Ok(())
@@ -658,7 +670,10 @@ impl Writer {
         if let Err(e) = replay::forget_inline(&self.db, &ids).and_then(|()| self.flush_index()) {
             tracing::warn!(error = %e, "outbox: inline records of an earlier version were copied to the log but not yet removed from sled");
         }
-        tracing::info!(records = ids.len(), "outbox: moved the inline records of an earlier version into the log");
+        tracing::info!(
+            records = ids.len(),
+            "outbox: moved the inline records of an earlier version into the log"
+        );
     }
 
     /// Remove these records from the index (delivered); a mark goes to the log.
@@ -756,7 +771,9 @@ impl Writer {
         if self.index_failed.is_some() {
             self.try_reopen(true);
             if let Some((_, _, why)) = &self.index_failed {
-                return Err(OutboxError::Store(format!("the index is being reopened: {why}")));
+                return Err(OutboxError::Store(format!(
+                    "the index is being reopened: {why}"
+                )));
             }
         }
         if self.head_unsynced {
@@ -871,11 +888,15 @@ impl Writer {
         let mut batch = sled::Batch::default();
         let mut n = 0;
         for p in replay::LEGACY_PREFIXES {
-            for k in self.db.scan_prefix([p]).keys().take(LEGACY_STEP - n) {
-                if let Ok(k) = k {
-                    batch.remove(k);
-                    n += 1;
-                }
+            for k in self
+                .db
+                .scan_prefix([p])
+                .keys()
+                .take(LEGACY_STEP - n)
+                .flatten()
+            {
+                batch.remove(k);
+                n += 1;
             }
         }
         if n == 0 {
@@ -892,7 +913,11 @@ impl Writer {
     fn refused(&mut self, reason: &str) {
         if self.refusing.is_none() {
             let since_ms = Clock::local_ms();
-            tracing::warn!(reason, pending = self.books.pending, "outbox: refusing new events (the sources keep them); uploads go on");
+            tracing::warn!(
+                reason,
+                pending = self.books.pending,
+                "outbox: refusing new events (the sources keep them); uploads go on"
+            );
             self.refusing = Some(Refusal {
                 since: Instant::now(),
                 since_ms,
@@ -949,18 +974,24 @@ impl Writer {
     /// index, delete the file.
     fn compact(&mut self, victim: u64) -> Result<(), OutboxError> {
         let mut found = Vec::new();
-        segments::scan(&self.shared.seg_dir, victim, 0, segments::Bodies::Check, |i| {
-            if let segments::Item::Entry {
-                loc,
-                header,
-                body: Some(body),
-            } = i
-            {
-                if header.kind.is_record() {
-                    found.push((loc, header, body));
+        segments::scan(
+            &self.shared.seg_dir,
+            victim,
+            0,
+            segments::Bodies::Check,
+            |i| {
+                if let segments::Item::Entry {
+                    loc,
+                    header,
+                    body: Some(body),
+                } = i
+                {
+                    if header.kind.is_record() {
+                        found.push((loc, header, body));
+                    }
                 }
-            }
-        })
+            },
+        )
         .map_err(|e| OutboxError::Store(format!("reading segment {victim}: {e}")))?;
         let mut moved = Vec::new();
         let mut degraded = 0u64;
@@ -977,7 +1008,13 @@ impl Writer {
             let body = encode_record(&quota::strip_image(rec.meta), &[]);
             moved.push((
                 header.id,
-                segments::encode(Kind::Moved, header.id, header.accepted_ms, header.key_hash, &body),
+                segments::encode(
+                    Kind::Moved,
+                    header.id,
+                    header.accepted_ms,
+                    header.key_hash,
+                    &body,
+                ),
             ));
         }
         if self.head.len >= self.roll {
