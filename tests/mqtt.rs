@@ -566,17 +566,31 @@ async fn what_a_real_vzenith_camera_says_arrives_once_and_normalised() {
     assert_eq!(a["carStyle"], "2", "the camera's styles table");
     assert_eq!(a["inOutTime"], in_out_time(now), "dated by the envelope");
 
-    let b = recs.iter().find(|r| r["carNo"] == "晋B54321").expect("offline");
-    assert_eq!(b["inOutTime"], in_out_time(two_hours_ago), "its own capture time");
+    let b = recs
+        .iter()
+        .find(|r| r["carNo"] == "晋B54321")
+        .expect("offline");
+    assert_eq!(
+        b["inOutTime"],
+        in_out_time(two_hours_ago),
+        "its own capture time"
+    );
     assert!(
         !b["remark"].as_str().unwrap_or("").contains("时钟"),
         "old is fine for a buffered pass: {b}"
     );
 
-    let c = recs.iter().find(|r| r["carNo"] == "晋C11111").expect("fast clock");
+    let c = recs
+        .iter()
+        .find(|r| r["carNo"] == "晋C11111")
+        .expect("fast clock");
     let remark = c["remark"].as_str().unwrap_or("");
     assert!(remark.contains("相机时钟错误"), "{remark}");
-    assert_ne!(c["inOutTime"], in_out_time(now + 3600), "not the camera's time");
+    assert_ne!(
+        c["inOutTime"],
+        in_out_time(now + 3600),
+        "not the camera's time"
+    );
     let sent = chrono::NaiveDateTime::parse_from_str(
         c["inOutTime"].as_str().unwrap_or(""),
         "%Y-%m-%d %H:%M:%S",

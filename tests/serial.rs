@@ -359,7 +359,10 @@ async fn a_line_with_unusable_secondary_fields_is_still_a_pass_with_its_style_ma
     assert_eq!(f["carColor"], "蓝", "the stripped colour word");
     assert_eq!(f["carStyle"], "0");
     let remark = f["remark"].as_str().unwrap_or("");
-    assert!(remark.contains("车型未知") && remark.contains("时间无效"), "{remark}");
+    assert!(
+        remark.contains("车型未知") && remark.contains("时间无效"),
+        "{remark}"
+    );
     assert_eq!(h.status("出口1").defaulted, 3);
     h.gw.stop().await;
     h.sim.shutdown().await;

@@ -953,7 +953,12 @@ mod tests {
         assert!(r.replaced[0].starts_with("时间无效"), "{:?}", r.replaced);
         let r = parse_line("IN,晋A12345", &fmt()).expect("kept");
         assert_eq!(r.plate.as_deref(), Some("晋A12345"));
-        assert_eq!(r.replaced.len(), 2, "colour and time missing: {:?}", r.replaced);
+        assert_eq!(
+            r.replaced.len(),
+            2,
+            "colour and time missing: {:?}",
+            r.replaced
+        );
         let r = parse_line(",晋A12345,蓝,2026-11-28 08:00:00", &fmt()).expect("kept");
         assert_eq!(r.direction, None);
         assert_eq!(r.replaced.len(), 1);

@@ -188,8 +188,18 @@ pub fn parse_json_camera(payload: &[u8]) -> Result<JsonCamEvent, JsonCamError> {
         Some(_) => Err(invalid("style", "not a string or number")),
     };
     let style = keep(style, "车型无效", "sent as 0", &mut replaced);
-    let color = keep(optional_text(obj, "color"), "颜色无效", "left out", &mut replaced);
-    let brand = keep(optional_text(obj, "brand"), "品牌无效", "left out", &mut replaced);
+    let color = keep(
+        optional_text(obj, "color"),
+        "颜色无效",
+        "left out",
+        &mut replaced,
+    );
+    let brand = keep(
+        optional_text(obj, "brand"),
+        "品牌无效",
+        "left out",
+        &mut replaced,
+    );
     let id = keep(parse_id(obj), "编号无效", "left out", &mut replaced);
 
     Ok(JsonCamEvent {

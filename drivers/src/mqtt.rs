@@ -411,7 +411,13 @@ impl Router {
             replaced,
             notes,
         };
-        let plate = normalise(reading, cam.direction, &cam.rules, &cam.status, sink.now_ms());
+        let plate = normalise(
+            reading,
+            cam.direction,
+            &cam.rules,
+            &cam.status,
+            sink.now_ms(),
+        );
         self.submit_plate(i, plate, vec![ack], sink, shutdown).await
     }
 

@@ -163,7 +163,9 @@ pub fn normalise_color(raw: &str) -> Colour {
         };
     }
     let word = match t {
-        "" | "unknown" | "未知" | "其他" | "其它" | "other" | "none" => return Colour::Unknown,
+        "" | "unknown" | "未知" | "其他" | "其它" | "other" | "none" => {
+            return Colour::Unknown
+        }
         "蓝" | "blue" => "蓝",
         "黄" | "yellow" => "黄",
         "白" | "white" => "白",
@@ -348,15 +350,12 @@ pub fn normalise(
 
     let style = match r.style.as_deref() {
         None => r.vendor_style.unwrap_or_default(),
-        Some(raw) => match rules.style_for(raw).or(r.vendor_style) {
-            Some(s) => s,
-            None => {
-                let raw: String = raw.chars().take(16).collect();
-                notes.push(format!("车型未知 (style {raw:?} not known: sent as 0)"));
-                defaulted.push("style");
-                CarStyle::Car
-            }
-        },
+        Some(raw) => rules.style_for(raw).or(r.vendor_style).unwrap_or_else(|| {
+            let raw: String = raw.chars().take(16).collect();
+            notes.push(format!("车型未知 (style {raw:?} not known: sent as 0)"));
+            defaulted.push("style");
+            CarStyle::Car
+        }),
     };
 
     let captured_at_ms = r
@@ -369,7 +368,12 @@ pub fn normalise(
     for what in &defaulted {
         let n = status.defaulted();
         if should_log(n) {
-            tracing::info!(driver = status.name(), field = what, defaulted = n, "camera value replaced by a default; pass kept (see its remark)");
+            tracing::info!(
+                driver = status.name(),
+                field = what,
+                defaulted = n,
+                "camera value replaced by a default; pass kept (see its remark)"
+            );
         }
     }
     let remark = (!notes.is_empty()).then(|| notes.join("; "));
@@ -479,7 +483,17 @@ mod tests {
 
     #[test]
     fn no_plate_markers_stay_no_plate_even_behind_a_colour_word() {
-        for raw in ["", "  ", "_无_", "无牌车", "无车牌", "无牌", "未识别", "蓝无牌车", "\0"] {
+        for raw in [
+            "",
+            "  ",
+            "_无_",
+            "无牌车",
+            "无车牌",
+            "无牌",
+            "未识别",
+            "蓝无牌车",
+            "\0",
+        ] {
             assert_eq!(n(raw), None, "{raw:?}");
         }
         // A colour word alone is not a plate we can strip; it stays (unusual).
@@ -605,7 +619,10 @@ mod tests {
     fn normalise_cleans_the_plate_maps_colour_and_style_and_counts_unusual_plates() {
         let status = DriverStatus::new("cam", "test");
         let rules = CameraRules {
-            styles: vec![("4".into(), CarStyle::Truck), ("货车".into(), CarStyle::Truck)],
+            styles: vec![
+                ("4".into(), CarStyle::Truck),
+                ("货车".into(), CarStyle::Truck),
+            ],
             ..CameraRules::default()
         };
         let mut r = reading("蓝晋ａ·12345");
@@ -614,14 +631,26 @@ mod tests {
         r.vendor_style = Some(CarStyle::Large);
         let ev = normalise(r, Direction::In, &rules, &status, NOW);
         assert_eq!(ev.plate.as_deref(), Some("晋A12345"));
-        assert_eq!(ev.color.as_deref(), Some("黄"), "the colour field wins over the prefix");
-        assert_eq!(ev.style, CarStyle::Truck, "the table wins over the vendor mapping");
+        assert_eq!(
+            ev.color.as_deref(),
+            Some("黄"),
+            "the colour field wins over the prefix"
+        );
+        assert_eq!(
+            ev.style,
+            CarStyle::Truck,
+            "the table wins over the vendor mapping"
+        );
         assert_eq!(ev.direction, Direction::In);
         assert_eq!(ev.remark, None);
         assert_eq!(status.snapshot().unusual_plates, 0);
 
         let ev = normalise(reading("蓝晋A1234"), Direction::Out, &rules, &status, NOW);
-        assert_eq!(ev.color.as_deref(), Some("蓝"), "the prefix stands in for a missing colour");
+        assert_eq!(
+            ev.color.as_deref(),
+            Some("蓝"),
+            "the prefix stands in for a missing colour"
+        );
         assert_eq!(ev.direction, Direction::Out);
         let s = status.snapshot();
         assert_eq!(s.unusual_plates, 1);
@@ -641,7 +670,10 @@ mod tests {
         assert_eq!(ev.color, None);
         let remark = ev.remark.expect("remark");
         assert!(remark.starts_with("earlier note; "), "{remark}");
-        assert!(remark.contains("\"bus?\"") && remark.contains("\"pink\""), "{remark}");
+        assert!(
+            remark.contains("\"bus?\"") && remark.contains("\"pink\""),
+            "{remark}"
+        );
         assert_eq!(status.snapshot().defaulted, 2);
     }
 
@@ -662,7 +694,10 @@ mod tests {
         // More than 5 minutes ahead: receipt time, remark, wrong clock.
         let ev = at(NOW + 301_000, false);
         assert_eq!(ev.captured_at_ms, Some(NOW));
-        assert!(ev.remark.as_deref().unwrap_or("").contains("ahead"), "{ev:?}");
+        assert!(
+            ev.remark.as_deref().unwrap_or("").contains("ahead"),
+            "{ev:?}"
+        );
         assert!(status.snapshot().clock_wrong);
         assert_eq!(status.snapshot().defaulted, 1);
         // Before 2020 (a camera that lost its time: 1970).

@@ -29,7 +29,6 @@ use crate::CarStyle;
 /// The latest Unix second accepted as a capture time (9999-12-31T23:59:59Z).
 const MAX_UNIX_SECS: i64 = 253_402_300_799;
 
-
 /// Base64 for licenses: standard alphabet, padding optional, strict trailing bits (fewer
 /// plain-text plates mistaken for Base64).
 const LICENSE_B64: GeneralPurpose = GeneralPurpose::new(
@@ -160,7 +159,11 @@ impl VzPlate {
     pub fn source_key(&self) -> String {
         let plate = self.plate.as_deref().unwrap_or("-");
         let sn = &self.sn;
-        match (self.time_source, self.captured_at_ms, self.msg_id.as_deref()) {
+        match (
+            self.time_source,
+            self.captured_at_ms,
+            self.msg_id.as_deref(),
+        ) {
             (VzTimeSource::Plate, Some(ms), _) => format!("vz:{sn}:{ms}:{plate}"),
             (_, _, Some(id)) if !id.is_empty() => format!("vz:{sn}:id:{id}"),
             (VzTimeSource::Envelope, Some(ms), _) => {
@@ -436,7 +439,10 @@ impl Fnv {
     fn field(&mut self, bytes: &[u8]) {
         for b in u64::try_from(bytes.len())
             .unwrap_or(u64::MAX)
-            .to_le_bytes().iter().chain(bytes) {
+            .to_le_bytes()
+            .iter()
+            .chain(bytes)
+        {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
@@ -447,8 +453,12 @@ impl Fnv {
 fn is_offline(v: &Value) -> bool {
     match v.get("isoffline").or_else(|| v.get("isOffline")) {
         Some(Value::Bool(b)) => *b,
-        Some(other) => num_i64(other).is_some_and(|n| n != 0)
-            || other.as_str().is_some_and(|s| s.trim().eq_ignore_ascii_case("true")),
+        Some(other) => {
+            num_i64(other).is_some_and(|n| n != 0)
+                || other
+                    .as_str()
+                    .is_some_and(|s| s.trim().eq_ignore_ascii_case("true"))
+        }
         None => false,
     }
 }
@@ -959,7 +969,8 @@ mod tests {
 
     #[test]
     fn plate_result_color_is_the_plate_colour() {
-        let p = plate_of(parse_message(&topic_a("ivs_result"), IVS_NO_ID.as_bytes(), true).unwrap());
+        let p =
+            plate_of(parse_message(&topic_a("ivs_result"), IVS_NO_ID.as_bytes(), true).unwrap());
         assert_eq!(p.color, Some("黄"));
         for code in 1..=6u32 {
             assert_eq!(
@@ -1007,7 +1018,8 @@ mod tests {
                 r#"{{"payload":{{"AlarmInfoPlate":{{"result":{{"PlateResult":{{"license":"5pmLQTEyMzQ1","full_image_content":"{image}"}}}}}}}}}}"#
             )
         };
-        let parse = |m: &str| plate_of(parse_message(&topic_a("ivs_result"), m.as_bytes(), true).unwrap());
+        let parse =
+            |m: &str| plate_of(parse_message(&topic_a("ivs_result"), m.as_bytes(), true).unwrap());
         let p = parse(&msg("/9j/4AAQ"));
         assert_eq!(p.captured_at_ms, None);
         let key = p.source_key();
@@ -1030,7 +1042,8 @@ mod tests {
         assert_eq!(p.plate.as_deref(), Some("晋A12345"));
         assert_eq!(p.captured_at_ms, Some(1_795_910_400_250));
         // The same pass sent live and replayed offline is one record.
-        let live = plate_of(parse_message(&topic_a("ivs_result"), IVS_FULL.as_bytes(), true).unwrap());
+        let live =
+            plate_of(parse_message(&topic_a("ivs_result"), IVS_FULL.as_bytes(), true).unwrap());
         assert!(!live.offline);
         assert_eq!(p.source_key(), live.source_key());
         let r = p.reading("入口1");
@@ -1043,11 +1056,16 @@ mod tests {
     #[test]
     fn an_isoffline_flag_or_a_unique_id_from_newer_firmware_is_understood() {
         for flag in ["1", "true", r#""1""#] {
-            let p = parse_pr(&format!(r#"{{"license":"5pmLQTEyMzQ1","isoffline":{flag}}}"#));
+            let p = parse_pr(&format!(
+                r#"{{"license":"5pmLQTEyMzQ1","isoffline":{flag}}}"#
+            ));
             assert!(p.offline, "{flag}");
         }
         assert!(!parse_pr(r#"{"isoffline":0}"#).offline);
-        let msg = IVS_NO_ID.replace(r#""version""#, r#""isoffline": 1, "unique_id": "u-77", "version""#);
+        let msg = IVS_NO_ID.replace(
+            r#""version""#,
+            r#""isoffline": 1, "unique_id": "u-77", "version""#,
+        );
         let p = plate_of(parse_message(&topic_a("ivs_result"), msg.as_bytes(), true).unwrap());
         assert!(p.offline);
         assert_eq!(p.source_key(), format!("vz:{SN}:id:u-77"));

@@ -1332,11 +1332,18 @@ styles = { "货车" = "2" }
         let cams = &c.devices.cameras;
         assert_eq!(
             cams[0].styles,
-            vec![("3".to_string(), CarStyle::Truck), ("4".to_string(), CarStyle::Truck)]
+            vec![
+                ("3".to_string(), CarStyle::Truck),
+                ("4".to_string(), CarStyle::Truck)
+            ]
         );
         assert_eq!(cams[0].max_camera_skew, Duration::from_secs(90));
         assert_eq!(cams[1].styles, vec![("货车".to_string(), CarStyle::Truck)]);
-        assert_eq!(cams[1].max_camera_skew, Duration::from_secs(300), "the default");
+        assert_eq!(
+            cams[1].max_camera_skew,
+            Duration::from_secs(300),
+            "the default"
+        );
 
         let bad = format!(
             "{BASE}{}",
