@@ -224,6 +224,11 @@ impl Gateway {
         let uploader = Self::spawn_uploader(cfg, &opts, &client, &outbox, &health, &liveness);
 
         let (sink, rx) = EventSink::channel(QUEUE_CAPACITY);
+        // Drivers check camera capture times against the gateway's corrected clock.
+        let sink = sink.with_clock({
+            let clock = clock.clone();
+            Arc::new(move || clock.now_ms())
+        });
         let naming = Arc::new(RwLock::new(Naming {
             lot_code: cfg.platform.lot_code.clone(),
             timezone: cfg.platform.timezone,

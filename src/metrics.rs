@@ -26,7 +26,8 @@
 //! | `lotlink_outbox_damaged_ranges` | gauge | (found when the store was last opened) |
 //! | `lotlink_spaces_total` / `_occupied` / `_free` | gauge | |
 //! | `lotlink_driver_connected` | gauge | `driver`, `kind` |
-//! | `lotlink_driver_events` / `_bad_inputs` / `_unusual_plates` | counter | `driver`, `kind` |
+//! | `lotlink_driver_events` / `_bad_inputs` / `_unusual_plates` / `_defaulted_values` | counter | `driver`, `kind` |
+//! | `lotlink_driver_camera_clock_wrong` | gauge | `driver`, `kind` |
 //! | `lotlink_driver_last_event_timestamp_seconds` | gauge | `driver`, `kind` |
 
 use prometheus_client::encoding::text::encode;
@@ -195,6 +196,8 @@ pub fn render(ctx: &StatusContext) -> String {
     let events = Family::<Labels, Counter>::default();
     let bad = Family::<Labels, Counter>::default();
     let unusual = Family::<Labels, Counter>::default();
+    let defaulted = Family::<Labels, Counter>::default();
+    let clock_wrong = Family::<Labels, Gauge>::default();
     for d in &ctx.drivers {
         let s = d.snapshot();
         let l: Labels = vec![("driver", s.name.clone()), ("kind", s.kind.clone())];
@@ -203,6 +206,8 @@ pub fn render(ctx: &StatusContext) -> String {
         events.get_or_create(&l).inc_by(s.events);
         bad.get_or_create(&l).inc_by(s.bad_inputs);
         unusual.get_or_create(&l).inc_by(s.unusual_plates);
+        defaulted.get_or_create(&l).inc_by(s.defaulted);
+        clock_wrong.get_or_create(&l).set(i64::from(s.clock_wrong));
     }
     reg.register(
         "driver_connected",
@@ -224,6 +229,16 @@ pub fn render(ctx: &StatusContext) -> String {
         "driver_unusual_plates",
         "Plates outside the usual Chinese plate rules (still reported)",
         unusual,
+    );
+    reg.register(
+        "driver_defaulted_values",
+        "Camera values replaced by a default (pass kept, said in its remark)",
+        defaulted,
+    );
+    reg.register(
+        "driver_camera_clock_wrong",
+        "1 while the camera's capture times are implausible (receipt times are sent)",
+        clock_wrong,
     );
 
     let mut out = String::new();
