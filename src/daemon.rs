@@ -172,7 +172,10 @@ pub async fn run(
                 // A wedged uploader stops the pings; systemd then restarts the daemon.
                 let window = (gw.config().platform.request_timeout + Duration::from_secs(5))
                     .max(Duration::from_secs(20));
-                if gw.uploader_alive(window) {
+                let store = gw.outbox.health();
+                if let crate::outbox::StoreHealth::Broken { reason } = &store {
+                    tracing::error!(reason = %reason, "the outbox cannot recover by itself: not pinging the watchdog (systemd will restart lotlink)");
+                } else if gw.uploader_alive(window) {
                     notify(&[NotifyState::Watchdog]);
                 } else {
                     tracing::error!(window_s = window.as_secs(), "the uploader shows no sign of life: not pinging the watchdog (systemd will restart lotlink)");

@@ -49,7 +49,6 @@ use crate::protocol::Clock;
 use crate::uploader::Health;
 
 /// Outbox setting that remembers the last accepted push version.
-const VERSION_SETTING: &str = "config_version";
 /// Pushes waiting for the handler.
 const PUSH_QUEUE: usize = 8;
 /// Period of the retained status message.
@@ -250,10 +249,10 @@ impl Manager {
     pub async fn run(self, shutdown: CancellationToken) {
         let version = self
             .outbox
-            .setting(VERSION_SETTING)
+            .settings()
+            .config_version_v1()
             .ok()
             .flatten()
-            .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(0);
         self.state.config_version.store(version, Ordering::Relaxed);
         let (push_tx, push_rx) = mpsc::channel::<Vec<u8>>(PUSH_QUEUE);
@@ -624,7 +623,7 @@ impl Handler {
     }
 
     fn remember(&self, v: u64) -> Result<(), crate::outbox::OutboxError> {
-        self.outbox.set_setting(VERSION_SETTING, &v.to_string())?;
+        self.outbox.settings().set_config_version_v1(v)?;
         self.state.config_version.store(v, Ordering::Relaxed);
         Ok(())
     }
