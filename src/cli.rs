@@ -32,6 +32,11 @@ pub enum Command {
         /// Configuration file.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// After a local change of `[outbox] path`: start on the new path even though the
+        /// old store still holds pending records. They stay on disk, untouched, and are NOT
+        /// uploaded; needed once (the new path is recorded).
+        #[arg(long)]
+        abandon_old_outbox: bool,
     },
     /// Validate a configuration file: prints "ok" or every problem; exit 0 or 1.
     CheckConfig {
@@ -187,10 +192,16 @@ pub async fn shutdown_signal() {
 pub async fn execute(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::CheckConfig { config } => Ok(check_config(&config)),
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            abandon_old_outbox,
+        } => {
             crate::daemon::run(
                 &config,
-                crate::daemon::DaemonOptions::default(),
+                crate::daemon::DaemonOptions {
+                    abandon_old_outbox,
+                    ..crate::daemon::DaemonOptions::default()
+                },
                 shutdown_signal(),
             )
             .await?;
@@ -200,7 +211,11 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
             what,
             config,
             surplus,
-        } => send(what, &config, surplus).await,
+        } => {
+            // `send space` may open (and so create) the outbox: keep its files private.
+            crate::daemon::private_umask();
+            send(what, &config, surplus).await
+        }
         Command::Status { json, config } => operator::status(&config, json).await,
         Command::Dead(cmd) => operator::dead(cmd).await,
         Command::Space(SpaceCommand::Set { occupied, config }) => {
@@ -220,6 +235,7 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
                 online: p(&online)?,
                 outage: p(&outage)?,
             };
+            crate::daemon::private_umask();
             crate::demo::run(opts, shutdown_signal()).await
         }
     }

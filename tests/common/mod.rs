@@ -159,15 +159,29 @@ pub struct Daemon(pub std::process::Child);
 impl Daemon {
     /// `lotlink run --config <config>`, its log (stderr) into `log`.
     pub fn start(config: &std::path::Path, log: &std::path::Path) -> Daemon {
+        Daemon::start_with(config, log, &[])
+    }
+
+    /// `lotlink run --config <config> <args…>`, its log (stderr) into `log`.
+    pub fn start_with(config: &std::path::Path, log: &std::path::Path, args: &[&str]) -> Daemon {
         Daemon(
             lotlink_command()
                 .args(["run", "--config"])
                 .arg(config)
+                .args(args)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::fs::File::create(log).expect("daemon log file"))
                 .spawn()
                 .expect("the daemon starts"),
         )
+    }
+
+    /// SIGTERM (a clean stop) and wait for the exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        self.0.wait().expect("the daemon exits")
     }
 }
 
