@@ -176,12 +176,13 @@ impl Daemon {
         )
     }
 
-    /// SIGTERM (a clean stop) and wait for the exit.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    /// SIGTERM and wait for the exit (a clean stop once the daemon runs; a SIGTERM that
+    /// comes before it handles the signal ends it at once, which the store survives too).
+    pub fn stop(mut self) {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();
-        self.0.wait().expect("the daemon exits")
+        let _ = self.0.wait();
     }
 }
 
