@@ -178,8 +178,7 @@ pub fn make_private(dir: &Path) {
                 continue;
             };
             if mode != want {
-                if let Err(e) =
-                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(want))
+                if let Err(e) = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(want))
                 {
                     failed += 1;
                     first.get_or_insert_with(|| format!("{}: {e}", p.display()));
@@ -262,7 +261,11 @@ async fn check_outbox_move(
 
 /// Once the store at `outbox_path` is open: take the push version over from the outbox on
 /// the first start with a state file, and record the outbox path in use.
-fn record_state(saved: &GatewayState, outbox: &Outbox, outbox_path: &Path) -> Result<(), StateError> {
+fn record_state(
+    saved: &GatewayState,
+    outbox: &Outbox,
+    outbox_path: &Path,
+) -> Result<(), StateError> {
     if saved.last_push_version().is_none() {
         let v = legacy_push_version(outbox);
         saved.set_last_push_version(v)?;

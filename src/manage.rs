@@ -661,7 +661,10 @@ mod tests {
             None
         );
         let why = outbox_move(&running, &cfg(text("/data/outbox", "2GiB"))).expect("a move");
-        assert!(why.contains("outbox.path") && why.contains("/data/outbox"), "{why}");
+        assert!(
+            why.contains("outbox.path") && why.contains("/data/outbox"),
+            "{why}"
+        );
         assert!(why.contains("/var/lib/lotlink/outbox"), "{why}");
     }
 

@@ -158,8 +158,8 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Data, StateError> {
         path: path.to_path_buf(),
         message,
     };
-    let format: FormatOnly =
-        serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON with a format: {e}")))?;
+    let format: FormatOnly = serde_json::from_slice(bytes)
+        .map_err(|e| invalid(format!("not JSON with a format: {e}")))?;
     if format.format != FORMAT {
         return Err(invalid(format!(
             "format {}, this build knows format {FORMAT}",

@@ -306,7 +306,10 @@ async fn a_push_that_moves_the_outbox_is_rejected_with_the_reason_and_changes_no
     assert!(!moved.exists(), "no store is made at the pushed path");
     let s = status_at(port).await.expect("status");
     assert_eq!(s["spaces"]["total"], 100, "nothing of the push applied");
-    assert_eq!(s["management"]["config_version"], 0, "the version is not used up");
+    assert_eq!(
+        s["management"]["config_version"], 0,
+        "the version is not used up"
+    );
 
     // The same change without the move is applied under that version.
     op.push(
@@ -341,11 +344,9 @@ async fn an_old_signed_push_is_still_refused_after_a_local_edit_moves_the_outbox
 
     // One event is still waiting in the old store when the operator moves the outbox.
     {
-        let (ob, _) = lotlink::outbox::Outbox::open(
-            &old_outbox,
-            lotlink::outbox::OutboxOptions::default(),
-        )
-        .expect("old store opens");
+        let (ob, _) =
+            lotlink::outbox::Outbox::open(&old_outbox, lotlink::outbox::OutboxOptions::default())
+                .expect("old store opens");
         ob.submit(common::new_record(1, &common::small_jpeg(1)))
             .await
             .expect("submit");
@@ -371,10 +372,7 @@ async fn an_old_signed_push_is_still_refused_after_a_local_edit_moves_the_outbox
         op.push(v, &format!("# replayed {v}\n{text_a}"), KEY).await;
         let r = op.result(WAIT).await;
         assert_eq!(r["outcome"], "rejected", "version {v}: {r}");
-        assert!(
-            r["reason"].as_str().unwrap_or("").contains("replay"),
-            "{r}"
-        );
+        assert!(r["reason"].as_str().unwrap_or("").contains("replay"), "{r}");
     }
     daemon.stop();
     let (old, _) =

@@ -165,8 +165,7 @@ fn start_with_umask_022(config: &Path, log: &Path) -> Daemon {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_store_and_the_state_file_are_private_even_when_the_daemon_is_started_with_umask_022(
-) {
+async fn the_store_and_the_state_file_are_private_even_when_the_daemon_is_started_with_umask_022() {
     use std::os::unix::fs::PermissionsExt;
     let sim = common::sim().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -182,7 +181,11 @@ async fn the_store_and_the_state_file_are_private_even_when_the_daemon_is_starte
     daemon.stop();
     assert_private(&outbox, "a store the daemon made");
     let state = dir.path().join("lotlink.state");
-    let mode = std::fs::metadata(&state).expect("the state file").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&state)
+        .expect("the state file")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600, "the state file");
 
     // A store an older gateway left world-readable, with an event in it: made private at
