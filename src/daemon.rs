@@ -159,7 +159,9 @@ pub fn make_private(dir: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mut todo = vec![dir.to_path_buf()];
+        // The directory itself may be a symlink to the real one (followed); below it,
+        // symlinks are left alone.
+        let mut todo = vec![std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())];
         let mut failed = 0usize;
         let mut first: Option<String> = None;
         while let Some(p) = todo.pop() {
