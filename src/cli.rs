@@ -70,6 +70,9 @@ pub enum Command {
     /// The running daemon's space count.
     #[command(subcommand)]
     Space(SpaceCommand),
+    /// The outbox on disk.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// Shrink an image as the gateway would before upload and say what it did (for checking a
     /// camera's images; `--repeat` times it).
     Shrink {
@@ -96,6 +99,18 @@ pub enum Command {
         /// How long each platform outage lasts.
         #[arg(long, default_value = "10s")]
         outage: String,
+    },
+}
+
+/// `lotlink outbox …`.
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// List what the outbox moved aside: sled index files it could not open, damaged log
+    /// ranges, a whole store whose log could not be read. Reads only; never creates the store.
+    Aside {
+        /// Configuration file (for `[outbox] path`).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
 }
 
@@ -203,6 +218,19 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 /// Run a command; the exit code.
+/// `lotlink outbox aside`: one line per thing moved aside; exit 0 (nothing is also fine).
+fn outbox_aside(path: &std::path::Path) -> Result<i32, CliError> {
+    let cfg = config::load(path)?;
+    let items = crate::outbox::moved_aside(&cfg.outbox.path);
+    if items.is_empty() {
+        println!("nothing moved aside in {}", cfg.outbox.path.display());
+    }
+    for a in items {
+        println!("{}\t{}\t{} bytes", a.what, a.path.display(), a.bytes);
+    }
+    Ok(0)
+}
+
 pub async fn execute(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::CheckConfig { config } => Ok(check_config(&config)),
@@ -235,6 +263,7 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::Space(SpaceCommand::Set { occupied, config }) => {
             operator::space_set(&config, occupied).await
         }
+        Command::Outbox(OutboxCommand::Aside { config }) => outbox_aside(&config),
         Command::Shrink { file, out, repeat } => shrink(file.as_deref(), out.as_deref(), repeat),
         Command::Demo {
             duration,
@@ -342,8 +371,7 @@ async fn send(
                             },
                         )
                         .ok()
-                        .and_then(|(ob, _)| ob.setting("occupied").ok().flatten())
-                        .and_then(|s| s.parse::<u64>().ok())
+                        .and_then(|(ob, _)| ob.settings().space_occupied().ok().flatten())
                     })
                     .await
                     .map_err(|e| CliError::Other(e.to_string()))?;

@@ -282,10 +282,10 @@ fn record_state(
 /// The push version the outbox kept before the state file existed (read once, to migrate).
 fn legacy_push_version(outbox: &Outbox) -> u64 {
     outbox
-        .setting("config_version")
+        .settings()
+        .config_version_v1()
         .ok()
         .flatten()
-        .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(0)
 }
 
@@ -367,7 +367,10 @@ pub async fn run(
                 // A wedged uploader stops the pings; systemd then restarts the daemon.
                 let window = (gw.config().platform.request_timeout + Duration::from_secs(5))
                     .max(Duration::from_secs(20));
-                if gw.uploader_alive(window) {
+                let store = gw.outbox.health();
+                if let crate::outbox::StoreHealth::Broken { reason } = &store {
+                    tracing::error!(reason = %reason, "the outbox cannot recover by itself: not pinging the watchdog (systemd will restart lotlink)");
+                } else if gw.uploader_alive(window) {
                     notify(&[NotifyState::Watchdog]);
                 } else {
                     tracing::error!(window_s = window.as_secs(), "the uploader shows no sign of life: not pinging the watchdog (systemd will restart lotlink)");

@@ -21,8 +21,9 @@
 //! refusing, resetting or failing at times), and a pulled cable or a silent module may come
 //! with a failing platform too.
 //!
-//! Two more tests: a store corrupted while the gateway was down is moved aside with an ERROR
-//! naming where, and the gateway carries on; and a long outage fills the outbox quota:
+//! Two more tests: a store whose index (sled) was corrupted while the gateway was down has
+//! sled's files moved aside with an ERROR naming where, and every pending event is rebuilt
+//! from the log and delivered; and a long outage fills the outbox quota:
 //! images degrade, nothing pending is deleted, the gateway stops acknowledging so the broker
 //! keeps the rest, and everything arrives once the platform is back.
 //!
@@ -829,7 +830,7 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_kills_and_fa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_corrupted_while_the_gateway_was_down_is_moved_aside_and_the_gateway_carries_on() {
+async fn a_store_whose_index_was_corrupted_while_the_gateway_was_down_keeps_every_pending_event() {
     common::init_log();
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = PlatformSim::start(SimConfig::new(LOT, TOKEN))
@@ -846,8 +847,18 @@ async fn a_store_corrupted_while_the_gateway_was_down_is_moved_aside_and_the_gat
         faketime: None,
         log: None,
     };
+    // Ten events stored while the platform is down: pending in the outbox.
+    sim.set_mode(Mode::Refuse);
     gw.start();
     gw.wait_ready(&http).await;
+    let camera = Camera::connect(broker.port).await;
+    for n in 0..10 {
+        camera.publish(n).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || camera.acked() == 10).await,
+        "stored and acknowledged"
+    );
     gw.kill();
 
     // Garbage over sled's files, as a dying SD card might leave them.
@@ -861,42 +872,48 @@ async fn a_store_corrupted_while_the_gateway_was_down_is_moved_aside_and_the_gat
 
     let log = dir.path().join("gateway.log");
     gw.log = Some(log.clone());
+    sim.set_mode(Mode::Up);
     gw.start();
     gw.wait_ready(&http).await;
 
-    // The old files are kept beside the new store, and the ERROR says where.
-    let aside: Vec<_> = std::fs::read_dir(dir.path())
+    // Only sled's files were moved aside, inside the store; the log stayed and the ERROR
+    // says where they went.
+    let aside: Vec<_> = std::fs::read_dir(&store)
         .expect("list")
         .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("outbox.corrupt-")
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with("index.broken-"))
         .collect();
     assert_eq!(aside.len(), 1, "moved aside once");
     assert!(aside[0].path().join("db").exists(), "old files kept");
+    assert!(store.join("segments").exists(), "the log stays");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
-        text.contains("ERROR") && text.contains("outbox.corrupt-"),
-        "an ERROR names where the old store went: {text}"
+        text.contains("ERROR") && text.contains("index.broken-"),
+        "an ERROR names where sled's files went: {text}"
     );
 
-    // And the gateway works: an event from the camera reaches the platform.
-    let camera = Camera::connect(broker.port).await;
-    let mut delivered_one = false;
-    for _ in 0..100 {
-        camera.publish(7).await;
-        if eventually(Duration::from_millis(300), || {
-            delivered(&sim).contains_key(&plate(7))
+    // Every pending event reaches the platform, once; and new ones still do.
+    let want: Vec<String> = (0..10).map(plate).collect();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let got = delivered(&sim);
+            want.iter().all(|p| got.contains_key(p))
         })
-        .await
-        {
-            delivered_one = true;
-            break;
-        }
-    }
-    assert!(delivered_one, "the fresh store carries events");
+        .await,
+        "the pending events were rebuilt from the log and delivered"
+    );
+    camera.publish(77).await;
+    assert!(
+        eventually(Duration::from_secs(30), || delivered(&sim)
+            .contains_key(&plate(77)))
+        .await,
+        "the store carries new events"
+    );
+    assert_eq!(
+        delivered(&sim).values().filter(|(n, _)| *n > 1).count(),
+        0,
+        "nothing twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
