@@ -32,6 +32,11 @@ pub enum Command {
         /// Configuration file.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// After a local change of `[outbox] path`: start on the new path even though the
+        /// old store still holds pending records. They stay on disk, untouched, and are NOT
+        /// uploaded; needed once (the new path is recorded).
+        #[arg(long)]
+        abandon_old_outbox: bool,
     },
     /// Validate a configuration file: prints "ok" or every problem; exit 0 or 1.
     CheckConfig {
@@ -175,26 +180,40 @@ pub enum CliError {
     Other(String),
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled: a SIGTERM while the daemon is still starting (systemd
+/// stopping it right away) then stops it cleanly once it has started, instead of killing
+/// it halfway through. Call it inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-            }
-            Err(_) => {
+            };
+            if term.is_none() && int.is_none() {
                 let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+            tokio::select! {
+                () = wait(term) => {}
+                () = wait(int) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -215,10 +234,16 @@ fn outbox_aside(path: &std::path::Path) -> Result<i32, CliError> {
 pub async fn execute(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::CheckConfig { config } => Ok(check_config(&config)),
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            abandon_old_outbox,
+        } => {
             crate::daemon::run(
                 &config,
-                crate::daemon::DaemonOptions::default(),
+                crate::daemon::DaemonOptions {
+                    abandon_old_outbox,
+                    ..crate::daemon::DaemonOptions::default()
+                },
                 shutdown_signal(),
             )
             .await?;
@@ -228,7 +253,11 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
             what,
             config,
             surplus,
-        } => send(what, &config, surplus).await,
+        } => {
+            // `send space` may open (and so create) the outbox: keep its files private.
+            crate::daemon::private_umask();
+            send(what, &config, surplus).await
+        }
         Command::Status { json, config } => operator::status(&config, json).await,
         Command::Dead(cmd) => operator::dead(cmd).await,
         Command::Space(SpaceCommand::Set { occupied, config }) => {
@@ -249,6 +278,7 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
                 online: p(&online)?,
                 outage: p(&outage)?,
             };
+            crate::daemon::private_umask();
             crate::demo::run(opts, shutdown_signal()).await
         }
     }

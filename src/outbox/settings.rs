@@ -113,11 +113,6 @@ impl<'a> Settings<'a> {
             .and_then(|s| s.parse().ok()))
     }
 
-    /// Remember the last accepted config-push version (until the gateway state file).
-    pub fn set_config_version_v1(&self, v: u64) -> Result<(), OutboxError> {
-        self.put(K_CONFIG_VERSION_V1, v.to_string().as_bytes())
-    }
-
     /// Record the newest space figures; coalesces: only the newest is kept. Returns the
     /// new report, or `None` if the figures did not change. Wakes the uploader.
     pub fn set_space(&self, total: u64, surplus: u64) -> Result<Option<SpaceReport>, OutboxError> {
