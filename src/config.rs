@@ -17,7 +17,7 @@ mod devices;
 pub use devices::{
     CameraConfig, CameraSource, Devices, HttpConfig, HttpFormat, LineTerminator, LoopConfig,
     LoopSource, ModbusMode, ModbusTarget, MqttConfig, MqttFormat, RawCamera, RawHttp, RawLoop,
-    RawMqtt, RegisterKind, SerialEncoding, SerialFraming,
+    RawMqtt, RegisterKind, SerialEncoding, SerialFraming, StyleValue,
 };
 
 use crate::space::SpaceSource;

@@ -15,7 +15,7 @@ use lotlink_drivers::loops::{BusTarget, LoopMode, ModbusBus, ModbusPoint, Regist
 use lotlink_drivers::mqtt::{CameraFormat, MqttCamera, MqttHub, MqttLoop, MqttSettings};
 use lotlink_drivers::serial::{CameraFraming, DetectorLoop, SerialCamera, SerialDetector};
 use lotlink_drivers::snapshot::Snapshot;
-use lotlink_drivers::{Driver, DriverStatus};
+use lotlink_drivers::{CameraRules, Driver, DriverStatus};
 
 use crate::config::{
     CameraSource, Config, HttpFormat, LineTerminator, LoopSource, ModbusMode, ModbusTarget,
@@ -88,6 +88,10 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                 camera: cam.name.clone(),
                 message: e.to_string(),
             })?;
+        let rules = CameraRules {
+            styles: cam.styles.clone(),
+            max_skew: cam.max_camera_skew,
+        };
         match &cam.source {
             CameraSource::Mqtt(format) => {
                 let status = DriverStatus::new(&cam.name, "mqtt-camera");
@@ -102,6 +106,7 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                         },
                     },
                     snapshot,
+                    rules,
                     status,
                 });
             }
@@ -125,6 +130,7 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                     gate_open: *gate_open,
                     snapshot,
                     status,
+                    rules: rules.clone(),
                 });
             }
             CameraSource::Serial {
@@ -169,6 +175,7 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                     framing,
                     snapshot,
                     tz,
+                    rules,
                     status,
                 }));
             }

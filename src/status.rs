@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use crate::config::Secret;
 use crate::manage::ManagementState;
 
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, StoreHealth};
 use crate::protocol::{Client, Clock};
 use crate::space::SpaceTracker;
 use crate::uploader::Health;
@@ -337,8 +337,19 @@ fn healthz(ctx: &StatusContext) -> Response<Full<Bytes>> {
         Some(t) => problems.push(format!("platform not reached for {} s", (now - t) / 1000)),
         None => problems.push("platform not reached since start".to_string()),
     }
-    if let Err(e) = ctx.outbox.set_setting("probe", &now.to_string()) {
-        problems.push(format!("outbox not writable: {e}"));
+    match ctx.outbox.health() {
+        StoreHealth::Ok => {}
+        StoreHealth::Refusing { since_ms, reason } => problems.push(format!(
+            "outbox refusing new events for {} s: {reason}",
+            (now - since_ms).max(0) / 1000
+        )),
+        StoreHealth::Broken { reason } => problems.push(format!("outbox broken: {reason}")),
+    }
+    if let Some(t) = ctx.outbox.rebuilt_recently() {
+        problems.push(format!(
+            "degraded: the outbox index was rebuilt from the log {} s ago (see the log; reported for an hour)",
+            (now - t).max(0) / 1000
+        ));
     }
     if problems.is_empty() {
         reply(StatusCode::OK, "ok\n", "text/plain")
@@ -356,7 +367,17 @@ pub fn status_json(ctx: &StatusContext) -> Value {
     let now = Clock::local_ms();
     let h = ctx.health_snapshot();
     let (total, occupied, free) = ctx.space.figures();
-    let last_report = ctx.outbox.space_latest().ok().flatten();
+    let last_report = ctx.outbox.settings().space_latest().ok().flatten();
+    let r = ctx.outbox.open_report();
+    let last_open = json!({
+        "rebuilt": r.rebuilt,
+        "moved_aside": r.moved_aside.map(|p| p.display().to_string()),
+        "replayed": r.replayed,
+        "damaged_ranges": r.damaged_ranges,
+        "damaged_records": r.damaged_records,
+        "duplicates_dropped": r.duplicates_dropped,
+        "torn_tail_bytes": r.torn_tail,
+    });
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "config_hash": ctx.config_hash,
@@ -377,6 +398,13 @@ pub fn status_json(ctx: &StatusContext) -> Value {
             "bytes": ctx.outbox.bytes(),
             "size_on_disk": ctx.outbox.size_on_disk(),
             "dead_letters": ctx.outbox.dead_len(),
+            "state": match ctx.outbox.health() {
+                StoreHealth::Ok => json!({"ok": true}),
+                StoreHealth::Refusing { since_ms, reason } => json!({"ok": false, "refusing_since_ms": since_ms, "problem": reason}),
+                StoreHealth::Broken { reason } => json!({"ok": false, "broken": true, "problem": reason}),
+            },
+            "index_rebuilt_ms": ctx.outbox.rebuilt_recently(),
+            "last_open": last_open,
         },
         "spaces": {
             "total": total,

@@ -337,7 +337,12 @@ impl Uploader {
     /// sent successfully, `Ok(false)` when there was nothing to send.
     async fn round(&mut self, space_due: &mut bool) -> Result<bool, Stop> {
         let mut sent = false;
-        if let Some(rep) = self.outbox.space_to_send(*space_due).map_err(Stop::Store)? {
+        if let Some(rep) = self
+            .outbox
+            .settings()
+            .space_to_send(*space_due)
+            .map_err(Stop::Store)?
+        {
             let data = format!(
                 "{{\"totalSpace\":{},\"surplusSpace\":{}}}",
                 rep.total, rep.surplus
@@ -345,7 +350,10 @@ impl Uploader {
             let reply = self.call(Cmd::ParkSpace, &data).await?;
             match reply.verdict {
                 Verdict::Success | Verdict::Exists => {
-                    self.outbox.space_sent(rep.seq).map_err(Stop::Store)?;
+                    self.outbox
+                        .settings()
+                        .space_sent(rep.seq)
+                        .map_err(Stop::Store)?;
                     *space_due = false;
                     self.note_success();
                     tracing::info!(
@@ -359,7 +367,10 @@ impl Uploader {
                     // The platform refuses these figures; drop this value (the next change
                     // produces a new one) rather than block records behind it.
                     tracing::error!(code = %reply.code, msg = %reply.msg, total = rep.total, surplus = rep.surplus, "platform refused the space report");
-                    self.outbox.space_sent(rep.seq).map_err(Stop::Store)?;
+                    self.outbox
+                        .settings()
+                        .space_sent(rep.seq)
+                        .map_err(Stop::Store)?;
                     *space_due = false;
                 }
                 v => return Err(stop_for(v, &reply)),

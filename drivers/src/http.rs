@@ -133,6 +133,8 @@ pub struct HttpCamera {
     pub snapshot: Option<Snapshot>,
     /// Status shown per camera.
     pub status: DriverStatus,
+    /// `styles` and `max_camera_skew`: what the shared normaliser applies.
+    pub rules: crate::plate::CameraRules,
 }
 
 /// The listener's settings (`[http]`).
@@ -581,15 +583,21 @@ enum Stored {
     Invalid(String),
 }
 
+/// Normalise what the camera said (the one normaliser every driver uses: plate text,
+/// colour, carStyle, camera clock) and store it.
+async fn store_reading(shared: &Shared, cam: &Cam, r: crate::plate::Reading) -> Stored {
+    let ev = crate::plate::normalise(
+        r,
+        cam.cfg.direction,
+        &cam.cfg.rules,
+        &cam.cfg.status,
+        shared.sink.now_ms(),
+    );
+    store(shared, cam, ev).await
+}
+
 async fn store(shared: &Shared, cam: &Cam, mut ev: PlateEvent) -> Stored {
     fill_image(&mut ev, cam.cfg.snapshot.as_ref()).await;
-    if ev
-        .plate
-        .as_deref()
-        .is_some_and(|p| !crate::plate::is_usual_plate(p))
-    {
-        cam.cfg.status.unusual_plate();
-    }
     match tokio::time::timeout(SUBMIT_WAIT, shared.sink.submit(Event::Plate(ev))).await {
         Ok(Ok(Accepted::Stored(_) | Accepted::Duplicate | Accepted::Applied)) => {
             cam.cfg.status.event();
@@ -825,27 +833,19 @@ async fn vzenith_request(
         tracing::debug!(camera = %cam.cfg.name, trigger = p.plate.trigger, "lingering/turn-back trigger: not a pass");
         return vz_reply(false);
     }
-    let mut remark = None;
+    let mut notes = Vec::new();
     if !p.image_problems.is_empty() {
         let problems = p.image_problems.join("; ");
         cam.bad(peer, &format!("picture unusable: {problems}"));
-        remark = Some(format!("图片无效 (camera picture unusable: {problems})"));
+        notes.push(format!("图片无效 (camera picture unusable: {problems})"));
     }
     let source_key = vz_source_key(&cam.cfg.name, &p);
     let VzPushPlate { plate, image, .. } = *p;
-    let ev = PlateEvent {
-        source_key,
-        node_name: cam.cfg.name.clone(),
-        direction: cam.cfg.direction,
-        plate: plate.plate,
-        captured_at_ms: plate.captured_at_ms,
-        color: plate.color.map(str::to_owned),
-        style: plate.style,
-        brand: None,
-        image,
-        remark,
-    };
-    match store(shared, cam, ev).await {
+    let mut r = plate.reading(&cam.cfg.name);
+    r.source_key = source_key;
+    r.image = image;
+    r.notes.extend(notes);
+    match store_reading(shared, cam, r).await {
         Stored::Yes => vz_reply(cam.cfg.gate_open),
         Stored::No(m) => unavailable(&format!("not stored, send it again: {m}")),
         Stored::Invalid(m) => {
@@ -1027,37 +1027,41 @@ async fn hikvision_request(
         .as_deref()
         .and_then(hikvision::color_word)
         .or(prefix_color);
-    let style = anpr
-        .vehicle_type
-        .as_deref()
-        .map_or(crate::CarStyle::Car, hikvision::style_of);
     let captured_at_ms = alert
         .date_time
         .as_deref()
         .and_then(|t| hikvision::parse_date_time(t, shared.tz));
     let (image, problems) = pick_hik_picture(&push);
-    let mut remark = None;
+    let mut notes = Vec::new();
     if !problems.is_empty() {
         let problems = problems.join("; ");
         cam.bad(peer, &format!("picture unusable: {problems}"));
-        remark = Some(format!("图片无效 (camera picture unusable: {problems})"));
+        notes.push(format!("图片无效 (camera picture unusable: {problems})"));
     }
     if alert.retransmission {
         tracing::debug!(camera = %cam.cfg.name, "a retransmitted alert: stored once by its UUID");
     }
-    let ev = PlateEvent {
+    let r = crate::plate::Reading {
         source_key: hik_source_key(&cam.cfg.name, alert, plate.as_deref()),
         node_name: cam.cfg.name.clone(),
-        direction: cam.cfg.direction,
+        direction: None,
         plate,
-        captured_at_ms,
         color: color.map(str::to_owned),
-        style,
+        style: anpr.vehicle_type.clone(),
+        vendor_style: Some(
+            anpr.vehicle_type
+                .as_deref()
+                .map_or(crate::CarStyle::Car, hikvision::style_of),
+        ),
+        captured_at_ms,
+        // A retransmitted alert may be old; its time says nothing about the camera's clock.
+        buffered: alert.retransmission,
         brand: None,
         image,
-        remark,
+        replaced: Vec::new(),
+        notes,
     };
-    match store(shared, cam, ev).await {
+    match store_reading(shared, cam, r).await {
         Stored::Yes => hik_ok(&cam.cfg.path),
         Stored::No(m) => unavailable(&format!("not stored, send it again: {m}")),
         Stored::Invalid(m) => {
@@ -1097,6 +1101,7 @@ mod tests {
                 gate_open: false,
                 snapshot: None,
                 status: status.clone(),
+                rules: crate::plate::CameraRules::default(),
             }],
             tz: chrono_tz::Asia::Shanghai,
             status: DriverStatus::new("http", "http-listener"),
