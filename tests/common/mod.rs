@@ -4,6 +4,7 @@
 
 pub mod devices;
 pub mod modbus;
+pub mod throttle;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
