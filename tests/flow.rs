@@ -152,11 +152,17 @@ async fn an_answer_over_64_kib_is_a_bad_answer_and_reading_stops_at_the_cap() {
     let h = start("").await;
     // 400 MB, streamed by the simulator without a length and never allocated.
     const HUGE: u64 = 400 << 20;
-    h.sim.push_script(Route::Heartbeat, [Scripted::Huge(HUGE)]);
-    let r = h
-        .gw
-        .client
-        .call(lotlink::protocol::Cmd::Heartbeat, None)
+    // A client of our own (the gateway's heartbeats must not take the scripted answer).
+    let client = lotlink::protocol::Client::new(
+        &h.gw.config().platform,
+        lotlink::config::Secret::new(TOKEN),
+        std::sync::Arc::new(lotlink::protocol::Clock::default()),
+        None,
+    )
+    .expect("client");
+    h.sim.push_script(Route::CarInOut, [Scripted::Huge(HUGE)]);
+    let r = client
+        .call(lotlink::protocol::Cmd::CarInOut, Some("[]"))
         .await;
     match &r {
         Err(e @ lotlink::protocol::CallError::TooLarge { .. }) => {

@@ -19,6 +19,7 @@ const DEADLINE: Duration = Duration::from_secs(150);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_record_image_backlog_drains_completely_over_1_mbit_per_s() {
     let d = drain_backlog(1_000_000, RECORDS, SCALE, DEADLINE).await;
+    eprintln!("1 Mbit/s (time scale {SCALE}): {d:?}");
     assert_eq!(d.delivered, RECORDS, "{d:?}");
     assert_eq!(d.unique, RECORDS, "each once: {d:?}");
     assert_eq!(d.dead, 0);
@@ -31,6 +32,7 @@ async fn a_200_record_image_backlog_drains_completely_over_1_mbit_per_s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_record_image_backlog_drains_over_256_kbit_per_s_one_record_per_request() {
     let d = drain_backlog(256_000, RECORDS, SCALE, DEADLINE).await;
+    eprintln!("256 kbit/s (time scale {SCALE}): {d:?}");
     assert_eq!(d.delivered, RECORDS, "{d:?}");
     assert_eq!(d.unique, RECORDS, "each once: {d:?}");
     assert_eq!(d.dead, 0);
