@@ -43,3 +43,18 @@ async fn a_200_record_image_backlog_drains_over_256_kbit_per_s_one_record_per_re
         d.batch_sizes
     );
 }
+
+/// At 24 kbit/s one ~45 KB record takes 15 s, longer than the `ts` window: it goes with its
+/// picture shrunk further (said in `remark`), never dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_big_for_the_window_goes_with_a_smaller_picture_and_a_remark() {
+    let d = drain_backlog(24_000, 4, SCALE, DEADLINE).await;
+    eprintln!("24 kbit/s (time scale {SCALE}): {d:?}");
+    assert_eq!(d.delivered, 4, "{d:?}");
+    assert_eq!(d.dead, 0);
+    assert!(d.shrunk >= 1, "a picture was shrunk for the link: {d:?}");
+    assert!(
+        d.image_chars < 4 * 44_000,
+        "smaller pictures went: {d:?}"
+    );
+}

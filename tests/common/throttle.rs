@@ -188,6 +188,8 @@ pub struct Drain {
     pub requests: u64,
     /// Records dead-lettered.
     pub dead: u64,
+    /// Records stored with a picture shrunk for the slow uplink (said in `remark`).
+    pub shrunk: usize,
 }
 
 /// A JPEG whose Base64 is just under the platform's 50,000 characters (passes through the
@@ -266,6 +268,10 @@ pub async fn drain_backlog(
         .map(|r| r["imgData"].as_str().map_or(0, str::len))
         .sum();
     let dead = gw.outbox.dead_len();
+    let shrunk = stored
+        .iter()
+        .filter(|r| r["remark"].as_str().is_some_and(|m| m.contains("slow uplink")))
+        .count();
     let drain = Drain {
         delivered: stored.len(),
         unique: unique.len(),
@@ -275,6 +281,7 @@ pub async fn drain_backlog(
         image_chars,
         requests: stats.requests_to(lotlink::sim::Route::CarInOut),
         dead,
+        shrunk,
     };
     gw.stop().await;
     sim.shutdown().await;
