@@ -735,13 +735,8 @@ async fn slowlink() {
         .unwrap_or(2);
     const RECORDS: usize = 200;
     for (name, bits) in [("1mbit", 1_000_000u64), ("256kbit", 256_000)] {
-        let d = common::throttle::drain_backlog(
-            bits,
-            RECORDS,
-            scale,
-            Duration::from_secs(1800),
-        )
-        .await;
+        let d =
+            common::throttle::drain_backlog(bits, RECORDS, scale, Duration::from_secs(1800)).await;
         // Seconds as the link would take them without the time scale.
         let secs = d.elapsed.as_secs_f64() * f64::from(scale);
         let raw = bits as f64 / 8.0;
@@ -767,7 +762,11 @@ async fn slowlink() {
             raw / per_record,
             "records/s",
         );
-        result(&format!("slowlink_{name}_uplink_bytes_per_s"), goodput, "B/s");
+        result(
+            &format!("slowlink_{name}_uplink_bytes_per_s"),
+            goodput,
+            "B/s",
+        );
         result(&format!("slowlink_{name}_raw_bytes_per_s"), raw, "B/s");
         result(&format!("slowlink_{name}_mean_batch"), mean, "records");
     }

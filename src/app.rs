@@ -165,7 +165,9 @@ pub type EncodingMemory = Arc<Mutex<Option<DataEncoding>>>;
 /// Remember the `data` encoding `auto` settled on. In memory for now: the one place to make
 /// it survive a restart (like `ts_unit`) is here and in [`remembered_data_encoding`].
 fn remember_data_encoding(memory: &EncodingMemory, e: DataEncoding) {
-    *memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+    *memory
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
     tracing::info!(
         data_encoding = crate::protocol::encoding_name(e),
         "data_encoding auto: remembered until the gateway stops"
@@ -174,7 +176,9 @@ fn remember_data_encoding(memory: &EncodingMemory, e: DataEncoding) {
 
 /// The `data` encoding an earlier `auto` client settled on, if any.
 fn remembered_data_encoding(memory: &EncodingMemory) -> Option<DataEncoding> {
-    *memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    *memory
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn build_client(
@@ -253,13 +257,7 @@ impl Gateway {
 
         let clock = Arc::new(Clock::default());
         let encoding = EncodingMemory::default();
-        let client = Arc::new(build_client(
-            cfg,
-            &outbox,
-            clock.clone(),
-            &opts,
-            &encoding,
-        )?);
+        let client = Arc::new(build_client(cfg, &outbox, clock.clone(), &opts, &encoding)?);
         let space = SpaceTracker::new(outbox.clone(), cfg.space.total, cfg.space.source)?;
         let health: Health = Arc::new(Mutex::new(PlatformHealth::default()));
         let liveness = Liveness::default();

@@ -552,10 +552,7 @@ impl Client {
             status,
             limit: MAX_ANSWER,
         };
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_ANSWER as u64)
-        {
+        if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
             return Err(too_large);
         }
         let mut out = Vec::new();
@@ -608,9 +605,7 @@ impl Client {
             self.confirm_encoding(encoding, false);
             return Ok(reply);
         }
-        if reply.verdict != Verdict::Malformed
-            || self.encoding_confirmed.load(Ordering::Relaxed)
-        {
+        if reply.verdict != Verdict::Malformed || self.encoding_confirmed.load(Ordering::Relaxed) {
             return Ok(reply);
         }
         let other = other_encoding(encoding);

@@ -1261,7 +1261,9 @@ fn process(inner: &Inner, settings: &Settings, route: Route, body: &[u8]) -> Res
             Ok(())
         }
         _ if settings.require_string_data
-            && env.get("data").is_some_and(|d| d.is_object() || d.is_array()) =>
+            && env
+                .get("data")
+                .is_some_and(|d| d.is_object() || d.is_array()) =>
         {
             Err(reject(1501, "data must be a json string"))
         }

@@ -364,9 +364,7 @@ pub fn health_problems(ctx: &StatusContext, probe_store: bool) -> Vec<String> {
             .outbox
             .oldest_submitted_ms()
             .is_some_and(|t| now - t > window);
-        let delivered_lately = h
-            .last_records_success_ms
-            .is_some_and(|t| now - t <= window);
+        let delivered_lately = h.last_records_success_ms.is_some_and(|t| now - t <= window);
         if oldest_waits && !delivered_lately {
             let since = h.last_records_success_ms.map_or_else(
                 || "since start".to_string(),

@@ -412,7 +412,7 @@ impl Pace {
     }
 
     fn ready(&self, now: Instant) -> bool {
-        self.not_before.is_none_or(|t| now >= t)
+        self.not_before.map_or(true, |t| now >= t)
     }
 
     /// A success: returns whether the stream had been failing (logged as its end).
@@ -421,7 +421,11 @@ impl Pace {
         let failures = self.backoff.failures();
         self.backoff.reset();
         if failures > 0 {
-            tracing::info!(stream = self.stream.name(), failures, "platform accepts this stream again");
+            tracing::info!(
+                stream = self.stream.name(),
+                failures,
+                "platform accepts this stream again"
+            );
         }
         failures > 0
     }
@@ -618,7 +622,12 @@ impl Uploader {
             }
             Stop::Transient(code, msg) => (code, msg, self.settings.backoff_cap, false),
             Stop::Fault(code, msg) => (code, msg, self.settings.backoff_cap_fault, true),
-            Stop::Store(e) => ("store".to_string(), e.to_string(), self.settings.backoff_cap, false),
+            Stop::Store(e) => (
+                "store".to_string(),
+                e.to_string(),
+                self.settings.backoff_cap,
+                false,
+            ),
         };
         self.note_error(stream, &code, &msg, fault);
         let d = pace.backoff.next(cap);
@@ -789,8 +798,8 @@ impl Uploader {
 
     /// Send one `carInOut` request, learning from how long it took.
     async fn send(&mut self, recs: &[StoredRecord]) -> Result<Sent, Stop> {
-        let n = recs.len();
-        let shrunk = if n == 1 && self.sizer.image_chars() < crate::imaging::MAX_B64_CHARS {
+        let count = recs.len();
+        let shrunk = if count == 1 && self.sizer.image_chars() < crate::imaging::MAX_B64_CHARS {
             let rec = recs[0].clone();
             let chars = self.sizer.image_chars();
             tokio::task::spawn_blocking(move || shrunk_for_uplink(&rec, chars))
@@ -801,31 +810,35 @@ impl Uploader {
             None
         };
         if let Some(s) = &shrunk {
-            tracing::info!(id = s.id, chars = crate::imaging::b64_len(s.image.len()), "slow uplink: sending this record with its picture shrunk further");
+            tracing::info!(
+                id = s.id,
+                chars = crate::imaging::b64_len(s.image.len()),
+                "slow uplink: sending this record with its picture shrunk further"
+            );
         }
         let sent: &[StoredRecord] = shrunk.as_ref().map_or(recs, std::slice::from_ref);
-        let lone_chars = (n == 1).then(|| crate::imaging::b64_len(sent[0].image.len()));
+        let lone_chars = (count == 1).then(|| crate::imaging::b64_len(sent[0].image.len()));
         let data = records_json(sent);
         let bytes = data.len() as u64 + 200;
         let started = Instant::now();
         bump(&self.liveness);
-        let r = self.client.call(Cmd::CarInOut, Some(&data)).await;
+        let answer = self.client.call(Cmd::CarInOut, Some(&data)).await;
         bump(&self.liveness);
         let elapsed = started.elapsed();
         drop(data);
-        let reply = match r {
+        let reply = match answer {
             Ok(reply) => reply,
             Err(e) => {
                 let stop = call_stop(&e);
                 let mut cut = false;
                 if matches!(e, CallError::Timeout(_)) {
-                    cut |= self.sizer.trouble(n, bytes, lone_chars);
+                    cut |= self.sizer.trouble(count, bytes, lone_chars);
                 }
                 if e.may_have_arrived() {
                     // Maybe stored without an answer: one record per request until one is
                     // new (see "Lost answers").
                     cut |= self.sizer.one_at_a_time();
-                    tracing::info!(records = n, bytes, elapsed_ms = millis(elapsed), "no answer to a carInOut request: it may have been stored; sending one record per request until one is new");
+                    tracing::info!(records = count, bytes, elapsed_ms = millis(elapsed), "no answer to a carInOut request: it may have been stored; sending one record per request until one is new");
                 }
                 self.publish_limits();
                 if cut {
@@ -840,9 +853,15 @@ impl Uploader {
         self.note_command_code(Cmd::CarInOut, &reply);
         self.sizer.answered(bytes, elapsed);
         if reply.verdict == Verdict::AuthFailed && elapsed >= self.client.ts_window() / 2 {
-            let cut = self.sizer.trouble(n, bytes, lone_chars);
+            let cut = self.sizer.trouble(count, bytes, lone_chars);
             self.publish_limits();
-            tracing::info!(records = n, bytes, elapsed_ms = millis(elapsed), limit_bytes = self.sizer.limits().1, "1002 after a long upload: the request took too long for its ts; sending less");
+            tracing::info!(
+                records = count,
+                bytes,
+                elapsed_ms = millis(elapsed),
+                limit_bytes = self.sizer.limits().1,
+                "1002 after a long upload: the request took too long for its ts; sending less"
+            );
             let msg = format!("{} (after a {} ms upload)", reply.msg, millis(elapsed));
             return Err(if cut {
                 Stop::Resized(reply.code, msg)

@@ -81,7 +81,8 @@ async fn one_record_answered_2001_forever_is_dead_lettered_and_the_39_others_are
 async fn a_refused_space_report_never_holds_back_the_records() {
     for answer in [Scripted::Http(404), Scripted::Code(2001), Scripted::NonJson] {
         let h = start("").await;
-        h.sim.set_route_answer(Route::ParkSpace, Some(answer.clone()));
+        h.sim
+            .set_route_answer(Route::ParkSpace, Some(answer.clone()));
         submit(&h, &plates("S", 10)).await;
         assert!(
             h.sim.wait_for_records(10, T).await,
@@ -98,7 +99,8 @@ async fn a_refused_space_report_never_holds_back_the_records() {
 #[tokio::test]
 async fn healthz_is_503_while_records_wait_and_none_is_delivered_and_200_once_they_go() {
     let h = start("heartbeat_interval = \"1s\"").await;
-    h.sim.set_route_answer(Route::CarInOut, Some(Scripted::NonJson));
+    h.sim
+        .set_route_answer(Route::CarInOut, Some(Scripted::NonJson));
     submit(&h, &plates("H", 2)).await;
     let (ok, body) = healthz_until(&h, 503, "records pending and none delivered").await;
     assert!(ok, "{body}");
@@ -117,8 +119,12 @@ async fn healthz_is_503_while_ingest_refuses_events_for_the_disk_quota() {
     let sim = sim().await;
     sim.set_mode(Mode::Refuse);
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = config_text(&sim.url(), &dir.path().join("outbox"), "heartbeat_interval = \"1s\"")
-        .replace("[outbox]\n", "[outbox]\nmax_disk = \"1MiB\"\n");
+    let text = config_text(
+        &sim.url(),
+        &dir.path().join("outbox"),
+        "heartbeat_interval = \"1s\"",
+    )
+    .replace("[outbox]\n", "[outbox]\nmax_disk = \"1MiB\"\n");
     let cfg = lotlink::config::from_str(std::path::Path::new("t.toml"), &text).expect("config");
     let (feed, driver) = feed();
     let gw = lotlink::app::Gateway::start(&cfg, vec![driver], fast_options())
@@ -173,7 +179,10 @@ async fn an_answer_over_64_kib_is_a_bad_answer_and_reading_stops_at_the_cap() {
     // What left the simulator before the client hung up: the cap plus what the sockets'
     // buffers held, not the 400 MB.
     let sent = h.sim.answer_bytes_streamed();
-    assert!(sent < 32 << 20, "{sent} bytes streamed before the client stopped");
+    assert!(
+        sent < 32 << 20,
+        "{sent} bytes streamed before the client stopped"
+    );
     // And the gateway's own upload goes on after such an answer.
     h.sim.push_script(Route::CarInOut, [Scripted::Huge(HUGE)]);
     submit(&h, &plates("Z", 1)).await;
@@ -245,7 +254,11 @@ async fn every_record_refused_alike_is_a_configuration_fault_and_no_record_is_de
     assert_eq!(h.gw.outbox.dead_len(), 0);
     assert_eq!(h.gw.outbox.len(), 5);
     let before = h.sim.stats().requests_to(Route::CarInOut);
-    assert!(h.sim.wait_for_requests(Route::CarInOut, before + 1, T).await);
+    assert!(
+        h.sim
+            .wait_for_requests(Route::CarInOut, before + 1, T)
+            .await
+    );
     assert_eq!(h.gw.outbox.dead_len(), 0, "still none after more refusals");
     let (ok, body) = healthz_until(&h, 503, "data_encoding").await;
     assert!(ok, "{body}");
@@ -273,11 +286,7 @@ async fn a_genuinely_bad_record_never_flips_data_encoding_auto() {
     h.sim.set_poison(Some("BAD".into()));
     submit(&h, &["BAD".to_string()]).await;
     // Refused as an object, then as a string: the string is not kept.
-    assert!(
-        h.sim
-            .wait_until(T, |s| s.rejected_with(1502) >= 2)
-            .await
-    );
+    assert!(h.sim.wait_until(T, |s| s.rejected_with(1502) >= 2).await);
     assert_eq!(
         h.gw.client.data_encoding(),
         lotlink::config::DataEncoding::Object

@@ -507,8 +507,19 @@ async fn an_oversized_message_is_acknowledged_and_counted_and_later_events_still
         "the camera is heard"
     );
     let big = jpeg_of_size(200_000);
-    let huge = vz_message("ivs_result", "sn-o", "晋O99999", 1_764_288_010, Some(&big), 1);
-    assert!(huge.len() > 4 * 64 * 1024, "over max_packet: {}", huge.len());
+    let huge = vz_message(
+        "ivs_result",
+        "sn-o",
+        "晋O99999",
+        1_764_288_010,
+        Some(&big),
+        1,
+    );
+    assert!(
+        huge.len() > 4 * 64 * 1024,
+        "over max_packet: {}",
+        huge.len()
+    );
     p.publish(topic, huge).await;
     for i in 0..5 {
         let m = vz_message(

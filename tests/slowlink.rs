@@ -53,8 +53,5 @@ async fn a_record_too_big_for_the_window_goes_with_a_smaller_picture_and_a_remar
     assert_eq!(d.delivered, 4, "{d:?}");
     assert_eq!(d.dead, 0);
     assert!(d.shrunk >= 1, "a picture was shrunk for the link: {d:?}");
-    assert!(
-        d.image_chars < 4 * 44_000,
-        "smaller pictures went: {d:?}"
-    );
+    assert!(d.image_chars < 4 * 44_000, "smaller pictures went: {d:?}");
 }

@@ -1005,3 +1005,54 @@ impl Driver for MqttHub {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> rumqttc::MqttOptions {
+        let mut o = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        o.set_max_packet_size(64 * 1024, 64 * 1024);
+        o
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_back_off_starts_over_only_after_a_session_that_stayed_up() {
+        let mut o = opts();
+        let mut p = Pacer::new(64 * 1024);
+        let err = rumqttc::ConnectionError::NetworkTimeout;
+        assert_eq!(p.failed(&err, &mut o, "t"), Duration::from_millis(500));
+        // Connected, then dropped at once (as a message over the limit did): no reset.
+        p.connected();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(p.failed(&err, &mut o, "t"), Duration::from_secs(1));
+        p.connected();
+        assert_eq!(p.failed(&err, &mut o, "t"), Duration::from_secs(2));
+        // A session that stayed up: the back-off starts over.
+        p.connected();
+        tokio::time::advance(STABLE_SESSION).await;
+        assert_eq!(p.failed(&err, &mut o, "t"), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_packet_over_the_limit_raises_the_limit_once_and_consuming_it_restores_it() {
+        let mut o = opts();
+        let mut p = Pacer::new(64 * 1024);
+        let too_big = rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(300_000),
+        ));
+        assert_eq!(oversize(&too_big), Some(300_000));
+        p.failed(&too_big, &mut o, "t");
+        assert_eq!(o.max_packet_size(), 300_000);
+        assert!(p.oversized(300_000 - 10));
+        assert!(!p.oversized(1_000));
+        p.consumed(&mut o);
+        assert_eq!(o.max_packet_size(), 64 * 1024);
+        // Beyond the ceiling: not raised.
+        let huge = rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(OVERSIZE_CEILING + 1),
+        ));
+        p.failed(&huge, &mut o, "t");
+        assert_eq!(o.max_packet_size(), 64 * 1024);
+    }
+}

@@ -224,11 +224,10 @@ pub async fn drain_backlog(
     let link = Throttle::start(sim.local_addr(), bits_per_s * u64::from(scale)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let timeout_ms = window.as_millis();
-    let text = super::config_text(&link.url(), &dir.path().join("outbox"), "")
-        .replace(
-            &format!("request_timeout = \"{}s\"", 2 * super::time_scale()),
-            &format!("request_timeout = \"{timeout_ms}ms\""),
-        );
+    let text = super::config_text(&link.url(), &dir.path().join("outbox"), "").replace(
+        &format!("request_timeout = \"{}s\"", 2 * super::time_scale()),
+        &format!("request_timeout = \"{timeout_ms}ms\""),
+    );
     let cfg = lotlink::config::from_str(std::path::Path::new("slow.toml"), &text).expect("config");
     let (feed, driver) = super::feed();
     let gw = lotlink::app::Gateway::start(
@@ -270,7 +269,11 @@ pub async fn drain_backlog(
     let dead = gw.outbox.dead_len();
     let shrunk = stored
         .iter()
-        .filter(|r| r["remark"].as_str().is_some_and(|m| m.contains("slow uplink")))
+        .filter(|r| {
+            r["remark"]
+                .as_str()
+                .is_some_and(|m| m.contains("slow uplink"))
+        })
         .count();
     let drain = Drain {
         delivered: stored.len(),
