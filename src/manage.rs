@@ -23,8 +23,9 @@
 //!    atomically (temp file, fsync, rename, fsync of the directory), and the gateway
 //!    applies it ([`crate::app::Gateway::reload`]: only changed parts restart). For
 //!    `watch` (60 s by default) the manager then watches: if the platform answered within
-//!    the last 3 heartbeats before the push but gives no success answer with the new
-//!    settings during the window, or the management broker connection is down at its end,
+//!    the last 3 heartbeats before the push but gives no authenticated answer (a success,
+//!    or e.g. a heartbeat answered `1005`) with the new settings during the window, or the
+//!    management broker connection is down at its end,
 //!    the last-good file is written back and applied: **rolled_back**. Else **applied**.
 //!
 //! Pushes are handled one at a time, in arrival order; the broker keeps the rest (QoS 1,
@@ -503,11 +504,13 @@ impl Handler {
             .map_err(|_| "the gateway is shutting down".to_string())?
     }
 
+    /// An authenticated answer since `t` (a heartbeat answered `1005` proves the new
+    /// settings reach the platform as well as a success does).
     fn platform_ok_since(&self, t: i64) -> bool {
         self.health
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .last_success_ms
+            .last_reached_ms
             .is_some_and(|s| s >= t)
     }
 
