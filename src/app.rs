@@ -189,7 +189,7 @@ fn build_client(
     encoding: &EncodingMemory,
 ) -> Result<Client, AppError> {
     let token = resolve_token(&cfg.platform.token).map_err(AppError::Token)?;
-    let saved_unit = outbox.setting("ts_unit")?.and_then(|s| match s.as_str() {
+    let saved_unit = outbox.settings().ts_unit()?.and_then(|s| match s.as_str() {
         "ms" => Some(TsUnit::Ms),
         "s" => Some(TsUnit::S),
         _ => None,
@@ -205,7 +205,7 @@ fn build_client(
     )?
     .with_ts_window(opts.ts_window)
     .with_unit_listener(Arc::new(move |u| {
-        if let Err(e) = ob.set_setting("ts_unit", u.as_str()) {
+        if let Err(e) = ob.settings().set_ts_unit(u.as_str()) {
             tracing::warn!(error = %e, "could not persist the ts unit");
         }
     }))
@@ -265,6 +265,11 @@ impl Gateway {
         let uploader = Self::spawn_uploader(cfg, &opts, &client, &outbox, &health, &liveness);
 
         let (sink, rx) = EventSink::channel(QUEUE_CAPACITY);
+        // Drivers check camera capture times against the gateway's corrected clock.
+        let sink = sink.with_clock({
+            let clock = clock.clone();
+            Arc::new(move || clock.now_ms())
+        });
         let naming = Arc::new(RwLock::new(Naming {
             lot_code: cfg.platform.lot_code.clone(),
             timezone: cfg.platform.timezone,

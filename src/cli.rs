@@ -32,6 +32,11 @@ pub enum Command {
         /// Configuration file.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// After a local change of `[outbox] path`: start on the new path even though the
+        /// old store still holds pending records. They stay on disk, untouched, and are NOT
+        /// uploaded; needed once (the new path is recorded).
+        #[arg(long)]
+        abandon_old_outbox: bool,
     },
     /// Validate a configuration file: prints "ok" or every problem; exit 0 or 1.
     CheckConfig {
@@ -65,6 +70,9 @@ pub enum Command {
     /// The running daemon's space count.
     #[command(subcommand)]
     Space(SpaceCommand),
+    /// The outbox on disk.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// Shrink an image as the gateway would before upload and say what it did (for checking a
     /// camera's images; `--repeat` times it).
     Shrink {
@@ -91,6 +99,18 @@ pub enum Command {
         /// How long each platform outage lasts.
         #[arg(long, default_value = "10s")]
         outage: String,
+    },
+}
+
+/// `lotlink outbox …`.
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// List what the outbox moved aside: sled index files it could not open, damaged log
+    /// ranges, a whole store whose log could not be read. Reads only; never creates the store.
+    Aside {
+        /// Configuration file (for `[outbox] path`).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
 }
 
@@ -160,37 +180,70 @@ pub enum CliError {
     Other(String),
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when
+/// the future is first polled: a SIGTERM while the daemon is still starting (systemd
+/// stopping it right away) then stops it cleanly once it has started, instead of killing
+/// it halfway through. Call it inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-            }
-            Err(_) => {
+            };
+            if term.is_none() && int.is_none() {
                 let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+            tokio::select! {
+                () = wait(term) => {}
+                () = wait(int) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
 /// Run a command; the exit code.
+/// `lotlink outbox aside`: one line per thing moved aside; exit 0 (nothing is also fine).
+fn outbox_aside(path: &std::path::Path) -> Result<i32, CliError> {
+    let cfg = config::load(path)?;
+    let items = crate::outbox::moved_aside(&cfg.outbox.path);
+    if items.is_empty() {
+        println!("nothing moved aside in {}", cfg.outbox.path.display());
+    }
+    for a in items {
+        println!("{}\t{}\t{} bytes", a.what, a.path.display(), a.bytes);
+    }
+    Ok(0)
+}
+
 pub async fn execute(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::CheckConfig { config } => Ok(check_config(&config)),
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            abandon_old_outbox,
+        } => {
             crate::daemon::run(
                 &config,
-                crate::daemon::DaemonOptions::default(),
+                crate::daemon::DaemonOptions {
+                    abandon_old_outbox,
+                    ..crate::daemon::DaemonOptions::default()
+                },
                 shutdown_signal(),
             )
             .await?;
@@ -200,12 +253,17 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
             what,
             config,
             surplus,
-        } => send(what, &config, surplus).await,
+        } => {
+            // `send space` may open (and so create) the outbox: keep its files private.
+            crate::daemon::private_umask();
+            send(what, &config, surplus).await
+        }
         Command::Status { json, config } => operator::status(&config, json).await,
         Command::Dead(cmd) => operator::dead(cmd).await,
         Command::Space(SpaceCommand::Set { occupied, config }) => {
             operator::space_set(&config, occupied).await
         }
+        Command::Outbox(OutboxCommand::Aside { config }) => outbox_aside(&config),
         Command::Shrink { file, out, repeat } => shrink(file.as_deref(), out.as_deref(), repeat),
         Command::Demo {
             duration,
@@ -220,6 +278,7 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
                 online: p(&online)?,
                 outage: p(&outage)?,
             };
+            crate::daemon::private_umask();
             crate::demo::run(opts, shutdown_signal()).await
         }
     }
@@ -312,8 +371,7 @@ async fn send(
                             },
                         )
                         .ok()
-                        .and_then(|(ob, _)| ob.setting("occupied").ok().flatten())
-                        .and_then(|s| s.parse::<u64>().ok())
+                        .and_then(|(ob, _)| ob.settings().space_occupied().ok().flatten())
                     })
                     .await
                     .map_err(|e| CliError::Other(e.to_string()))?;

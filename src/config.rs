@@ -17,7 +17,7 @@ mod devices;
 pub use devices::{
     CameraConfig, CameraSource, Devices, LineTerminator, LoopConfig, LoopSource, ModbusMode,
     ModbusTarget, MqttConfig, MqttFormat, RawCamera, RawLoop, RawMqtt, RegisterKind,
-    SerialEncoding, SerialFraming,
+    SerialEncoding, SerialFraming, StyleValue,
 };
 
 use crate::space::SpaceSource;

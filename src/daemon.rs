@@ -11,6 +11,23 @@
 //!   `RELOADING=1`/`READY=1` around a reload, `STOPPING=1` at shutdown, and `WATCHDOG=1` at
 //!   half the watchdog period while the uploader's loop shows signs of life.
 //!
+//! Before the gateway starts:
+//!
+//! - **Private files**: the process umask becomes 0o077 ([`private_umask`]) and an existing
+//!   outbox directory is made 0700 with its files 0600 ([`make_private`]), so the store
+//!   (plates and pictures) is readable by its owner only, whoever starts the daemon and
+//!   whatever umask they had; under systemd the unit's `UMask=0077` says the same.
+//! - **The gateway state file** ([`crate::state`], beside the config file) is loaded: the
+//!   last accepted push version and the outbox path last in use. On the first start with it
+//!   the version is taken over once from the outbox's old setting.
+//! - **A moved outbox** (`[outbox] path` is not the recorded one, after a local edit): the
+//!   old directory is opened, never created, and only if it exists. It still holding
+//!   pending records stops the start with both paths, the count, and the ways out (move the
+//!   old directory to the new path, put the old path back, or start once with
+//!   `--abandon-old-outbox`, which leaves the old store untouched on disk). An old
+//!   directory that is gone or empty is fine; the new path is recorded once the new store
+//!   is open.
+//!
 //! Everything is in-process with a shutdown future, so tests run it too.
 
 use std::future::Future;
@@ -26,6 +43,8 @@ use crate::app::{AppError, DriverFactory, Gateway, RunOptions};
 use crate::config::{self, Config, ConfigError};
 use crate::hardware;
 use crate::manage::{Control, ManagementState, Manager};
+use crate::outbox::{Outbox, OutboxError, OutboxOptions};
+use crate::state::{self, GatewayState, StateError};
 
 /// Errors of the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +55,22 @@ pub enum DaemonError {
     App(#[from] AppError),
     #[error(transparent)]
     Hardware(#[from] hardware::HardwareError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// `[outbox] path` was changed while the old store still holds records to upload.
+    #[error("[outbox] path changed from {old} to {new}, but {old} still holds {pending} pending record(s) not yet uploaded: not starting, so that they are not left behind. Either stop here and move the old store to the new path (`mv {old} {new}`, the new path must not exist yet), or put `[outbox] path = \"{old}\"` back until `lotlink status` shows it empty, or start once with `lotlink run --abandon-old-outbox` to use the new path and leave the old store as it is on disk (its records are then NOT uploaded)")]
+    OldOutboxPending {
+        old: PathBuf,
+        new: PathBuf,
+        pending: u64,
+    },
+    /// `[outbox] path` was changed and the old store could not be opened to count it.
+    #[error("[outbox] path changed from {old} to {new}, but the old store could not be opened to check it holds no pending records ({source}): not starting. Move the old store to the new path, put the old path back, or start once with `lotlink run --abandon-old-outbox` to leave it as it is on disk")]
+    OldOutboxUnreadable {
+        old: PathBuf,
+        new: PathBuf,
+        source: OutboxError,
+    },
 }
 
 /// How often the systemd `STATUS=` line is refreshed.
@@ -101,6 +136,157 @@ fn check_permissions(path: &Path) {
 pub struct DaemonOptions {
     /// Passed to the gateway (tests shorten the back-off).
     pub run: RunOptions,
+    /// `--abandon-old-outbox`: after a local change of `[outbox] path`, start on the new
+    /// path even though the old store still holds pending records (left untouched).
+    pub abandon_old_outbox: bool,
+}
+
+/// New files 0600 and directories 0700 from here on, whoever started the process: sled's
+/// and the segment log's files hold plates and pictures. Process-wide.
+pub fn private_umask() {
+    #[cfg(unix)]
+    #[allow(unsafe_code)]
+    // SAFETY: umask only sets the process's file mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// Make an existing directory tree private: directories 0700, files without group and other
+/// bits (symlinks are left alone). Problems are logged, not fatal: the open that follows
+/// reports a store it cannot use.
+pub fn make_private(dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The directory itself may be a symlink to the real one (followed); below it,
+        // symlinks are left alone.
+        let mut todo = vec![std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())];
+        let mut failed = 0usize;
+        let mut first: Option<String> = None;
+        while let Some(p) = todo.pop() {
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let mode = m.permissions().mode() & 0o7777;
+            let want = if m.is_dir() {
+                if let Ok(entries) = std::fs::read_dir(&p) {
+                    todo.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+                }
+                0o700
+            } else if m.is_file() {
+                mode & 0o700
+            } else {
+                continue;
+            };
+            if mode != want {
+                if let Err(e) = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(want))
+                {
+                    failed += 1;
+                    first.get_or_insert_with(|| format!("{}: {e}", p.display()));
+                }
+            }
+        }
+        if let Some(first) = first {
+            tracing::warn!(path = %dir.display(), failed, first = %first, "could not make every file of the outbox private (0600, directories 0700)");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// Whether two paths name the same directory (the same text, or both resolve to it).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
+/// After a local change of `[outbox] path`: may the gateway start on the new one? See the
+/// module docs.
+async fn check_outbox_move(
+    saved: &GatewayState,
+    new: &Path,
+    abandon: bool,
+) -> Result<(), DaemonError> {
+    let Some(old) = saved.outbox_path() else {
+        return Ok(());
+    };
+    if same_dir(&old, new) {
+        return Ok(());
+    }
+    if !old.is_dir() {
+        tracing::info!(old = %old.display(), new = %new.display(), "[outbox] path changed; the old directory is gone (moved or deleted)");
+        return Ok(());
+    }
+    if abandon {
+        tracing::warn!(old = %old.display(), new = %new.display(), "[outbox] path changed and --abandon-old-outbox given: the old store is left untouched on disk and whatever it still holds is NOT uploaded");
+        return Ok(());
+    }
+    let path = old.clone();
+    // Opened only to count; small cache, closed again before the new store opens.
+    let counted = tokio::task::spawn_blocking(move || {
+        Outbox::open(
+            &path,
+            OutboxOptions {
+                cache_capacity: 1 << 20,
+                ..OutboxOptions::default()
+            },
+        )
+        .map(|(ob, _)| (ob.len(), ob.dead_len()))
+    })
+    .await
+    .map_err(|e| OutboxError::Store(format!("open task failed: {e}")));
+    match counted.and_then(|r| r) {
+        Ok((0, dead)) => {
+            if dead > 0 {
+                tracing::warn!(old = %old.display(), new = %new.display(), dead, "[outbox] path changed; the old store has nothing pending but keeps its dead letters, which are not moved");
+            } else {
+                tracing::info!(old = %old.display(), new = %new.display(), "[outbox] path changed; the old store is empty");
+            }
+            Ok(())
+        }
+        Ok((pending, _)) => Err(DaemonError::OldOutboxPending {
+            old,
+            new: new.to_path_buf(),
+            pending,
+        }),
+        Err(source) => Err(DaemonError::OldOutboxUnreadable {
+            old,
+            new: new.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Once the store at `outbox_path` is open: take the push version over from the outbox on
+/// the first start with a state file, and record the outbox path in use.
+fn record_state(
+    saved: &GatewayState,
+    outbox: &Outbox,
+    outbox_path: &Path,
+) -> Result<(), StateError> {
+    if saved.last_push_version().is_none() {
+        let v = legacy_push_version(outbox);
+        saved.set_last_push_version(v)?;
+        tracing::info!(state = %saved.path().display(), last_push_version = v, "gateway state file created; the last push version is kept there from now on");
+    }
+    if saved.outbox_path().as_deref() != Some(outbox_path) {
+        saved.set_outbox_path(outbox_path)?;
+    }
+    Ok(())
+}
+
+/// The push version the outbox kept before the state file existed (read once, to migrate).
+fn legacy_push_version(outbox: &Outbox) -> u64 {
+    outbox
+        .settings()
+        .config_version_v1()
+        .ok()
+        .flatten()
+        .unwrap_or(0)
 }
 
 /// Run the daemon on the config file at `path` until `shutdown`.
@@ -109,8 +295,12 @@ pub async fn run(
     options: DaemonOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    private_umask();
     let cfg = config::load(path)?;
     check_permissions(path);
+    let saved = Arc::new(GatewayState::load(&state::path_for(path))?);
+    check_outbox_move(&saved, &cfg.outbox.path, options.abandon_old_outbox).await?;
+    make_private(&cfg.outbox.path);
     let factory: DriverFactory = Arc::new(hardware::build);
     let hw = factory(&cfg)?;
     tracing::info!(drivers = ?hw, "drivers configured");
@@ -122,6 +312,10 @@ pub async fn run(
         ..options.run
     };
     let mut gw = Gateway::start(&cfg, hw.drivers, opts).await?;
+    if let Err(e) = record_state(&saved, &gw.outbox, &cfg.outbox.path) {
+        gw.stop().await;
+        return Err(e.into());
+    }
 
     let stop = CancellationToken::new();
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(1);
@@ -129,6 +323,7 @@ pub async fn run(
     let manager = Manager {
         path: path.to_path_buf(),
         state,
+        saved,
         outbox: gw.outbox.clone(),
         health: gw.health.clone(),
         control: control_tx,
@@ -172,7 +367,10 @@ pub async fn run(
                 // A wedged uploader stops the pings; systemd then restarts the daemon.
                 let window = (gw.config().platform.request_timeout + Duration::from_secs(5))
                     .max(Duration::from_secs(20));
-                if gw.uploader_alive(window) {
+                let store = gw.outbox.health();
+                if let crate::outbox::StoreHealth::Broken { reason } = &store {
+                    tracing::error!(reason = %reason, "the outbox cannot recover by itself: not pinging the watchdog (systemd will restart lotlink)");
+                } else if gw.uploader_alive(window) {
                     notify(&[NotifyState::Watchdog]);
                 } else {
                     tracing::error!(window_s = window.as_secs(), "the uploader shows no sign of life: not pinging the watchdog (systemd will restart lotlink)");

@@ -12,7 +12,7 @@ use lotlink_drivers::loops::{BusTarget, LoopMode, ModbusBus, ModbusPoint, Regist
 use lotlink_drivers::mqtt::{CameraFormat, MqttCamera, MqttHub, MqttLoop, MqttSettings};
 use lotlink_drivers::serial::{CameraFraming, DetectorLoop, SerialCamera, SerialDetector};
 use lotlink_drivers::snapshot::Snapshot;
-use lotlink_drivers::{Driver, DriverStatus};
+use lotlink_drivers::{CameraRules, Driver, DriverStatus};
 
 use crate::config::{
     CameraSource, Config, LineTerminator, LoopSource, ModbusMode, ModbusTarget, MqttFormat,
@@ -82,6 +82,10 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                 camera: cam.name.clone(),
                 message: e.to_string(),
             })?;
+        let rules = CameraRules {
+            styles: cam.styles.clone(),
+            max_skew: cam.max_camera_skew,
+        };
         match &cam.source {
             CameraSource::Mqtt(format) => {
                 let status = DriverStatus::new(&cam.name, "mqtt-camera");
@@ -96,6 +100,7 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                         },
                     },
                     snapshot,
+                    rules,
                     status,
                 });
             }
@@ -141,6 +146,7 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                     framing,
                     snapshot,
                     tz,
+                    rules,
                     status,
                 }));
             }

@@ -89,15 +89,26 @@ impl Ingest {
             return Err(IngestError::Invalid("no lane name (nodeName)".into()));
         }
         let node_name = fit(node, 20, "nodeName", &mut notes);
-        let ms = ev.captured_at_ms.unwrap_or_else(|| self.clock.now_ms());
+        let now = self.clock.now_ms();
         let Naming { lot_code, timezone } = self
             .naming
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let Some(t) = timezone.timestamp_millis_opt(ms).single() else {
+        // A pass is never dropped for its time: one the calendar cannot hold is replaced by
+        // the gateway's clock (drivers already replace implausible ones; this is the guard).
+        let t = match ev.captured_at_ms {
+            None => timezone.timestamp_millis_opt(now).single(),
+            Some(ms) => timezone.timestamp_millis_opt(ms).single().or_else(|| {
+                notes.push(format!(
+                    "时间无效 (capture time {ms} ms out of range: gateway time used)"
+                ));
+                timezone.timestamp_millis_opt(now).single()
+            }),
+        };
+        let Some(t) = t else {
             return Err(IngestError::Invalid(format!(
-                "capture time {ms} ms is out of range"
+                "the gateway clock ({now} ms) is out of range"
             )));
         };
         let in_out_time = t.format("%Y-%m-%d %H:%M:%S").to_string();
@@ -118,11 +129,17 @@ impl Ingest {
                         notes.push("图片无法解码，已用占位图 (camera image not decodable, placeholder sent)".into());
                     }
                 }
-                p.bytes
+                // The placeholder is not stored: the outbox attaches it when the record
+                // is read (no image bytes = no image).
+                if matches!(p.action, ImageAction::Placeholder { .. }) {
+                    Vec::new()
+                } else {
+                    p.bytes
+                }
             }
             None => {
                 notes.push("无图片，已用占位图 (no image from camera, placeholder sent)".into());
-                imaging::placeholder_jpeg().to_vec()
+                Vec::new()
             }
         };
         let mut remark = ev

@@ -37,6 +37,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod sim;
 pub mod space;
+pub mod state;
 pub mod status;
 pub mod uploader;
 

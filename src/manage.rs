@@ -13,13 +13,17 @@
 //! 2. With `hmac_key` set: `hmac` must be the hex HMAC-SHA256, under that key, of the
 //!    version's decimal digits followed by the config text (`"7" ‖ "[platform]…"`), else
 //!    **rejected** (the key is never logged or echoed).
-//! 3. `version` must be greater than the last version accepted (kept in the outbox, so it
-//!    survives restarts), else **rejected** as a replay. A version that was rolled back
-//!    stays used: push the fix with a new number.
+//! 3. `version` must be greater than the last version accepted (kept in the gateway state
+//!    file beside the config, [`crate::state`], so it survives restarts and a new outbox
+//!    path), else **rejected** as a replay. A version that was rolled back stays used: push
+//!    the fix with a new number.
 //! 4. The text must validate exactly as `lotlink check-config` would, else **rejected**
 //!    with every problem.
-//! 5. The same settings as now (whatever the spacing and comments): **unchanged**.
-//! 6. Otherwise the running file is copied to `<file>.last-good`, the new text is written
+//! 5. `[outbox] path` must be the running one, else **rejected**: moving the store would
+//!    leave its pending records behind, so only a local edit and a restart may (the start
+//!    then checks the old directory, see [`crate::daemon`]).
+//! 6. The same settings as now (whatever the spacing and comments): **unchanged**.
+//! 7. Otherwise the running file is copied to `<file>.last-good`, the new text is written
 //!    atomically (temp file, fsync, rename, fsync of the directory), and the gateway
 //!    applies it ([`crate::app::Gateway::reload`]: only changed parts restart). For
 //!    `watch` (60 s by default) the manager then watches: if the platform answered within
@@ -47,10 +51,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::{self, Config, ManagementConfig, MqttConfig};
 use crate::outbox::Outbox;
 use crate::protocol::Clock;
+use crate::state::{GatewayState, StateError};
 use crate::uploader::Health;
 
-/// Outbox setting that remembers the last accepted push version.
-const VERSION_SETTING: &str = "config_version";
 /// Pushes waiting for the handler.
 const PUSH_QUEUE: usize = 8;
 /// Period of the retained status message.
@@ -234,6 +237,8 @@ pub struct Manager {
     /// Shared with `/status`.
     pub state: Arc<ManagementState>,
     /// Where the accepted version is kept.
+    pub saved: Arc<GatewayState>,
+    /// The outbox (its depth goes into the retained status).
     pub outbox: Outbox,
     /// Platform health, to judge a pushed config.
     pub health: Health,
@@ -249,13 +254,7 @@ impl Manager {
     /// Run until `shutdown`: a broker session whenever management is configured (restarted
     /// when its settings change), and the push handler.
     pub async fn run(self, shutdown: CancellationToken) {
-        let version = self
-            .outbox
-            .setting(VERSION_SETTING)
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0);
+        let version = self.saved.last_push_version().unwrap_or(0);
         self.state.config_version.store(version, Ordering::Relaxed);
         let (push_tx, push_rx) = mpsc::channel::<Vec<u8>>(PUSH_QUEUE);
         // Results and status go out through whichever session is connected; unbounded but
@@ -441,7 +440,7 @@ impl Manager {
 struct Handler {
     path: PathBuf,
     state: Arc<ManagementState>,
-    outbox: Outbox,
+    saved: Arc<GatewayState>,
     health: Health,
     control: mpsc::Sender<Control>,
     config: watch::Receiver<Config>,
@@ -452,7 +451,7 @@ impl From<&Manager> for Handler {
         Handler {
             path: m.path.clone(),
             state: m.state.clone(),
-            outbox: m.outbox.clone(),
+            saved: m.saved.clone(),
             health: m.health.clone(),
             control: m.control.clone(),
             config: m.config.clone(),
@@ -550,6 +549,9 @@ impl Handler {
             Ok(c) => c,
             Err(e) => return PushResult::new(v, "rejected", format!("invalid config: {e}")),
         };
+        if let Some(reason) = outbox_move(&current, &new) {
+            return PushResult::new(v, "rejected", reason);
+        }
         if let Err(e) = self.remember(v) {
             return PushResult::new(v, "rejected", format!("cannot record the version: {e}"));
         }
@@ -633,16 +635,48 @@ impl Handler {
         }
     }
 
-    fn remember(&self, v: u64) -> Result<(), crate::outbox::OutboxError> {
-        self.outbox.set_setting(VERSION_SETTING, &v.to_string())?;
+    fn remember(&self, v: u64) -> Result<(), StateError> {
+        self.saved.set_last_push_version(v)?;
         self.state.config_version.store(v, Ordering::Relaxed);
         Ok(())
     }
 }
 
+/// Why a pushed config may not be applied because it moves the outbox (`None`: it does not).
+fn outbox_move(running: &Config, pushed: &Config) -> Option<String> {
+    (pushed.outbox.path != running.outbox.path).then(|| {
+        format!(
+            "outbox.path cannot be changed by a config push (pushed {}, running {}): the records pending in the running store would be left behind; change it in the local config file and restart lotlink",
+            pushed.outbox.path.display(),
+            running.outbox.path.display()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_change_of_the_outbox_path_is_a_move() {
+        let text = |path: &str, max: &str| {
+            format!(
+                "[platform]\nurl = \"http://127.0.0.1:1\"\nlot_code = \"350\"\ntoken = \"a-real-token-0123\"\n\n[outbox]\npath = \"{path}\"\nmax_disk = \"{max}\"\n\n[space]\ntotal = 10\n"
+            )
+        };
+        let cfg = |t: String| config::from_str(Path::new("t.toml"), &t).expect("valid");
+        let running = cfg(text("/var/lib/lotlink/outbox", "2GiB"));
+        assert_eq!(
+            outbox_move(&running, &cfg(text("/var/lib/lotlink/outbox", "1GiB"))),
+            None
+        );
+        let why = outbox_move(&running, &cfg(text("/data/outbox", "2GiB"))).expect("a move");
+        assert!(
+            why.contains("outbox.path") && why.contains("/data/outbox"),
+            "{why}"
+        );
+        assert!(why.contains("/var/lib/lotlink/outbox"), "{why}");
+    }
 
     #[test]
     fn the_hmac_covers_the_version_and_the_text() {

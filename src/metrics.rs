@@ -24,9 +24,13 @@
 //! | `lotlink_outbox_oldest_age_seconds` | gauge | |
 //! | `lotlink_outbox_record_bytes` / `lotlink_outbox_disk_bytes` | gauge | |
 //! | `lotlink_outbox_dead_letters` | gauge | |
+//! | `lotlink_outbox_refusing` / `lotlink_outbox_broken` | gauge | (1 while so) |
+//! | `lotlink_outbox_index_rebuilt_timestamp_seconds` | gauge | (within the last hour; else 0) |
+//! | `lotlink_outbox_damaged_ranges` | gauge | (found when the store was last opened) |
 //! | `lotlink_spaces_total` / `_occupied` / `_free` | gauge | |
 //! | `lotlink_driver_connected` | gauge | `driver`, `kind` |
-//! | `lotlink_driver_events` / `_bad_inputs` / `_unusual_plates` | counter | `driver`, `kind` |
+//! | `lotlink_driver_events` / `_bad_inputs` / `_unusual_plates` / `_defaulted_values` | counter | `driver`, `kind` |
+//! | `lotlink_driver_camera_clock_wrong` | gauge | `driver`, `kind` |
 //! | `lotlink_driver_last_event_timestamp_seconds` | gauge | `driver`, `kind` |
 
 use prometheus_client::encoding::text::encode;
@@ -90,7 +94,7 @@ pub fn render(ctx: &StatusContext) -> String {
         &mut reg,
         "healthy",
         "1 when /healthz answers ok",
-        i64::from(crate::status::health_problems(ctx, false).is_empty()),
+        i64::from(crate::status::health_problems(ctx).is_empty()),
     );
     gauge(
         &mut reg,
@@ -173,6 +177,31 @@ pub fn render(ctx: &StatusContext) -> String {
         "Records the platform refused, kept for the operator",
         sat(ctx.outbox.dead_len()),
     );
+    let store = ctx.outbox.health();
+    gauge(
+        &mut reg,
+        "outbox_refusing",
+        "1 while new events are refused (disk full, quota, write errors); the sources keep them",
+        i64::from(matches!(store, crate::outbox::StoreHealth::Refusing { .. })),
+    );
+    gauge(
+        &mut reg,
+        "outbox_broken",
+        "1 when the store cannot recover by itself (the service needs a restart)",
+        i64::from(matches!(store, crate::outbox::StoreHealth::Broken { .. })),
+    );
+    gauge(
+        &mut reg,
+        "outbox_index_rebuilt_timestamp_seconds",
+        "When the outbox index was last rebuilt from the log, within the last hour (0: not)",
+        ctx.outbox.rebuilt_recently().map_or(0, |t| t / 1000),
+    );
+    gauge(
+        &mut reg,
+        "outbox_damaged_ranges",
+        "Damaged byte ranges of the log skipped when the store was last opened",
+        sat(ctx.outbox.open_report().damaged_ranges),
+    );
     let (total, occupied, free) = ctx.space.figures();
     gauge(&mut reg, "spaces_total", "Spaces of the lot", sat(total));
     gauge(
@@ -188,6 +217,8 @@ pub fn render(ctx: &StatusContext) -> String {
     let events = Family::<Labels, Counter>::default();
     let bad = Family::<Labels, Counter>::default();
     let unusual = Family::<Labels, Counter>::default();
+    let defaulted = Family::<Labels, Counter>::default();
+    let clock_wrong = Family::<Labels, Gauge>::default();
     for d in &ctx.drivers {
         let s = d.snapshot();
         let l: Labels = vec![("driver", s.name.clone()), ("kind", s.kind.clone())];
@@ -196,6 +227,8 @@ pub fn render(ctx: &StatusContext) -> String {
         events.get_or_create(&l).inc_by(s.events);
         bad.get_or_create(&l).inc_by(s.bad_inputs);
         unusual.get_or_create(&l).inc_by(s.unusual_plates);
+        defaulted.get_or_create(&l).inc_by(s.defaulted);
+        clock_wrong.get_or_create(&l).set(i64::from(s.clock_wrong));
     }
     reg.register(
         "driver_connected",
@@ -217,6 +250,16 @@ pub fn render(ctx: &StatusContext) -> String {
         "driver_unusual_plates",
         "Plates outside the usual Chinese plate rules (still reported)",
         unusual,
+    );
+    reg.register(
+        "driver_defaulted_values",
+        "Camera values replaced by a default (pass kept, said in its remark)",
+        defaulted,
+    );
+    reg.register(
+        "driver_camera_clock_wrong",
+        "1 while the camera's capture times are implausible (receipt times are sent)",
+        clock_wrong,
     );
 
     let mut out = String::new();

@@ -45,11 +45,6 @@ impl std::fmt::Debug for SpaceTracker {
     }
 }
 
-/// Setting key of the persisted [`State`].
-const STATE: &str = "space_state";
-/// The key an older store kept the occupied count under.
-const OCCUPIED_V1: &str = "occupied";
-
 impl SpaceTracker {
     /// Load the persisted occupied count and publish the current report.
     pub fn new(
@@ -57,16 +52,13 @@ impl SpaceTracker {
         total: u32,
         source: SpaceSource,
     ) -> Result<SpaceTracker, OutboxError> {
-        let mut state = match outbox.setting(STATE)? {
+        let mut state = match outbox.settings().space_state()? {
             Some(text) => serde_json::from_str::<State>(&text).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "stored space state unreadable; starting from 0 occupied");
                 State::default()
             }),
             None => State {
-                occupied: outbox
-                    .setting(OCCUPIED_V1)?
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .unwrap_or(0),
+                occupied: outbox.settings().occupied_v1()?.unwrap_or(0),
                 ..State::default()
             },
         };
@@ -128,8 +120,9 @@ impl SpaceTracker {
         next.occupied = next.occupied.min(next.total);
         let text = serde_json::to_string(&next)
             .map_err(|e| OutboxError::Store(format!("space state: {e}")))?;
-        self.outbox.set_setting(STATE, &text)?;
+        self.outbox.settings().set_space_state(&text)?;
         self.outbox
+            .settings()
             .set_space(next.total, next.total.saturating_sub(next.occupied))?;
         *s = next;
         Ok(r)

@@ -38,7 +38,7 @@ use tokio::sync::watch;
 use crate::config::Secret;
 use crate::manage::ManagementState;
 
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, StoreHealth};
 use crate::protocol::{Client, Clock};
 use crate::space::SpaceTracker;
 use crate::uploader::Health;
@@ -342,9 +342,9 @@ pub fn platform_reached(h: &crate::uploader::PlatformHealth, now: i64, window: i
 ///   accepted within it (a refused space report, a poison record, non-JSON answers);
 /// - events are refused: ingest could not store an event (disk quota) within the window
 ///   and has stored none since;
-/// - the outbox takes a write (tried only with `probe_store`: `/healthz`, not the status
-///   page that polls every 2 s, so the flash card is not written for it).
-pub fn health_problems(ctx: &StatusContext, probe_store: bool) -> Vec<String> {
+/// - the outbox stores new events (its state, kept by its writer: nothing is written to
+///   find out) and its index was not rebuilt from the log within the last hour.
+pub fn health_problems(ctx: &StatusContext) -> Vec<String> {
     let now = Clock::local_ms();
     let window = health_window(ctx);
     let h = ctx.health_snapshot();
@@ -357,6 +357,20 @@ pub fn health_problems(ctx: &StatusContext, probe_store: bool) -> Vec<String> {
     }
     if let Some(f) = &h.fault {
         problems.push(format!("fault: {f}"));
+    }
+    match ctx.outbox.health() {
+        StoreHealth::Ok => {}
+        StoreHealth::Refusing { since_ms, reason } => problems.push(format!(
+            "outbox refusing new events for {} s: {reason}",
+            (now - since_ms).max(0) / 1000
+        )),
+        StoreHealth::Broken { reason } => problems.push(format!("outbox broken: {reason}")),
+    }
+    if let Some(t) = ctx.outbox.rebuilt_recently() {
+        problems.push(format!(
+            "degraded: the outbox index was rebuilt from the log {} s ago (see the log; reported for an hour)",
+            (now - t).max(0) / 1000
+        ));
     }
     let pending = ctx.outbox.len();
     if pending > 0 {
@@ -389,16 +403,11 @@ pub fn health_problems(ctx: &StatusContext, probe_store: bool) -> Vec<String> {
             ));
         }
     }
-    if probe_store {
-        if let Err(e) = ctx.outbox.set_setting("probe", &now.to_string()) {
-            problems.push(format!("outbox not writable: {e}"));
-        }
-    }
     problems
 }
 
 fn healthz(ctx: &StatusContext) -> Response<Full<Bytes>> {
-    let problems = health_problems(ctx, true);
+    let problems = health_problems(ctx);
     if problems.is_empty() {
         reply(StatusCode::OK, "ok\n", "text/plain")
     } else {
@@ -415,7 +424,17 @@ pub fn status_json(ctx: &StatusContext) -> Value {
     let now = Clock::local_ms();
     let h = ctx.health_snapshot();
     let (total, occupied, free) = ctx.space.figures();
-    let last_report = ctx.outbox.space_latest().ok().flatten();
+    let last_report = ctx.outbox.settings().space_latest().ok().flatten();
+    let r = ctx.outbox.open_report();
+    let last_open = json!({
+        "rebuilt": r.rebuilt,
+        "moved_aside": r.moved_aside.map(|p| p.display().to_string()),
+        "replayed": r.replayed,
+        "damaged_ranges": r.damaged_ranges,
+        "damaged_records": r.damaged_records,
+        "duplicates_dropped": r.duplicates_dropped,
+        "torn_tail_bytes": r.torn_tail,
+    });
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "config_hash": ctx.config_hash,
@@ -444,8 +463,15 @@ pub fn status_json(ctx: &StatusContext) -> Value {
             "size_on_disk": ctx.outbox.size_on_disk(),
             "dead_letters": ctx.outbox.dead_len(),
             "events_refused": h.events_refused,
+            "state": match ctx.outbox.health() {
+                StoreHealth::Ok => json!({"ok": true}),
+                StoreHealth::Refusing { since_ms, reason } => json!({"ok": false, "refusing_since_ms": since_ms, "problem": reason}),
+                StoreHealth::Broken { reason } => json!({"ok": false, "broken": true, "problem": reason}),
+            },
+            "index_rebuilt_ms": ctx.outbox.rebuilt_recently(),
+            "last_open": last_open,
         },
-        "problems": health_problems(ctx, false),
+        "problems": health_problems(ctx),
         "spaces": {
             "total": total,
             "occupied": occupied,

@@ -715,7 +715,12 @@ impl Uploader {
 
     /// The space report, if due. `Ok(true)` when one was delivered (or refused for good).
     async fn space_round(&mut self, force: bool) -> Result<bool, Stop> {
-        let Some(rep) = self.outbox.space_to_send(force).map_err(Stop::Store)? else {
+        let Some(rep) = self
+            .outbox
+            .settings()
+            .space_to_send(force)
+            .map_err(Stop::Store)?
+        else {
             return Ok(false);
         };
         let data = format!(
@@ -725,7 +730,10 @@ impl Uploader {
         let reply = self.call(Cmd::ParkSpace, &data).await?;
         match reply.verdict {
             Verdict::Success | Verdict::Exists => {
-                self.outbox.space_sent(rep.seq).map_err(Stop::Store)?;
+                self.outbox
+                    .settings()
+                    .space_sent(rep.seq)
+                    .map_err(Stop::Store)?;
                 self.refusals.trusted = true;
                 self.note_success(Stream::Space);
                 tracing::info!(
@@ -739,7 +747,10 @@ impl Uploader {
                 // The platform refuses these figures; drop this value (the next change
                 // produces a new one) rather than retry it forever.
                 tracing::error!(code = %reply.code, msg = %reply.msg, total = rep.total, surplus = rep.surplus, "platform refused the space report");
-                self.outbox.space_sent(rep.seq).map_err(Stop::Store)?;
+                self.outbox
+                    .settings()
+                    .space_sent(rep.seq)
+                    .map_err(Stop::Store)?;
                 Ok(true)
             }
             v => Err(stop_for(v, &reply)),

@@ -21,8 +21,9 @@
 //! refusing, resetting or failing at times), and a pulled cable or a silent module may come
 //! with a failing platform too.
 //!
-//! Two more tests: a store corrupted while the gateway was down is moved aside with an ERROR
-//! naming where, and the gateway carries on; and a long outage fills the outbox quota:
+//! Two more tests: a store whose index (sled) was corrupted while the gateway was down has
+//! sled's files moved aside with an ERROR naming where, and every pending event is rebuilt
+//! from the log and delivered; and a long outage fills the outbox quota:
 //! images degrade, nothing pending is deleted, the gateway stops acknowledging so the broker
 //! keeps the rest, and everything arrives once the platform is back.
 //!
@@ -35,16 +36,18 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::devices::{free_port, require_real, Broker, BrokerKind, PtyCable, Publisher};
+use common::gateway::{
+    delivered, write_config, Extras, Gateway, CAMERA_TOPIC, LIBFAKETIME, REG_IN, REG_OUT,
+    SERIAL_CAMERA, TOTAL,
+};
 use common::modbus::Module;
-use common::{eventually, lotlink_command, LOT, TOKEN};
+use common::{eventually, LOT, TOKEN};
 use lotlink::sim::{Mode, PlatformSim, Route, Scripted, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -54,16 +57,6 @@ use serde_json::Value;
 const BURST: u64 = 40;
 /// Serial lines on each side of a pulled cable.
 const SERIAL_BURST: u64 = 6;
-/// `[space] total`.
-const TOTAL: i64 = 100;
-const SERIAL_CAMERA: &str = "出口2";
-const LOOP_IN: &str = "计数入口";
-const LOOP_OUT: &str = "计数出口";
-/// Holding registers of the entry and exit counters.
-const REG_IN: u16 = 0x10;
-const REG_OUT: u16 = 0x11;
-/// Debian's libfaketime (package `faketime`), the multi-threaded variant.
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {
@@ -132,7 +125,7 @@ impl Camera {
             r#"{{"plate":"{}","id":"ev-{n}","direction":"{direction}"}}"#,
             plate(n)
         );
-        self.0.publish("chaos/cam1", msg).await;
+        self.0.publish(CAMERA_TOPIC, msg).await;
         (plate(n), direction)
     }
 }
@@ -163,162 +156,6 @@ fn serial_line(n: u64) -> (Vec<u8>, Expect) {
     let (bytes, _, bad) = encoding_rs::GBK.encode(&text);
     assert!(!bad);
     (bytes.into_owned(), (serial_plate(n), direction))
-}
-
-/// The gateway process (SIGKILLed on drop).
-struct Gateway {
-    child: Option<Child>,
-    config: PathBuf,
-    status_port: u16,
-    /// libfaketime's offset file, when the gateway runs under it.
-    faketime: Option<PathBuf>,
-    /// Where the gateway's log goes (appended across restarts).
-    log: Option<PathBuf>,
-}
-
-impl Gateway {
-    fn start(&mut self) {
-        assert!(self.child.is_none());
-        let mut cmd = lotlink_command();
-        cmd.args(["run", "--config"])
-            .arg(&self.config)
-            // LOTLINK_CHAOS_LOG=info (or a filter) makes the gateway's log in a failure
-            // report more talkative.
-            .env(
-                "RUST_LOG",
-                std::env::var("LOTLINK_CHAOS_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(match &self.log {
-                Some(p) => std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_or_else(|_| Stdio::null(), Stdio::from),
-                None => Stdio::null(),
-            });
-        if let Some(f) = &self.faketime {
-            // Only the wall clock moves (as with NTP); the monotonic clock is left alone.
-            cmd.env("LD_PRELOAD", LIBFAKETIME)
-                .env("FAKETIME_TIMESTAMP_FILE", f)
-                .env("FAKETIME_CACHE_DURATION", "1")
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-        }
-        self.child = Some(cmd.spawn().expect("lotlink starts"));
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Until `/status` answers (the outbox is open and the drivers started).
-    async fn wait_ready(&self, http: &reqwest::Client) {
-        let ok = common::eventually_async(Duration::from_secs(30), || async move {
-            self.status(http).await.is_some()
-        })
-        .await;
-        assert!(ok, "the gateway came up");
-    }
-
-    /// The last lines the gateway logged, newest first.
-    fn log_tail(&self) -> String {
-        let log = self
-            .log
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        format!("gateway log, newest first:\n{}", tail.join("\n"))
-    }
-
-    /// `GET /status`, if the gateway answers.
-    async fn status(&self, http: &reqwest::Client) -> Option<Value> {
-        let url = format!("http://127.0.0.1:{}/status", self.status_port);
-        let r = http.get(&url).send().await.ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.json().await.ok()
-    }
-
-    /// One driver's entry in `/status`.
-    async fn driver(&self, http: &reqwest::Client, name: &str) -> Option<Value> {
-        let s = self.status(http).await?;
-        s["drivers"]
-            .as_array()?
-            .iter()
-            .find(|d| d["name"] == name)
-            .cloned()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The optional parts of a chaos config.
-#[derive(Default)]
-struct Extras<'a> {
-    serial_port: Option<&'a Path>,
-    modbus: Option<SocketAddr>,
-    max_disk: Option<&'a str>,
-}
-
-fn write_config(
-    dir: &Path,
-    sim: &PlatformSim,
-    broker: &Broker,
-    status_port: u16,
-    extras: &Extras,
-) -> PathBuf {
-    let mut text = format!(
-        "[platform]\nurl = \"{}\"\nlot_code = \"{LOT}\"\ntoken = \"{TOKEN}\"\nrequest_timeout = \"1s\"\nretry_max = \"2s\"\n\n[outbox]\npath = \"{}\"\n{}\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n\n[space]\ntotal = {TOTAL}\n{}\n[mqtt]\nurl = \"{}\"\nclient_id = \"lotlink-chaos-{}\"\n\n[[camera]]\nname = \"入口1\"\ndirection = \"in\"\ndriver = \"mqtt\"\nformat = \"json\"\ntopic = \"chaos/cam1\"\n",
-        sim.url(),
-        dir.join("outbox").display(),
-        extras
-            .max_disk
-            .map_or(String::new(), |m| format!("max_disk = \"{m}\"\n")),
-        if extras.modbus.is_some() {
-            "source = \"loops\"\n"
-        } else {
-            ""
-        },
-        broker.url(),
-        free_port(),
-    );
-    if let Some(port) = extras.serial_port {
-        text += &format!(
-            "\n[[camera]]\nname = \"{SERIAL_CAMERA}\"\ndirection = \"out\"\ndriver = \"serial\"\nport = \"{}\"\nframing = \"line\"\nencoding = \"gbk\"\nfields = [\"direction\", \"plate\", \"color\", \"time\"]\n",
-            port.display()
-        );
-    }
-    if let Some(addr) = extras.modbus {
-        for (name, lane, reg) in [(LOOP_IN, "in", REG_IN), (LOOP_OUT, "out", REG_OUT)] {
-            text += &format!(
-                "\n[[loop]]\nname = \"{name}\"\nlane = \"{lane}\"\ndriver = \"modbus\"\nhost = \"{addr}\"\nslave = 1\nregister = \"holding_register\"\naddress = {reg}\nmode = \"counter\"\ncounter_bits = 16\npoll_interval = \"50ms\"\ntimeout = \"300ms\"\n"
-            );
-        }
-    }
-    let path = dir.join("lotlink.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-/// carNo → how many times the platform stored it, and its direction as stored.
-fn delivered(sim: &PlatformSim) -> HashMap<String, (u64, String)> {
-    let mut out: HashMap<String, (u64, String)> = HashMap::new();
-    for r in sim.records() {
-        let plate = r["carNo"].as_str().unwrap_or_default().to_owned();
-        let dir = r["inOutType"].as_str().unwrap_or_default().to_owned();
-        let e = out.entry(plate).or_insert((0, dir));
-        e.0 += 1;
-    }
-    out
 }
 
 /// Which faults this machine can inject; prints (or, under `LOTLINK_REQUIRE_REAL=1`, fails
@@ -685,7 +522,7 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_kills_and_fa
     let extras = Extras {
         serial_port: cable.as_ref().map(|c| c.path.as_path()),
         modbus: Some(modbus),
-        max_disk: None,
+        ..Extras::default()
     };
     let config = write_config(dir.path(), &sim, &broker, status_port, &extras);
     let mut run = Run {
@@ -829,7 +666,7 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_kills_and_fa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_corrupted_while_the_gateway_was_down_is_moved_aside_and_the_gateway_carries_on() {
+async fn a_store_whose_index_was_corrupted_while_the_gateway_was_down_keeps_every_pending_event() {
     common::init_log();
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = PlatformSim::start(SimConfig::new(LOT, TOKEN))
@@ -846,8 +683,18 @@ async fn a_store_corrupted_while_the_gateway_was_down_is_moved_aside_and_the_gat
         faketime: None,
         log: None,
     };
+    // Ten events stored while the platform is down: pending in the outbox.
+    sim.set_mode(Mode::Refuse);
     gw.start();
     gw.wait_ready(&http).await;
+    let camera = Camera::connect(broker.port).await;
+    for n in 0..10 {
+        camera.publish(n).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || camera.acked() == 10).await,
+        "stored and acknowledged"
+    );
     gw.kill();
 
     // Garbage over sled's files, as a dying SD card might leave them.
@@ -861,42 +708,48 @@ async fn a_store_corrupted_while_the_gateway_was_down_is_moved_aside_and_the_gat
 
     let log = dir.path().join("gateway.log");
     gw.log = Some(log.clone());
+    sim.set_mode(Mode::Up);
     gw.start();
     gw.wait_ready(&http).await;
 
-    // The old files are kept beside the new store, and the ERROR says where.
-    let aside: Vec<_> = std::fs::read_dir(dir.path())
+    // Only sled's files were moved aside, inside the store; the log stayed and the ERROR
+    // says where they went.
+    let aside: Vec<_> = std::fs::read_dir(&store)
         .expect("list")
         .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("outbox.corrupt-")
-        })
+        .filter(|e| e.file_name().to_string_lossy().starts_with("index.broken-"))
         .collect();
     assert_eq!(aside.len(), 1, "moved aside once");
     assert!(aside[0].path().join("db").exists(), "old files kept");
+    assert!(store.join("segments").exists(), "the log stays");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
-        text.contains("ERROR") && text.contains("outbox.corrupt-"),
-        "an ERROR names where the old store went: {text}"
+        text.contains("ERROR") && text.contains("index.broken-"),
+        "an ERROR names where sled's files went: {text}"
     );
 
-    // And the gateway works: an event from the camera reaches the platform.
-    let camera = Camera::connect(broker.port).await;
-    let mut delivered_one = false;
-    for _ in 0..100 {
-        camera.publish(7).await;
-        if eventually(Duration::from_millis(300), || {
-            delivered(&sim).contains_key(&plate(7))
+    // Every pending event reaches the platform, once; and new ones still do.
+    let want: Vec<String> = (0..10).map(plate).collect();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let got = delivered(&sim);
+            want.iter().all(|p| got.contains_key(p))
         })
-        .await
-        {
-            delivered_one = true;
-            break;
-        }
-    }
-    assert!(delivered_one, "the fresh store carries events");
+        .await,
+        "the pending events were rebuilt from the log and delivered"
+    );
+    camera.publish(77).await;
+    assert!(
+        eventually(Duration::from_secs(30), || delivered(&sim)
+            .contains_key(&plate(77)))
+        .await,
+        "the store carries new events"
+    );
+    assert_eq!(
+        delivered(&sim).values().filter(|(n, _)| *n > 1).count(),
+        0,
+        "nothing twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -955,7 +808,7 @@ async fn a_long_outage_fills_the_quota_images_degrade_the_broker_keeps_the_rest_
     while !is_full && published < 3000 {
         for _ in 0..50 {
             published += 1;
-            camera.publish("chaos/cam1", with_image(published)).await;
+            camera.publish(CAMERA_TOPIC, with_image(published)).await;
         }
         // Until the gateway took everything, or said it cannot.
         let (gw, http) = (&gw, &http);
@@ -969,7 +822,7 @@ async fn a_long_outage_fills_the_quota_images_degrade_the_broker_keeps_the_rest_
     // More keep coming; the broker holds them, since the gateway does not acknowledge.
     for _ in 0..50 {
         published += 1;
-        camera.publish("chaos/cam1", with_image(published)).await;
+        camera.publish(CAMERA_TOPIC, with_image(published)).await;
     }
     assert!(
         eventually(Duration::from_secs(30), || camera.acked() >= published).await,

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -103,24 +104,53 @@ impl Operator {
     }
 }
 
+/// A managed gateway's config: platform at `url`, the outbox at `outbox`, status on `port`,
+/// management through `broker` with [`KEY`] and a 3 s watch.
+fn managed_config(url: &str, outbox: &Path, total: u32, port: u16, broker: &Broker) -> String {
+    common::config_text(url, outbox, "heartbeat_interval = \"1s\"")
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+        .replace("total = 100", &format!("total = {total}"))
+        + &format!(
+            "\n[mqtt]\nurl = \"{}\"\nclient_id = \"lotlink-mgmt-test-{port}\"\n\n[management]\nhmac_key = \"{KEY}\"\nwatch = \"3s\"\n",
+            broker.url()
+        )
+}
+
+/// `/status` on `port`, or `None` while nothing answers.
+async fn status_at(port: u16) -> Option<Value> {
+    reqwest::get(format!("http://127.0.0.1:{port}/status"))
+        .await
+        .ok()?
+        .json::<Value>()
+        .await
+        .ok()
+}
+
+/// Wait until the daemon on `port` is connected to the broker and reached the platform.
+async fn wait_managed(port: u16, log: &Path) {
+    assert!(
+        eventually_async(WAIT, || async {
+            status_at(port).await.is_some_and(|v| {
+                v["management"]["connected"] == true && v["platform"]["last_success_ms"].is_i64()
+            })
+        })
+        .await,
+        "daemon up; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_push_applies_rejects_rolls_back_and_reports_every_outcome() {
     let broker = Broker::start().await;
     let sim = common::sim().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let text_for = |url: &str, total: u32| {
-        common::config_text(url, &dir.path().join("outbox"), "heartbeat_interval = \"1s\"")
-            .replace(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{port}\""),
-            )
-            .replace("total = 100", &format!("total = {total}"))
-            + &format!(
-                "\n[mqtt]\nurl = \"{}\"\nclient_id = \"lotlink-mgmt-test-{port}\"\n\n[management]\nhmac_key = \"{KEY}\"\nwatch = \"3s\"\n",
-                broker.url()
-            )
-    };
+    let outbox = dir.path().join("outbox");
+    let text_for = |url: &str, total: u32| managed_config(url, &outbox, total, port, &broker);
     let config = dir.path().join("lotlink.toml");
     let original = text_for(&sim.url(), 100);
     std::fs::write(&config, &original).expect("config");
@@ -137,30 +167,9 @@ async fn config_push_applies_rejects_rolls_back_and_reports_every_outcome() {
             .expect("daemon starts"),
     );
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let http = reqwest::Client::new();
-    let status = || {
-        let http = http.clone();
-        async move {
-            http.get(format!("http://127.0.0.1:{port}/status"))
-                .send()
-                .await
-                .ok()?
-                .json::<Value>()
-                .await
-                .ok()
-        }
-    };
+    let status = || status_at(port);
     // Up, connected to the broker, platform reached; the retained status says online.
-    assert!(
-        eventually_async(WAIT, || async {
-            status().await.is_some_and(|v| {
-                v["management"]["connected"] == true && v["platform"]["last_success_ms"].is_i64()
-            })
-        })
-        .await,
-        "daemon up; log:\n{}",
-        read_log()
-    );
+    wait_managed(port, &log).await;
     let mut st = op.status.clone();
     let online = retained_status(&mut st, true, "the retained status").await;
     assert_eq!(online["config_version"], 0);
@@ -257,6 +266,123 @@ async fn config_push_applies_rejects_rolls_back_and_reports_every_outcome() {
     let _ = daemon.0.wait();
     let will = retained_status(&mut st, false, "the last will").await;
     assert_eq!(will["online"], false, "{will}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_that_moves_the_outbox_is_rejected_with_the_reason_and_changes_nothing() {
+    let broker = Broker::start().await;
+    let sim = common::sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = dir.path().join("lotlink.toml");
+    let original = managed_config(&sim.url(), &dir.path().join("outbox"), 100, port, &broker);
+    std::fs::write(&config, &original).expect("config");
+    let log = dir.path().join("daemon.log");
+    let mut op = Operator::connect(broker.port).await;
+    let _daemon = Daemon::start(&config, &log);
+    wait_managed(port, &log).await;
+
+    let moved = dir.path().join("elsewhere");
+    op.push(
+        1,
+        &managed_config(&sim.url(), &moved, 150, port, &broker),
+        KEY,
+    )
+    .await;
+    let r = op.result(WAIT).await;
+    assert_eq!(r["outcome"], "rejected", "{r}");
+    let reason = r["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("outbox.path") && reason.contains("cannot be changed by a config push"),
+        "{r}"
+    );
+    assert!(reason.contains(&moved.display().to_string()), "{r}");
+    assert_eq!(
+        std::fs::read_to_string(&config).expect("config"),
+        original,
+        "the file is not touched"
+    );
+    assert!(!moved.exists(), "no store is made at the pushed path");
+    let s = status_at(port).await.expect("status");
+    assert_eq!(s["spaces"]["total"], 100, "nothing of the push applied");
+    assert_eq!(
+        s["management"]["config_version"], 0,
+        "the version is not used up"
+    );
+
+    // The same change without the move is applied under that version.
+    op.push(
+        1,
+        &managed_config(&sim.url(), &dir.path().join("outbox"), 150, port, &broker),
+        KEY,
+    )
+    .await;
+    let r = op.result(WAIT).await;
+    assert_eq!(r["outcome"], "applied", "{r}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_signed_push_is_still_refused_after_a_local_edit_moves_the_outbox() {
+    let broker = Broker::start().await;
+    let sim = common::sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = dir.path().join("lotlink.toml");
+    let old_outbox = dir.path().join("outbox-a");
+    let text_a = managed_config(&sim.url(), &old_outbox, 100, port, &broker);
+    std::fs::write(&config, &text_a).expect("config");
+    let log = dir.path().join("daemon.log");
+    let mut op = Operator::connect(broker.port).await;
+    let daemon = Daemon::start(&config, &log);
+    wait_managed(port, &log).await;
+    // Version 5 accepted (the same settings: "unchanged" still uses the number up).
+    op.push(5, &format!("# pushed\n{text_a}"), KEY).await;
+    assert_eq!(op.result(WAIT).await["outcome"], "unchanged");
+    daemon.stop();
+
+    // One event is still waiting in the old store when the operator moves the outbox.
+    {
+        let (ob, _) =
+            lotlink::outbox::Outbox::open(&old_outbox, lotlink::outbox::OutboxOptions::default())
+                .expect("old store opens");
+        ob.submit(common::new_record(1, &common::small_jpeg(1)))
+            .await
+            .expect("submit");
+        ob.flush().await.expect("flush");
+    }
+    let new_outbox = dir.path().join("outbox-b");
+    std::fs::write(
+        &config,
+        managed_config(&sim.url(), &new_outbox, 100, port, &broker),
+    )
+    .expect("config");
+    let daemon = Daemon::start_with(&config, &log, &["--abandon-old-outbox"]);
+    wait_managed(port, &log).await;
+    assert!(new_outbox.is_dir(), "the new store is in use");
+    assert_eq!(
+        status_at(port).await.expect("status")["management"]["config_version"],
+        5,
+        "the version survived the new outbox"
+    );
+
+    // The old signed pushes are replays still, whatever the store.
+    for v in [3, 5] {
+        op.push(v, &format!("# replayed {v}\n{text_a}"), KEY).await;
+        let r = op.result(WAIT).await;
+        assert_eq!(r["outcome"], "rejected", "version {v}: {r}");
+        assert!(r["reason"].as_str().unwrap_or("").contains("replay"), "{r}");
+    }
+    daemon.stop();
+    let (old, _) =
+        lotlink::outbox::Outbox::open(&old_outbox, lotlink::outbox::OutboxOptions::default())
+            .expect("old store opens");
+    assert_eq!(old.len(), 1, "the abandoned store is left as it was");
+    assert!(
+        sim.records().is_empty(),
+        "nothing of the old store was sent"
+    );
     sim.shutdown().await;
 }
 

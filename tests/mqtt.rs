@@ -487,6 +487,129 @@ fn rss() -> u64 {
         * 4096
 }
 
+/// Unix seconds now (the test's camera clock).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `secs` as the platform's `inOutTime` in the lot's zone (the test config's default).
+fn in_out_time(secs: i64) -> String {
+    use chrono::TimeZone;
+    chrono_tz::Asia::Shanghai
+        .timestamp_opt(secs, 0)
+        .single()
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_real_vzenith_camera_says_arrives_once_and_normalised() {
+    let broker = Broker::start().await;
+    let devices = format!(
+        "{}\n[[camera]]\nname = \"入口1\"\ndirection = \"in\"\ndriver = \"mqtt\"\nformat = \"vzenith\"\nstyles = {{ \"3\" = \"2\" }}\n",
+        mqtt_section(&broker.url())
+    );
+    let h = start_devices("", &devices).await;
+    let p = Publisher::connect(broker.port, "camera-sim-fidelity").await;
+    let now = unix_now();
+    let topic = "device/sn-f/message/up/ivs_result";
+
+    // devices.md §1 "More that real cameras send": no envelope `id`, no `timeStamp`, the
+    // colour in `PlateResult.color` (2 = 黄), plate type 3 (single-row yellow, mapped to
+    // carStyle 2 by this camera's `styles`), and a license with a colour word, a full-width
+    // letter and a middle dot (Base64 over MQTT).
+    let no_id = format!(
+        r#"{{"sn":"sn-f","name":"ivs_result","version":"1.0","timestamp":{now},"payload":{{"AlarmInfoPlate":{{"serialno":"sn-f","result":{{"PlateResult":{{"license":"{lic}","color":2,"type":3,"triggerType":8,"confidence":91}}}}}}}}}}"#,
+        lic = b64("黄晋Ａ·12345".as_bytes()),
+    );
+    assert!(
+        publish_until(&p, topic, &no_id, || !h.sim.records().is_empty()).await,
+        "the first delivery arrives"
+    );
+    // A QoS 1 re-delivery of the very same message.
+    p.publish(topic, no_id.clone()).await;
+
+    // A pass the camera buffered two hours ago, replayed as `offline_record`.
+    let two_hours_ago = now - 7200;
+    let offline = vz_message("offline_record", "sn-f", "晋B54321", two_hours_ago, None, 1);
+    p.publish("device/sn-f/message/up/offline_record", offline)
+        .await;
+
+    // Last, a live result from a camera whose clock is an hour fast.
+    let fast = vz_message("ivs_result", "sn-f", "晋C11111", now + 3600, None, 1);
+    p.publish(topic, fast).await;
+    assert!(
+        eventually(WAIT, || delivered_plates(&h.sim)
+            .contains(&"晋C11111".to_string()))
+        .await,
+        "everything was handled: {:?}",
+        delivered_plates(&h.sim)
+    );
+
+    let recs = h.sim.records();
+    let plates = delivered_plates(&h.sim);
+    assert_eq!(
+        plates.iter().filter(|p| *p == "晋A12345").count(),
+        1,
+        "a re-delivery is one record: {plates:?}"
+    );
+    assert_eq!(recs.len(), 3, "{plates:?}");
+    assert_eq!(
+        h.gw.space.figures().1,
+        3,
+        "a re-delivery is one pass in the free spaces"
+    );
+    let a = recs.iter().find(|r| r["carNo"] == "晋A12345").expect("A");
+    assert_eq!(a["carColor"], "黄", "PlateResult.color is the plate colour");
+    assert_eq!(a["carStyle"], "2", "the camera's styles table");
+    assert_eq!(a["inOutTime"], in_out_time(now), "dated by the envelope");
+
+    let b = recs
+        .iter()
+        .find(|r| r["carNo"] == "晋B54321")
+        .expect("offline");
+    assert_eq!(
+        b["inOutTime"],
+        in_out_time(two_hours_ago),
+        "its own capture time"
+    );
+    assert!(
+        !b["remark"].as_str().unwrap_or("").contains("时钟"),
+        "old is fine for a buffered pass: {b}"
+    );
+
+    let c = recs
+        .iter()
+        .find(|r| r["carNo"] == "晋C11111")
+        .expect("fast clock");
+    let remark = c["remark"].as_str().unwrap_or("");
+    assert!(remark.contains("相机时钟错误"), "{remark}");
+    assert_ne!(
+        c["inOutTime"],
+        in_out_time(now + 3600),
+        "not the camera's time"
+    );
+    let sent = chrono::NaiveDateTime::parse_from_str(
+        c["inOutTime"].as_str().unwrap_or(""),
+        "%Y-%m-%d %H:%M:%S",
+    )
+    .expect("a time");
+    let expected =
+        chrono::NaiveDateTime::parse_from_str(&in_out_time(now), "%Y-%m-%d %H:%M:%S").expect("t");
+    assert!(
+        (sent - expected).num_seconds().abs() < 120,
+        "the receipt time: {sent} vs {expected}"
+    );
+    let cam = h.status("入口1");
+    assert!(cam.clock_wrong, "{cam:?}");
+    assert_eq!(cam.defaulted, 1, "{cam:?}");
+    assert_eq!(cam.unusual_plates, 0, "{cam:?}");
+    h.gw.stop().await;
+    h.sim.shutdown().await;
+}
+
 /// A message over `max_packet` makes the client drop the connection before reading it, and
 /// the broker (persistent session) sends it again on every reconnect: it must be consumed
 /// (acknowledged, counted as bad input) so the camera's later events still arrive.

@@ -312,3 +312,58 @@ async fn a_megabyte_of_random_serial_bytes_changes_nothing_and_later_lines_get_t
     h.gw.stop().await;
     h.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_with_unusable_secondary_fields_is_still_a_pass_with_its_style_mapped() {
+    if !common::devices::serial_ports_work(
+        "a_line_with_unusable_secondary_fields_is_still_a_pass_with_its_style_mapped",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cable = PtyCable::new(dir.path(), "ttySTYLE");
+    let devices = line_camera(&cable.path).replace(
+        r#"fields = ["direction", "plate", "color", "time"]"#,
+        "fields = [\"direction\", \"plate\", \"color\", \"style\", \"time\"]\nstyles = { \"货车\" = \"2\" }",
+    );
+    let h = start_devices("", &devices).await;
+    assert!(eventually(WAIT, || h.status("出口1").connected).await);
+
+    // devices.md §3 lines (GBK) with a `style` field: an unknown direction word and an
+    // English colour; then a colour-prefixed, full-width, dotted plate, an unknown style and
+    // an unreadable time. Both are passes.
+    cable
+        .write(&gbk("UP,晋E12345,blue,货车,2026-11-28 08:00:00\r\n"))
+        .await;
+    cable
+        .write(&gbk("IN,蓝晋Ｆ·12345,,小车,yesterday\r\n"))
+        .await;
+    assert!(
+        eventually(WAIT, || h.sim.records().len() >= 2).await,
+        "both lines are passes: {:?} {:?}",
+        delivered_plates(&h.sim),
+        h.status("出口1")
+    );
+    let recs = h.sim.records();
+    let e = recs.iter().find(|r| r["carNo"] == "晋E12345").expect("E");
+    assert_eq!(e["inOutType"], "out", "the lane's direction stands in");
+    assert_eq!(e["carColor"], "蓝");
+    assert_eq!(e["carStyle"], "2", "the camera's styles table");
+    assert_eq!(e["inOutTime"], "2026-11-28 08:00:00");
+    assert!(
+        e["remark"].as_str().unwrap_or("").contains("方向无效"),
+        "{e}"
+    );
+    let f = recs.iter().find(|r| r["carNo"] == "晋F12345").expect("F");
+    assert_eq!(f["inOutType"], "in");
+    assert_eq!(f["carColor"], "蓝", "the stripped colour word");
+    assert_eq!(f["carStyle"], "0");
+    let remark = f["remark"].as_str().unwrap_or("");
+    assert!(
+        remark.contains("车型未知") && remark.contains("时间无效"),
+        "{remark}"
+    );
+    assert_eq!(h.status("出口1").defaulted, 3);
+    h.gw.stop().await;
+    h.sim.shutdown().await;
+}

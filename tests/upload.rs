@@ -339,7 +339,7 @@ async fn ts_unit_auto_settles_on_seconds_when_the_platform_wants_seconds_and_rem
     assert!(h.sim.wait_for_records(1, T).await);
     assert_eq!(h.gw.client.unit(), lotlink::config::TsUnit::S);
     assert!(
-        eventually(T, || h.gw.outbox.setting("ts_unit").unwrap().as_deref()
+        eventually(T, || h.gw.outbox.settings().ts_unit().unwrap().as_deref()
             == Some("s"))
         .await
     );

@@ -377,6 +377,9 @@ pub enum LineField {
     Color,
     /// Capture time (lot-local).
     Time,
+    /// Vehicle style: the camera's type word or code (looked up in the camera's `styles`
+    /// table, else a `carStyle` code 0/1/2).
+    Style,
     /// Ignored.
     Skip,
 }
@@ -389,6 +392,7 @@ impl LineField {
             "plate" => LineField::Plate,
             "color" => LineField::Color,
             "time" => LineField::Time,
+            "style" => LineField::Style,
             "_" => LineField::Skip,
             other => {
                 return Err(CodecError::Field {
@@ -405,6 +409,7 @@ impl LineField {
             LineField::Plate => "plate",
             LineField::Color => "color",
             LineField::Time => "time",
+            LineField::Style => "style",
             LineField::Skip => "_",
         }
     }
@@ -420,21 +425,26 @@ pub struct LineFormat {
 }
 
 /// What one line says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LineRecord {
-    /// Entry/exit, when the line says.
+    /// Entry/exit, when the line says (a missing or unknown word: `None`, noted in
+    /// `replaced`; the lane's direction stands in).
     pub direction: Option<Direction>,
     /// Plate text; `None` = no plate read.
     pub plate: Option<String>,
-    /// Colour word.
+    /// Colour as sent.
     pub color: Option<String>,
-    /// Capture time, lot-local.
+    /// Capture time, lot-local (unreadable: `None`, noted; the gateway's clock stands in).
     pub time: Option<NaiveDateTime>,
+    /// Vehicle style as sent.
+    pub style: Option<String>,
+    /// Secondary fields that were missing or unreadable, each with its reason.
+    pub replaced: Vec<String>,
 }
 
-/// Words meaning "no plate".
+/// Words meaning "no plate" (see [`crate::plate::is_no_plate`]).
 pub fn is_no_plate(s: &str) -> bool {
-    matches!(s, "" | "_无_" | "无牌车" | "无车牌" | "无牌" | "未识别")
+    crate::plate::is_no_plate(s)
 }
 
 fn parse_direction(s: &str) -> Option<Direction> {
@@ -462,43 +472,58 @@ pub fn parse_time(s: &str) -> Option<NaiveDateTime> {
 }
 
 /// Split a line by the format's separator into a record.
+///
+/// Only the plate field is required: a line too short to hold it is an error. A missing or
+/// unreadable direction, time, colour or style never drops the pass: it is left out and
+/// the reason noted in [`LineRecord::replaced`].
 pub fn parse_line(line: &str, fmt: &LineFormat) -> Result<LineRecord, CodecError> {
     let parts: Vec<&str> = if fmt.separator.is_empty() {
         vec![line]
     } else {
         line.split(fmt.separator.as_str()).collect()
     };
-    let mut rec = LineRecord {
-        direction: None,
-        plate: None,
-        color: None,
-        time: None,
-    };
+    let mut rec = LineRecord::default();
     for (i, field) in fmt.fields.iter().enumerate() {
         let Some(raw) = parts.get(i) else {
-            return Err(CodecError::Field {
-                field: field.name(),
-                message: format!("missing: the line has {} fields", parts.len()),
-            });
+            if *field == LineField::Plate {
+                return Err(CodecError::Field {
+                    field: field.name(),
+                    message: format!("missing: the line has {} fields", parts.len()),
+                });
+            }
+            if *field != LineField::Skip {
+                rec.replaced.push(format!(
+                    "字段缺失 ({} missing: the line has {} fields)",
+                    field.name(),
+                    parts.len()
+                ));
+            }
+            continue;
         };
         let v = raw.trim();
+        let shown: String = v.chars().take(24).collect();
         match field {
             LineField::Skip => {}
             LineField::Direction => {
-                rec.direction = Some(parse_direction(v).ok_or_else(|| CodecError::Field {
-                    field: "direction",
-                    message: format!("{v:?} is neither in nor out"),
-                })?);
+                rec.direction = parse_direction(v);
+                if rec.direction.is_none() {
+                    rec.replaced.push(format!(
+                        "方向无效 (direction {shown:?} is neither in nor out: lane direction used)"
+                    ));
+                }
             }
             LineField::Plate => {
                 rec.plate = (!is_no_plate(v)).then(|| v.to_string());
             }
             LineField::Color => rec.color = (!v.is_empty()).then(|| v.to_string()),
+            LineField::Style => rec.style = (!v.is_empty()).then(|| v.to_string()),
             LineField::Time => {
-                rec.time = Some(parse_time(v).ok_or_else(|| CodecError::Field {
-                    field: "time",
-                    message: format!("{v:?} is not a time like 2026-11-28 08:00:00"),
-                })?);
+                rec.time = parse_time(v);
+                if rec.time.is_none() {
+                    rec.replaced.push(format!(
+                        "时间无效 (time {shown:?} is not like 2026-11-28 08:00:00: gateway time used)"
+                    ));
+                }
             }
         }
     }
@@ -911,14 +936,48 @@ mod tests {
     }
 
     #[test]
-    fn bad_lines_name_the_field() {
-        let e = parse_line("IN,晋A12345", &fmt()).expect_err("short");
-        assert!(e.to_string().contains("color"), "{e}");
-        let e = parse_line("UP,晋A12345,蓝,2026-11-28 08:00:00", &fmt()).expect_err("dir");
-        assert!(e.to_string().contains("direction"), "{e}");
-        let e = parse_line("IN,晋A12345,蓝,yesterday", &fmt()).expect_err("time");
-        assert!(e.to_string().contains("time"), "{e}");
+    fn a_line_without_its_plate_field_is_an_error_naming_it() {
+        let e = parse_line("IN", &fmt()).expect_err("short");
+        assert!(e.to_string().contains("plate"), "{e}");
         assert!(LineField::parse("speed").is_err());
+    }
+
+    #[test]
+    fn bad_or_missing_secondary_fields_keep_the_pass_and_say_why() {
+        // Fixtures in the `direction,plate,color,time` template of devices.md §3.
+        let r = parse_line("UP,晋A12345,蓝,2026-11-28 08:00:00", &fmt()).expect("kept");
+        assert_eq!((r.direction, r.plate.as_deref()), (None, Some("晋A12345")));
+        assert!(r.replaced[0].contains("\"UP\""), "{:?}", r.replaced);
+        let r = parse_line("IN,晋A12345,蓝,yesterday", &fmt()).expect("kept");
+        assert_eq!(r.time, None);
+        assert!(r.replaced[0].starts_with("时间无效"), "{:?}", r.replaced);
+        let r = parse_line("IN,晋A12345", &fmt()).expect("kept");
+        assert_eq!(r.plate.as_deref(), Some("晋A12345"));
+        assert_eq!(
+            r.replaced.len(),
+            2,
+            "colour and time missing: {:?}",
+            r.replaced
+        );
+        let r = parse_line(",晋A12345,蓝,2026-11-28 08:00:00", &fmt()).expect("kept");
+        assert_eq!(r.direction, None);
+        assert_eq!(r.replaced.len(), 1);
+    }
+
+    #[test]
+    fn a_style_field_is_read_as_text() {
+        let f = LineFormat {
+            fields: ["plate", "style"]
+                .iter()
+                .map(|f| LineField::parse(f).expect("field"))
+                .collect(),
+            separator: ",".into(),
+        };
+        let r = parse_line("晋A12345,货车", &f).expect("record");
+        assert_eq!(r.style.as_deref(), Some("货车"));
+        assert!(r.replaced.is_empty());
+        let r = parse_line("晋A12345,", &f).expect("record");
+        assert_eq!(r.style, None);
     }
 
     #[test]

@@ -11,19 +11,25 @@
 //! mean "no plate read"). Unknown keys are ignored: cameras add fields. `null` for an
 //! optional key is the same as leaving it out.
 //!
+//! A pass is never dropped for a secondary field: a value that cannot be used is left out
+//! (the lane's direction, the gateway's clock, … stand in) and the reason is kept in
+//! [`JsonCamEvent::replaced`], which ends up in the record's `remark`.
+//!
 //! | key | accepted | otherwise |
 //! |---|---|---|
-//! | `direction` | `"in"` / `"out"`, any case | error |
-//! | `time` | `"YYYY-MM-DD HH:MM:SS"` (also `/` for `-`, `T` for the space, optional fraction) as local time; a number or numeric string of Unix seconds (fractions allowed; 10^12 and more are taken as milliseconds) | error; `""` = absent |
-//! | `image` | standard Base64 (padding optional, whitespace ignored) | **not** an error: `image: None` and the reason in `image_error`, so the plate is still reported (the gateway uses its placeholder) |
-//! | `style` | `"0"`/`"1"`/`"2"` or `0`/`1`/`2` | error |
-//! | `color`, `brand` | strings (`""` = absent) | error |
-//! | `id` | string or integer (`""` = absent) | error |
+//! | `plate` | a string | **error** (not a pass we can report) |
+//! | `direction` | `"in"` / `"out"`, any case | replaced: the lane's direction |
+//! | `time` | `"YYYY-MM-DD HH:MM:SS"` (also `/` for `-`, `T` for the space, optional fraction) as local time; a number or numeric string of Unix seconds (fractions allowed; 10^12 and more are taken as milliseconds) | replaced: the gateway's clock; `""` = absent |
+//! | `image` | standard Base64 (padding optional, whitespace ignored) | `image: None` and the reason in `image_error` (the gateway uses its placeholder) |
+//! | `style` | a string or number: looked up in the camera's `styles` table, else `0`/`1`/`2` | kept as text; the gateway's normaliser defaults an unknown one to `0` |
+//! | `color`, `brand` | strings (`""` = absent) | replaced: left out |
+//! | `id` | string or number (`""` = absent) | replaced: left out (the key falls back to the time) |
 
 use chrono::NaiveDateTime;
 use serde_json::{Map, Value};
 
-use crate::vzenith::{decode_base64_image, is_no_plate};
+use crate::plate::is_no_plate;
+use crate::vzenith::decode_base64_image;
 use crate::{CarStyle, Direction};
 
 /// The latest Unix second accepted (9999-12-31T23:59:59Z).
@@ -76,14 +82,16 @@ pub struct JsonCamEvent {
     pub image: Option<Vec<u8>>,
     /// Why an `image` that was sent could not be used (then `image` is `None`).
     pub image_error: Option<String>,
-    /// Plate colour word.
+    /// Plate colour as sent (a word, an English word or a code).
     pub color: Option<String>,
-    /// Vehicle style (`Car` when absent).
-    pub style: CarStyle,
+    /// Vehicle style as sent (a `carStyle` code or the camera's own type), as text.
+    pub style: Option<String>,
     /// Vehicle brand.
     pub brand: Option<String>,
     /// The camera's unique message id, for dedupe.
     pub id: Option<String>,
+    /// Values that could not be used and were left out, each with its reason.
+    pub replaced: Vec<String>,
 }
 
 impl std::fmt::Debug for JsonCamEvent {
@@ -99,11 +107,22 @@ impl std::fmt::Debug for JsonCamEvent {
             .field("style", &self.style)
             .field("brand", &self.brand)
             .field("id", &self.id)
+            .field("replaced", &self.replaced)
             .finish()
     }
 }
 
 impl JsonCamEvent {
+    /// The style as a `carStyle` code, when it is one (`0`, `1`, `2`).
+    pub fn style_code(&self) -> Option<CarStyle> {
+        match self.style.as_deref().map(str::trim) {
+            Some("0") => Some(CarStyle::Car),
+            Some("1") => Some(CarStyle::Large),
+            Some("2") => Some(CarStyle::Truck),
+            _ => None,
+        }
+    }
+
     /// The dedupe key for the gateway's ingest: `json:{camera}:id:{id}` when the message has
     /// an id; else `json:{camera}:{time}:{plate or "-"}` when it has a time (local times as
     /// `YYYY-MM-DDTHH:MM:SS.mmm`, Unix times as milliseconds); else empty (no dedupe).
@@ -138,18 +157,21 @@ pub fn parse_json_camera(payload: &[u8]) -> Result<JsonCamEvent, JsonCamError> {
             .map(str::to_owned),
         Some(_) => return Err(invalid("plate", "not a string")),
     };
+    let mut replaced = Vec::new();
     let direction = match present(obj, "direction") {
-        None => None,
-        Some(Value::String(s)) => Some(parse_direction(s)?),
-        Some(_) => return Err(invalid("direction", "not a string")),
+        None => Ok(None),
+        Some(Value::String(s)) => parse_direction(s).map(Some),
+        Some(_) => Err(invalid("direction", "not a string")),
     };
+    let direction = keep(direction, "方向无效", "lane direction used", &mut replaced);
     let time = match present(obj, "time") {
-        None => None,
-        Some(Value::String(s)) if s.trim().is_empty() => None,
-        Some(Value::String(s)) => Some(parse_time_text(s)?),
-        Some(Value::Number(n)) => Some(unix_time(n.as_f64())?),
-        Some(_) => return Err(invalid("time", "not a string or number")),
+        None => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => parse_time_text(s).map(Some),
+        Some(Value::Number(n)) => unix_time(n.as_f64()).map(Some),
+        Some(_) => Err(invalid("time", "not a string or number")),
     };
+    let time = keep(time, "时间无效", "gateway time used", &mut replaced);
     let (image, image_error) = match present(obj, "image") {
         None => (None, None),
         Some(Value::String(s)) => match decode_base64_image(s) {
@@ -160,9 +182,25 @@ pub fn parse_json_camera(payload: &[u8]) -> Result<JsonCamEvent, JsonCamError> {
         Some(_) => (None, Some("not a string".to_owned())),
     };
     let style = match present(obj, "style") {
-        None => CarStyle::Car,
-        Some(v) => parse_style(v)?,
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_owned)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(invalid("style", "not a string or number")),
     };
+    let style = keep(style, "车型无效", "sent as 0", &mut replaced);
+    let color = keep(
+        optional_text(obj, "color"),
+        "颜色无效",
+        "left out",
+        &mut replaced,
+    );
+    let brand = keep(
+        optional_text(obj, "brand"),
+        "品牌无效",
+        "left out",
+        &mut replaced,
+    );
+    let id = keep(parse_id(obj), "编号无效", "left out", &mut replaced);
 
     Ok(JsonCamEvent {
         plate,
@@ -170,10 +208,25 @@ pub fn parse_json_camera(payload: &[u8]) -> Result<JsonCamEvent, JsonCamError> {
         time,
         image,
         image_error,
-        color: optional_text(obj, "color")?,
+        color,
         style,
-        brand: optional_text(obj, "brand")?,
-        id: parse_id(obj)?,
+        brand,
+        id,
+        replaced,
+    })
+}
+
+/// The value, or `None` with the reason noted in `replaced` (`label`: what, `used`: what
+/// stands in).
+fn keep<T>(
+    r: Result<Option<T>, JsonCamError>,
+    label: &str,
+    used: &str,
+    replaced: &mut Vec<String>,
+) -> Option<T> {
+    r.unwrap_or_else(|e| {
+        replaced.push(format!("{label} ({e}: {used})"));
+        None
     })
 }
 
@@ -210,23 +263,6 @@ fn parse_direction(text: &str) -> Result<Direction, JsonCamError> {
             "direction",
             format!("{} is not in or out", echo(text)),
         ))
-    }
-}
-
-fn parse_style(v: &Value) -> Result<CarStyle, JsonCamError> {
-    let code = match v {
-        Value::String(s) => s.trim().parse::<u64>().ok(),
-        Value::Number(n) => n.as_u64(),
-        _ => None,
-    };
-    match code {
-        Some(0) => Ok(CarStyle::Car),
-        Some(1) => Ok(CarStyle::Large),
-        Some(2) => Ok(CarStyle::Truck),
-        _ => Err(invalid(
-            "style",
-            format!("{} is not 0, 1 or 2", echo(&v.to_string())),
-        )),
     }
 }
 
@@ -280,8 +316,7 @@ fn optional_text(
 
 fn parse_id(obj: &Map<String, Value>) -> Result<Option<String>, JsonCamError> {
     match present(obj, "id") {
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
-        Some(Value::Number(_)) => Err(invalid("id", "not an integer")),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
         _ => optional_text(obj, "id"),
     }
 }
@@ -332,9 +367,11 @@ mod tests {
         assert_eq!(e.image, Some(STANDARD.decode("/9j/4AAQSkZJRg==").unwrap()));
         assert_eq!(e.image_error, None);
         assert_eq!(e.color.as_deref(), Some("蓝"));
-        assert_eq!(e.style, CarStyle::Large);
+        assert_eq!(e.style.as_deref(), Some("1"));
+        assert_eq!(e.style_code(), Some(CarStyle::Large));
         assert_eq!(e.brand.as_deref(), Some("大众"));
         assert_eq!(e.id.as_deref(), Some("cam7-000123"));
+        assert!(e.replaced.is_empty());
     }
 
     #[test]
@@ -348,11 +385,12 @@ mod tests {
                 e.image.clone(),
                 e.image_error.clone(),
                 e.color.clone(),
-                e.style,
+                e.style.clone(),
                 e.brand.clone(),
-                e.id.clone()
+                e.id.clone(),
+                e.replaced.clone()
             ),
-            (None, None, None, None, None, CarStyle::Car, None, None)
+            (None, None, None, None, None, None, None, None, Vec::new())
         );
         let nulls = parse(
             r#"{"plate":"京N9A8B7","direction":null,"time":null,"image":null,"color":null,"style":null,"brand":null,"id":null}"#,
@@ -386,8 +424,15 @@ mod tests {
         ));
     }
 
+    /// The one remark a message with one unusable field carries.
+    fn replaced_note(json: &str) -> String {
+        let e = parse(json);
+        assert_eq!(e.replaced.len(), 1, "{json}: {:?}", e.replaced);
+        e.replaced[0].clone()
+    }
+
     #[test]
-    fn direction_is_case_insensitive_and_anything_else_is_an_error() {
+    fn direction_is_case_insensitive_and_anything_else_is_replaced_not_fatal() {
         for (text, want) in [
             ("in", Direction::In),
             ("IN", Direction::In),
@@ -400,44 +445,37 @@ mod tests {
             );
         }
         for bad in [r#""entry""#, r#""""#, "1", "true"] {
-            assert!(
-                matches!(
-                    err(&format!(r#"{{"plate":"","direction":{bad}}}"#)),
-                    JsonCamError::InvalidField {
-                        key: "direction",
-                        ..
-                    }
-                ),
-                "{bad}"
-            );
+            let json = format!(r#"{{"plate":"晋A12345","direction":{bad}}}"#);
+            let e = parse(&json);
+            assert_eq!(e.direction, None, "{bad}");
+            assert_eq!(e.plate.as_deref(), Some("晋A12345"));
+            assert!(replaced_note(&json).starts_with("方向无效"), "{bad}");
         }
     }
 
     #[test]
-    fn style_accepts_codes_as_strings_or_numbers_only() {
+    fn style_is_kept_as_text_and_codes_are_recognised() {
         for (v, want) in [
-            (r#""0""#, CarStyle::Car),
-            (r#""1""#, CarStyle::Large),
-            (r#""2""#, CarStyle::Truck),
-            ("0", CarStyle::Car),
-            ("1", CarStyle::Large),
-            ("2", CarStyle::Truck),
+            (r#""0""#, Some(CarStyle::Car)),
+            (r#""1""#, Some(CarStyle::Large)),
+            (r#""2""#, Some(CarStyle::Truck)),
+            ("0", Some(CarStyle::Car)),
+            ("1", Some(CarStyle::Large)),
+            ("2", Some(CarStyle::Truck)),
+            (r#""3""#, None),
+            ("-1", None),
+            (r#""car""#, None),
         ] {
-            assert_eq!(
-                parse(&format!(r#"{{"plate":"","style":{v}}}"#)).style,
-                want,
-                "{v}"
-            );
+            let e = parse(&format!(r#"{{"plate":"","style":{v}}}"#));
+            assert_eq!(e.style_code(), want, "{v}");
+            assert!(e.replaced.is_empty());
         }
-        for bad in [r#""3""#, "3", "-1", "1.5", r#""car""#, r#""""#, "[]"] {
-            assert!(
-                matches!(
-                    err(&format!(r#"{{"plate":"","style":{bad}}}"#)),
-                    JsonCamError::InvalidField { key: "style", .. }
-                ),
-                "{bad}"
-            );
-        }
+        assert_eq!(
+            parse(r#"{"plate":"","style":"小型车"}"#).style.as_deref(),
+            Some("小型车")
+        );
+        assert_eq!(parse(r#"{"plate":"","style":""}"#).style, None);
+        assert!(replaced_note(r#"{"plate":"","style":[]}"#).starts_with("车型无效"));
     }
 
     #[test]
@@ -479,7 +517,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_times_are_errors() {
+    fn bad_times_are_replaced_by_the_gateway_clock_not_fatal() {
         for bad in [
             r#""2026-13-01 00:00:00""#,
             r#""2026-11-28""#,
@@ -489,13 +527,9 @@ mod tests {
             "1e300",
             "true",
         ] {
-            assert!(
-                matches!(
-                    err(&format!(r#"{{"plate":"","time":{bad}}}"#)),
-                    JsonCamError::InvalidField { key: "time", .. }
-                ),
-                "{bad}"
-            );
+            let json = format!(r#"{{"plate":"晋A12345","time":{bad}}}"#);
+            assert_eq!(parse(&json).time, None, "{bad}");
+            assert!(replaced_note(&json).starts_with("时间无效"), "{bad}");
         }
     }
 
@@ -531,28 +565,18 @@ mod tests {
     }
 
     #[test]
-    fn ids_may_be_strings_or_integers_and_other_text_fields_must_be_strings() {
+    fn ids_may_be_strings_or_numbers_and_unusable_text_fields_are_left_out() {
         assert_eq!(
             parse(r#"{"plate":"","id":1234}"#).id.as_deref(),
             Some("1234")
         );
+        assert_eq!(parse(r#"{"plate":"","id":1.5}"#).id.as_deref(), Some("1.5"));
         assert_eq!(parse(r#"{"plate":"","id":" "}"#).id, None);
-        assert!(matches!(
-            err(r#"{"plate":"","id":1.5}"#),
-            JsonCamError::InvalidField { key: "id", .. }
-        ));
-        assert!(matches!(
-            err(r#"{"plate":"","id":{}}"#),
-            JsonCamError::InvalidField { key: "id", .. }
-        ));
-        assert!(matches!(
-            err(r#"{"plate":"","color":1}"#),
-            JsonCamError::InvalidField { key: "color", .. }
-        ));
-        assert!(matches!(
-            err(r#"{"plate":"","brand":[]}"#),
-            JsonCamError::InvalidField { key: "brand", .. }
-        ));
+        assert!(replaced_note(r#"{"plate":"","id":{}}"#).starts_with("编号无效"));
+        assert!(replaced_note(r#"{"plate":"","color":1}"#).starts_with("颜色无效"));
+        assert!(replaced_note(r#"{"plate":"","brand":[]}"#).starts_with("品牌无效"));
+        let e = parse(r#"{"plate":"晋A12345","brand":[],"color":{}}"#);
+        assert_eq!((e.brand, e.color, e.replaced.len()), (None, None, 2));
     }
 
     #[test]
@@ -600,10 +624,10 @@ mod tests {
     }
 
     #[test]
-    fn error_messages_repeat_only_a_short_prefix_of_the_value() {
+    fn remarks_repeat_only_a_short_prefix_of_the_value() {
         let long = "x".repeat(10_000);
-        let e = err(&format!(r#"{{"plate":"","direction":"{long}"}}"#));
-        assert!(e.to_string().len() < 100, "{e}");
+        let note = replaced_note(&format!(r#"{{"plate":"","direction":"{long}"}}"#));
+        assert!(note.len() < 120, "{note}");
     }
 
     proptest! {

@@ -39,10 +39,12 @@ pub mod status;
 pub mod vzenith;
 
 pub use event::{CarStyle, Direction, Event, PlateEvent};
+pub use plate::{normalise, CameraRules, Reading};
 pub use status::{should_log, DriverStatus, StatusSnapshot};
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 pub use tokio_util::sync::CancellationToken;
@@ -79,17 +81,49 @@ pub struct Submission {
     pub reply: oneshot::Sender<Result<Accepted, SinkError>>,
 }
 
+/// The gateway's clock as drivers see it: Unix milliseconds.
+pub type NowFn = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 /// The bounded sender drivers submit events through. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EventSink {
     tx: mpsc::Sender<Submission>,
+    clock: Option<NowFn>,
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSink")
+            .field("capacity", &self.tx.max_capacity())
+            .field("gateway_clock", &self.clock.is_some())
+            .finish()
+    }
 }
 
 impl EventSink {
     /// A sink and the receiving end for the ingest stage. `capacity` is the queue bound.
     pub fn channel(capacity: usize) -> (EventSink, mpsc::Receiver<Submission>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (EventSink { tx }, rx)
+        (EventSink { tx, clock: None }, rx)
+    }
+
+    /// The same sink, telling drivers the time by `clock` (the gateway's corrected clock)
+    /// instead of the system clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: NowFn) -> EventSink {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The gateway's clock (corrected towards the platform's when the gateway set one),
+    /// Unix milliseconds: drivers check camera capture times against it.
+    pub fn now_ms(&self) -> i64 {
+        match &self.clock {
+            Some(f) => f(),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        }
     }
 
     /// Hand an event to the gateway and wait until it is durable or refused.

@@ -52,6 +52,7 @@ use tokio::time::Instant;
 
 use crate::jsoncam::{self, JsonTime};
 use crate::loops::{is_closed, EdgeDetector};
+use crate::plate::{normalise, CameraRules, Reading};
 use crate::snapshot::{fill_image, Snapshot};
 use crate::vzenith::{self, VzMessage, VzPlate};
 use crate::{
@@ -217,6 +218,8 @@ pub struct MqttCamera {
     pub format: CameraFormat,
     /// Snapshot for events without an image.
     pub snapshot: Option<Snapshot>,
+    /// The camera's `styles` table and clock tolerance.
+    pub rules: CameraRules,
     /// Status shown per camera.
     pub status: DriverStatus,
 }
@@ -468,27 +471,50 @@ impl Router {
                 return true;
             }
         };
-        let captured_at_ms = ev.time.as_ref().and_then(|t| match t {
-            JsonTime::Unix(ms) => Some(*ms),
-            JsonTime::Local(naive) => local_ms(self.tz, naive),
-        });
-        let mut remark = None;
+        let source_key = ev.source_key(&cam.name);
+        let vendor_style = ev.style_code();
+        let mut replaced = ev.replaced;
+        let captured_at_ms = match ev.time {
+            None => None,
+            Some(JsonTime::Unix(ms)) => Some(ms),
+            Some(JsonTime::Local(naive)) => {
+                let ms = local_ms(self.tz, &naive);
+                if ms.is_none() {
+                    replaced.push(format!(
+                        "时间无效 (local time {naive} does not exist in {}: gateway time used)",
+                        self.tz
+                    ));
+                }
+                ms
+            }
+        };
+        let mut notes = Vec::new();
         if let Some(err) = &ev.image_error {
             Self::bad(&cam.status, topic, err);
-            remark = Some(format!("图片无效 (camera image field invalid: {err})"));
+            notes.push(format!("图片无效 (camera image field invalid: {err})"));
         }
-        let plate = PlateEvent {
-            source_key: ev.source_key(&cam.name),
+        let reading = Reading {
+            source_key,
             node_name: cam.name.clone(),
-            direction: ev.direction.unwrap_or(cam.direction),
+            direction: ev.direction,
             plate: ev.plate,
-            captured_at_ms,
             color: ev.color,
             style: ev.style,
+            vendor_style,
+            captured_at_ms,
+            buffered: false,
             brand: ev.brand,
             image: ev.image,
-            remark,
+            replaced,
+            notes,
         };
+        let plate = normalise(
+            reading,
+            cam.direction,
+            &cam.rules,
+            &cam.status,
+            sink.now_ms(),
+        );
         self.submit_plate(i, plate, vec![ack], sink, shutdown).await
     }
 
@@ -544,7 +570,7 @@ impl Router {
             }
             return true;
         }
-        let ev = self.vz_event(cam, p);
+        let ev = self.vz_event(cam, p, sink.now_ms());
         self.submit_plate(cam, ev, acks, sink, shutdown).await
     }
 
@@ -568,22 +594,9 @@ impl Router {
         false
     }
 
-    fn vz_event(&self, cam: usize, p: VzPlate) -> PlateEvent {
+    fn vz_event(&self, cam: usize, p: VzPlate, now_ms: i64) -> PlateEvent {
         let c = &self.cameras[cam];
-        PlateEvent {
-            source_key: p.source_key(),
-            node_name: c.name.clone(),
-            direction: c.direction,
-            plate: p.plate,
-            captured_at_ms: p.captured_at_ms,
-            color: p.color.map(str::to_string),
-            style: p.style,
-            brand: None,
-            image: p.image,
-            remark: p
-                .image_error
-                .map(|e| format!("图片无效 (camera image invalid: {e})")),
-        }
+        normalise(p.reading(&c.name), c.direction, &c.rules, &c.status, now_ms)
     }
 
     async fn flush_pending(
@@ -597,7 +610,7 @@ impl Router {
         if self.reported_quick.len() > 256 {
             self.reported_quick.pop_front();
         }
-        let ev = self.vz_event(q.camera, q.plate);
+        let ev = self.vz_event(q.camera, q.plate, sink.now_ms());
         self.submit_plate(q.camera, ev, q.acks, sink, shutdown)
             .await
     }
@@ -644,11 +657,6 @@ impl Router {
     ) -> bool {
         let c = &self.cameras[cam];
         fill_image(&mut ev, c.snapshot.as_ref()).await;
-        if let Some(p) = &ev.plate {
-            if !crate::plate::is_usual_plate(p) {
-                c.status.unusual_plate();
-            }
-        }
         let status = c.status.clone();
         match submit_until_taken(sink, Event::Plate(ev), &status, shutdown).await {
             Outcome::Done => {

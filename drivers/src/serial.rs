@@ -26,6 +26,7 @@ use crate::codec::{
 };
 use crate::loops::EdgeDetector;
 use crate::mqtt::local_ms;
+use crate::plate::{normalise, CameraRules, Reading};
 use crate::snapshot::{fill_image, Snapshot};
 use crate::{
     should_log, Accepted, CancellationToken, Direction, Driver, DriverFuture, DriverStatus, Event,
@@ -83,6 +84,8 @@ pub struct SerialCamera {
     pub snapshot: Option<Snapshot>,
     /// Lot time zone of line times.
     pub tz: chrono_tz::Tz,
+    /// The camera's `styles` table and clock tolerance.
+    pub rules: CameraRules,
     /// Status.
     pub status: DriverStatus,
 }
@@ -241,18 +244,13 @@ impl SerialCamera {
         if plate.lingering {
             return true;
         }
-        let ev = PlateEvent {
-            source_key: plate.source_key(),
-            node_name: self.name.clone(),
-            direction: self.direction,
-            plate: plate.plate,
-            captured_at_ms: plate.captured_at_ms,
-            color: plate.color.map(str::to_string),
-            style: plate.style,
-            brand: None,
-            image: plate.image,
-            remark: None,
-        };
+        let ev = normalise(
+            plate.reading(&self.name),
+            self.direction,
+            &self.rules,
+            &self.status,
+            sink.now_ms(),
+        );
         self.submit_plate(ev, sink, shutdown).await
     }
 
@@ -270,23 +268,49 @@ impl SerialCamera {
                 return true;
             }
         };
-        let captured_at_ms = rec.time.as_ref().and_then(|t| local_ms(self.tz, t));
+        let mut replaced = rec.replaced;
+        let captured_at_ms = rec.time.as_ref().and_then(|t| {
+            let ms = local_ms(self.tz, t);
+            if ms.is_none() {
+                replaced.push(format!(
+                    "时间无效 (local time {t} does not exist in {}: gateway time used)",
+                    self.tz
+                ));
+            }
+            ms
+        });
         let source_key = match (captured_at_ms, &rec.plate) {
             (Some(ms), p) => format!("serial:{}:{ms}:{}", self.name, p.as_deref().unwrap_or("-")),
             _ => String::new(),
         };
-        let ev = PlateEvent {
+        let vendor_style = match rec.style.as_deref() {
+            Some("0") => Some(crate::CarStyle::Car),
+            Some("1") => Some(crate::CarStyle::Large),
+            Some("2") => Some(crate::CarStyle::Truck),
+            _ => None,
+        };
+        let reading = Reading {
             source_key,
             node_name: self.name.clone(),
-            direction: rec.direction.unwrap_or(self.direction),
+            direction: rec.direction,
             plate: rec.plate,
-            captured_at_ms,
             color: rec.color,
-            style: crate::CarStyle::Car,
+            style: rec.style,
+            vendor_style,
+            captured_at_ms,
+            buffered: false,
             brand: None,
             image: None,
-            remark: None,
+            replaced,
+            notes: Vec::new(),
         };
+        let ev = normalise(
+            reading,
+            self.direction,
+            &self.rules,
+            &self.status,
+            sink.now_ms(),
+        );
         self.submit_plate(ev, sink, shutdown).await
     }
 
@@ -297,11 +321,6 @@ impl SerialCamera {
         shutdown: &CancellationToken,
     ) -> bool {
         fill_image(&mut ev, self.snapshot.as_ref()).await;
-        if let Some(p) = &ev.plate {
-            if !crate::plate::is_usual_plate(p) {
-                self.status.unusual_plate();
-            }
-        }
         submit(sink, Event::Plate(ev), &self.status, shutdown).await
     }
 }

@@ -24,6 +24,14 @@ pub struct StatusSnapshot {
     pub bad_inputs: u64,
     /// Plates that did not follow the Chinese plate rules (still reported).
     pub unusual_plates: u64,
+    /// The last such plate, as reported.
+    pub last_unusual_plate: Option<String>,
+    /// Camera values replaced by a default (unknown style or colour, impossible time,
+    /// unknown direction); the pass was kept and its `remark` says what was replaced.
+    pub defaulted: u64,
+    /// The camera's clock is wrong: its last live capture time was before 2020 or further
+    /// ahead of the gateway's clock than `max_camera_skew` (receipt times are sent instead).
+    pub clock_wrong: bool,
     /// The last problem, if any (never contains secrets).
     pub last_problem: Option<String>,
 }
@@ -38,6 +46,9 @@ struct Inner {
     events: AtomicU64,
     bad_inputs: AtomicU64,
     unusual_plates: AtomicU64,
+    last_unusual_plate: Mutex<Option<String>>,
+    defaulted: AtomicU64,
+    clock_wrong: AtomicBool,
     last_problem: Mutex<Option<String>>,
 }
 
@@ -96,19 +107,26 @@ impl DriverStatus {
         self.inner.bad_inputs.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    /// Count a plate that does not follow the plate rules.
-    pub fn unusual_plate(&self) {
-        self.inner.unusual_plates.fetch_add(1, Ordering::AcqRel);
+    /// Count a plate that does not follow the plate rules and remember it; returns the new
+    /// total (callers rate-limit logs with it).
+    pub fn unusual_plate(&self, plate: &str) -> u64 {
+        *lock(&self.inner.last_unusual_plate) = Some(plate.chars().take(32).collect());
+        self.inner.unusual_plates.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Count a camera value replaced by a default; returns the new total.
+    pub fn defaulted(&self) -> u64 {
+        self.inner.defaulted.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Record whether the camera's clock is wrong; returns true when it changed (log once).
+    pub fn set_clock_wrong(&self, wrong: bool) -> bool {
+        self.inner.clock_wrong.swap(wrong, Ordering::AcqRel) != wrong
     }
 
     /// Remember the last problem (shown in status).
     pub fn set_problem(&self, what: &str) {
-        let mut g = self
-            .inner
-            .last_problem
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *g = Some(what.chars().take(200).collect());
+        *lock(&self.inner.last_problem) = Some(what.chars().take(200).collect());
     }
 
     /// A copy of the figures.
@@ -123,13 +141,16 @@ impl DriverStatus {
             events: i.events.load(Ordering::Acquire),
             bad_inputs: i.bad_inputs.load(Ordering::Acquire),
             unusual_plates: i.unusual_plates.load(Ordering::Acquire),
-            last_problem: i
-                .last_problem
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+            last_unusual_plate: lock(&i.last_unusual_plate).clone(),
+            defaulted: i.defaulted.load(Ordering::Acquire),
+            clock_wrong: i.clock_wrong.load(Ordering::Acquire),
+            last_problem: lock(&i.last_problem).clone(),
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Lets a driver log the first few occurrences of a repeated problem and then only every

@@ -12,6 +12,10 @@
 //!   never an error: the gateway substitutes a placeholder;
 //! - a plate-result field that is missing or not understood falls back to "unknown".
 //!
+//! The values stay as the camera sent them (plate text, colour, type, time); drivers turn a
+//! [`VzPlate`] into a [`Reading`] ([`VzPlate::reading`]) and hand it to
+//! [`crate::plate::normalise`], the one place that cleans and checks values for every driver.
+//!
 //! Nothing here panics on any input bytes.
 
 use base64::alphabet;
@@ -19,24 +23,11 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 use serde_json::Value;
 
+use crate::plate::Reading;
 use crate::CarStyle;
 
 /// The latest Unix second accepted as a capture time (9999-12-31T23:59:59Z).
 const MAX_UNIX_SECS: i64 = 253_402_300_799;
-
-/// Texts a camera sends when it read no plate.
-const NO_PLATE_MARKERS: [&str; 4] = ["_无_", "无牌车", "无车牌", "无"];
-
-/// Colour words by Vzenith colour code (index = code).
-const COLOR_WORDS: [Option<&str>; 7] = [
-    None,
-    Some("蓝"),
-    Some("黄"),
-    Some("白"),
-    Some("黑"),
-    Some("绿"),
-    Some("黄绿"),
-];
 
 /// Base64 for licenses: standard alphabet, padding optional, strict trailing bits (fewer
 /// plain-text plates mistaken for Base64).
@@ -97,6 +88,9 @@ pub struct VzPlate {
     pub msg_id: Option<String>,
     /// `true` for `quick_ivs_result` (sent at once, no images), `false` for `ivs_result`.
     pub quick: bool,
+    /// A pass the camera buffered while it could not publish (`offline_record`, or an
+    /// `isoffline` flag): its capture time may be old.
+    pub offline: bool,
     /// Plate text; `None` when no plate was read (`_无_`, `无牌车`, `无车牌`, empty).
     pub plate: Option<String>,
     /// Plate colour word (蓝 黄 白 黑 绿 黄绿); `None` for 0 / unknown.
@@ -119,6 +113,9 @@ pub struct VzPlate {
     pub lingering: bool,
     /// Recognition confidence, 1–100.
     pub confidence: Option<u32>,
+    /// A digest of the plate result's content (license, colour, type, trigger, confidence,
+    /// image bytes): identical for a re-delivery of the same message.
+    pub digest: u64,
 }
 
 impl std::fmt::Debug for VzPlate {
@@ -128,6 +125,7 @@ impl std::fmt::Debug for VzPlate {
             .field("sn", &self.sn)
             .field("msg_id", &self.msg_id)
             .field("quick", &self.quick)
+            .field("offline", &self.offline)
             .field("plate", &self.plate)
             .field("color", &self.color)
             .field("plate_type", &self.plate_type)
@@ -139,29 +137,66 @@ impl std::fmt::Debug for VzPlate {
             .field("trigger", &self.trigger)
             .field("lingering", &self.lingering)
             .field("confidence", &self.confidence)
+            .field("digest", &format_args!("{:016x}", self.digest))
             .finish()
     }
 }
 
 impl VzPlate {
-    /// The dedupe key for the gateway's ingest.
+    /// The dedupe key for the gateway's ingest: what identifies this pass, so that a
+    /// re-delivery (MQTT `QoS` 1 after a lost PUBACK, an HTTP retry, an `offline_record` of a
+    /// pass already sent) within the outbox's window is stored once.
     ///
-    /// `vz:{sn}:{captured_at_ms}:{plate or "-"}` when the capture time came from the plate
-    /// result itself (identical for the quick and the full result of one pass and for a
-    /// re-delivery); else `vz:{sn}:id:{msg_id}` (identical for a re-delivery only); else
-    /// empty (no dedupe).
+    /// 1. `vz:{sn}:{captured_at_ms}:{plate or "-"}` when the capture time came from the plate
+    ///    result itself (identical for the quick and the full result of one pass, for a
+    ///    re-delivery and for an `offline_record` replay);
+    /// 2. else `vz:{sn}:id:{msg_id}` (identical for a re-delivery);
+    /// 3. else, dated only by the envelope `timestamp`, by content:
+    ///    `vz:{sn}:env:{ms}:{plate or "-"}:{trigger}`;
+    /// 4. else, with no time and no id at all, `vz:{sn}:digest:{digest}`: a re-delivery is
+    ///    byte-identical, another pass differs in its pictures (a cost: two image-less
+    ///    results of the same plate with the same confidence inside the window are one).
     pub fn source_key(&self) -> String {
-        if let (VzTimeSource::Plate, Some(ms)) = (self.time_source, self.captured_at_ms) {
-            return format!(
-                "vz:{}:{}:{}",
-                self.sn,
-                ms,
-                self.plate.as_deref().unwrap_or("-")
-            );
+        let plate = self.plate.as_deref().unwrap_or("-");
+        let sn = &self.sn;
+        match (
+            self.time_source,
+            self.captured_at_ms,
+            self.msg_id.as_deref(),
+        ) {
+            (VzTimeSource::Plate, Some(ms), _) => format!("vz:{sn}:{ms}:{plate}"),
+            (_, _, Some(id)) if !id.is_empty() => format!("vz:{sn}:id:{id}"),
+            (VzTimeSource::Envelope, Some(ms), _) => {
+                format!("vz:{sn}:env:{ms}:{plate}:{}", self.trigger)
+            }
+            _ => format!("vz:{sn}:digest:{:016x}", self.digest),
         }
-        match self.msg_id.as_deref() {
-            Some(id) if !id.is_empty() => format!("vz:{}:id:{}", self.sn, id),
-            _ => String::new(),
+    }
+
+    /// What this result says, for [`crate::plate::normalise`]: the lane `node_name`, the
+    /// camera's plate type as the style to look up (`default_style` when the camera's
+    /// `styles` table has no entry), buffered when `offline`, and an image that did not
+    /// decode named in the remark.
+    pub fn reading(self, node_name: &str) -> Reading {
+        let source_key = self.source_key();
+        Reading {
+            source_key,
+            node_name: node_name.to_owned(),
+            direction: None,
+            plate: self.plate,
+            color: self.color.map(str::to_owned),
+            style: Some(self.plate_type.to_string()),
+            vendor_style: Some(self.style),
+            captured_at_ms: self.captured_at_ms,
+            buffered: self.offline,
+            brand: None,
+            image: self.image,
+            replaced: Vec::new(),
+            notes: self
+                .image_error
+                .map(|e| format!("图片无效 (camera image invalid: {e})"))
+                .into_iter()
+                .collect(),
         }
     }
 }
@@ -169,7 +204,7 @@ impl VzPlate {
 /// A message from a Vzenith camera, by its topic name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VzMessage {
-    /// `ivs_result` or `quick_ivs_result`.
+    /// `ivs_result`, `quick_ivs_result` or `offline_record`.
     Plate(VzPlate),
     /// `gpio_in`: a level change on the camera's IO input `source`.
     Gpio {
@@ -234,13 +269,18 @@ pub fn subscriptions(sn: Option<&str>) -> [String; 2] {
 /// Parses one MQTT message.
 ///
 /// The name and serial number come from the topic when it has one of the two layouts, else
-/// from the envelope's `name` / `sn`. `ivs_result` and `quick_ivs_result` become
+/// from the envelope's `name` / `sn`. `ivs_result`, `quick_ivs_result` and `offline_record`
+/// (a pass the camera buffered, [`VzPlate::offline`]) become
 /// [`VzMessage::Plate`], `gpio_in` [`VzMessage::Gpio`], `keep_alive`
 /// [`VzMessage::KeepAlive`], anything else [`VzMessage::Other`].
 ///
 /// Capture time: the plate result's `timeStamp.Timeval.sec` (+`usec`); when that is absent
 /// and `envelope_fallback` is set, the envelope `timestamp` (seconds; values of 10^12 and
 /// more are taken as milliseconds); else `None` (the gateway's clock).
+///
+/// The message id is the envelope `id`, else a `unique_id` (envelope or plate result).
+/// An `isoffline` flag that is true (envelope, payload or plate result) marks the result as
+/// buffered, like `offline_record`.
 pub fn parse_message(
     topic: &str,
     payload: &[u8],
@@ -264,10 +304,13 @@ pub fn parse_message(
         .unwrap_or(&root);
 
     match name.as_str() {
-        "ivs_result" | "quick_ivs_result" => {
+        "ivs_result" | "quick_ivs_result" | "offline_record" => {
             let mut plate = parse_plate_result(&sn, inner, true)?;
             plate.quick = name == "quick_ivs_result";
-            plate.msg_id = text_field(root.get("id"));
+            plate.offline |= name == "offline_record" || is_offline(&root) || is_offline(inner);
+            plate.msg_id = text_field(root.get("id"))
+                .or_else(|| text_field(root.get("unique_id")))
+                .or(plate.msg_id);
             if plate.time_source == VzTimeSource::Absent && envelope_fallback {
                 if let Some(ms) = root.get("timestamp").and_then(envelope_ms) {
                     plate.captured_at_ms = Some(ms);
@@ -329,9 +372,11 @@ pub fn parse_plate_result(
         .get("license")
         .and_then(Value::as_str)
         .and_then(|raw| decode_license(raw, license_base64));
+    // Older firmware `colorType`, some `color`, newer `plates[0].color`: the first known.
     let color = result
         .get("colorType")
         .and_then(color_of)
+        .or_else(|| result.get("color").and_then(color_of))
         .or_else(|| from_first("color").and_then(color_of));
     let plate_type = result
         .get("type")
@@ -347,11 +392,23 @@ pub fn parse_plate_result(
     };
     let (image, image_error) = pick_image(result);
     let trigger = result.get("triggerType").and_then(num_u32).unwrap_or(0);
+    let confidence = result.get("confidence").and_then(num_u32);
+    let digest = {
+        let mut d = Fnv::default();
+        d.field(plate.as_deref().unwrap_or("").as_bytes());
+        d.field(color.unwrap_or("").as_bytes());
+        d.field(&plate_type.to_le_bytes());
+        d.field(&trigger.to_le_bytes());
+        d.field(&confidence.unwrap_or(0).to_le_bytes());
+        d.field(image.as_deref().unwrap_or(&[]));
+        d.0
+    };
 
     Ok(VzPlate {
         sn: sn.to_owned(),
-        msg_id: None,
+        msg_id: text_field(result.get("unique_id")),
         quick: false,
+        offline: is_offline(result),
         plate,
         color,
         plate_type,
@@ -362,8 +419,48 @@ pub fn parse_plate_result(
         image_error,
         trigger,
         lingering: matches!(trigger, 64..=66),
-        confidence: result.get("confidence").and_then(num_u32),
+        confidence,
+        digest,
     })
+}
+
+/// FNV-1a, 64 bit: a small, stable content digest (the same on every build and across
+/// restarts, unlike `std`'s hasher, so dedupe keys survive a gateway restart).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    /// Add one field, length first, so that field boundaries count.
+    fn field(&mut self, bytes: &[u8]) {
+        for b in u64::try_from(bytes.len())
+            .unwrap_or(u64::MAX)
+            .to_le_bytes()
+            .iter()
+            .chain(bytes)
+        {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// An `isoffline` flag that is set (`1`, `true`, `"1"`, `"true"`).
+fn is_offline(v: &Value) -> bool {
+    match v.get("isoffline").or_else(|| v.get("isOffline")) {
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            num_i64(other).is_some_and(|n| n != 0)
+                || other
+                    .as_str()
+                    .is_some_and(|s| s.trim().eq_ignore_ascii_case("true"))
+        }
+        None => false,
+    }
 }
 
 /// Parses the JSON body of a binary `VZ` frame, `{"AlarmInfoPlate": …}` with a plain-text
@@ -401,18 +498,18 @@ pub fn decode_license(raw: &str, base64: bool) -> Option<String> {
     }
 }
 
-/// `true` for the texts cameras send when they read no plate (`_无_`, `无牌车`, `无车牌`,
-/// `无`, empty or blank).
+/// `true` for the texts cameras send when they read no plate (see
+/// [`crate::plate::is_no_plate`]).
 pub fn is_no_plate(text: &str) -> bool {
-    let text = trim_text(text);
-    text.is_empty() || NO_PLATE_MARKERS.contains(&text)
+    crate::plate::is_no_plate(text)
 }
 
 /// The colour word for a Vzenith colour code (1 蓝 … 6 黄绿); `None` for 0 and unknown codes.
 pub fn color_name(code: u32) -> Option<&'static str> {
-    usize::try_from(code)
-        .ok()
-        .and_then(|i| COLOR_WORDS.get(i).copied().flatten())
+    match crate::plate::normalise_color(&code.to_string()) {
+        crate::plate::Colour::Word(w) => Some(w),
+        _ => None,
+    }
 }
 
 /// The default vehicle style for a plate type: 3, 4, 12 (yellow and farm plates) are
@@ -498,9 +595,11 @@ fn color_of(v: &Value) -> Option<&'static str> {
     if let Some(code) = num_u32(v) {
         return color_name(code);
     }
-    // Some firmwares send the word itself.
-    let word = trim_text(v.as_str()?);
-    COLOR_WORDS.iter().flatten().copied().find(|w| *w == word)
+    // Some firmwares send the word itself (Chinese or English).
+    match crate::plate::normalise_color(v.as_str()?) {
+        crate::plate::Colour::Word(w) => Some(w),
+        _ => None,
+    }
 }
 
 /// `timeStamp.Timeval.sec` (+`usec`) as Unix ms; `None` when absent, zero or out of range.
@@ -843,12 +942,133 @@ mod tests {
         assert_eq!(p.time_source, VzTimeSource::Absent);
     }
 
+    /// An `ivs_result` as real cameras send it (devices.md §1, "More that real cameras
+    /// send"): no envelope `id`, no `timeStamp` in the plate result, colour in
+    /// `PlateResult.color`; only the envelope `timestamp` dates it.
+    const IVS_NO_ID: &str = r#"{
+        "sn": "e1f2a3b4-c5d6e7f8",
+        "name": "ivs_result",
+        "version": "1.0",
+        "timestamp": 1795910405,
+        "payload": {
+            "AlarmInfoPlate": {
+                "serialno": "e1f2a3b4-c5d6e7f8",
+                "result": {
+                    "PlateResult": {
+                        "license": "5pmLQTEyMzQ1",
+                        "color": 2,
+                        "type": 3,
+                        "triggerType": 8,
+                        "confidence": 88,
+                        "full_image_content": "/9j/4AAQSkZJRg=="
+                    }
+                }
+            }
+        }
+    }"#;
+
     #[test]
-    fn no_time_and_no_id_means_no_dedupe_key() {
-        let msg = r#"{"payload":{"AlarmInfoPlate":{"result":{"PlateResult":{"license":"5pmLQTEyMzQ1"}}}}}"#;
-        let p = plate_of(parse_message(&topic_a("ivs_result"), msg.as_bytes(), true).unwrap());
+    fn plate_result_color_is_the_plate_colour() {
+        let p =
+            plate_of(parse_message(&topic_a("ivs_result"), IVS_NO_ID.as_bytes(), true).unwrap());
+        assert_eq!(p.color, Some("黄"));
+        for code in 1..=6u32 {
+            assert_eq!(
+                parse_pr(&format!(r#"{{"color":{code}}}"#)).color,
+                color_name(code)
+            );
+        }
+        assert_eq!(parse_pr(r#"{"color":"yellow"}"#).color, Some("黄"));
+        // colorType first, then color, then plates[0].color: the first that is known.
+        assert_eq!(parse_pr(r#"{"colorType":0,"color":5}"#).color, Some("绿"));
+        assert_eq!(
+            parse_pr(r#"{"color":0,"plates":[{"color":1}]}"#).color,
+            Some("蓝")
+        );
+    }
+
+    #[test]
+    fn a_redelivered_result_without_id_or_plate_time_keys_on_its_content() {
+        let topic = topic_a("ivs_result");
+        let first = plate_of(parse_message(&topic, IVS_NO_ID.as_bytes(), true).unwrap());
+        let again = plate_of(parse_message(&topic, IVS_NO_ID.as_bytes(), true).unwrap());
+        assert_eq!(first.msg_id, None);
+        assert_eq!(first.time_source, VzTimeSource::Envelope);
+        assert_eq!(
+            first.source_key(),
+            format!("vz:{SN}:env:1795910405000:晋A12345:8")
+        );
+        assert_eq!(first.source_key(), again.source_key());
+        // Another pass: another plate, another second or another trigger.
+        for (from, to) in [
+            ("5pmLQTEyMzQ1", "5pmLQTU0MzIx"),
+            ("1795910405", "1795910406"),
+            (r#""triggerType": 8"#, r#""triggerType": 2"#),
+        ] {
+            let other = IVS_NO_ID.replace(from, to);
+            let p = plate_of(parse_message(&topic, other.as_bytes(), true).unwrap());
+            assert_ne!(p.source_key(), first.source_key(), "{to}");
+        }
+    }
+
+    #[test]
+    fn no_time_and_no_id_keys_on_a_digest_of_the_content() {
+        let msg = |image: &str| {
+            format!(
+                r#"{{"payload":{{"AlarmInfoPlate":{{"result":{{"PlateResult":{{"license":"5pmLQTEyMzQ1","full_image_content":"{image}"}}}}}}}}}}"#
+            )
+        };
+        let parse =
+            |m: &str| plate_of(parse_message(&topic_a("ivs_result"), m.as_bytes(), true).unwrap());
+        let p = parse(&msg("/9j/4AAQ"));
         assert_eq!(p.captured_at_ms, None);
-        assert_eq!(p.source_key(), "");
+        let key = p.source_key();
+        assert!(key.starts_with(&format!("vz:{SN}:digest:")), "{key}");
+        assert_eq!(parse(&msg("/9j/4AAQ")).source_key(), key, "a re-delivery");
+        assert_ne!(parse(&msg("/9j/4AAR")).source_key(), key, "another picture");
+        // The digest is fixed across builds and restarts (the outbox keeps keys on disk).
+        assert_eq!(key, format!("vz:{SN}:digest:{:016x}", p.digest));
+        let mut d = Fnv::default();
+        d.field(b"");
+        assert_eq!(d.0, 0xa8c7_f832_281a_39c5);
+    }
+
+    #[test]
+    fn offline_records_are_buffered_passes_with_their_own_time() {
+        // Same payload shape as ivs_result (devices.md §1), a capture time in the past.
+        let msg = IVS_FULL.replace("\"ivs_result\"", "\"offline_record\"");
+        let p = plate_of(parse_message(&topic_a("offline_record"), msg.as_bytes(), true).unwrap());
+        assert!(p.offline && !p.quick);
+        assert_eq!(p.plate.as_deref(), Some("晋A12345"));
+        assert_eq!(p.captured_at_ms, Some(1_795_910_400_250));
+        // The same pass sent live and replayed offline is one record.
+        let live =
+            plate_of(parse_message(&topic_a("ivs_result"), IVS_FULL.as_bytes(), true).unwrap());
+        assert!(!live.offline);
+        assert_eq!(p.source_key(), live.source_key());
+        let r = p.reading("入口1");
+        assert!(r.buffered);
+        assert_eq!(r.captured_at_ms, Some(1_795_910_400_250));
+        assert_eq!(r.style.as_deref(), Some("1"));
+        assert_eq!(r.vendor_style, Some(CarStyle::Car));
+    }
+
+    #[test]
+    fn an_isoffline_flag_or_a_unique_id_from_newer_firmware_is_understood() {
+        for flag in ["1", "true", r#""1""#] {
+            let p = parse_pr(&format!(
+                r#"{{"license":"5pmLQTEyMzQ1","isoffline":{flag}}}"#
+            ));
+            assert!(p.offline, "{flag}");
+        }
+        assert!(!parse_pr(r#"{"isoffline":0}"#).offline);
+        let msg = IVS_NO_ID.replace(
+            r#""version""#,
+            r#""isoffline": 1, "unique_id": "u-77", "version""#,
+        );
+        let p = plate_of(parse_message(&topic_a("ivs_result"), msg.as_bytes(), true).unwrap());
+        assert!(p.offline);
+        assert_eq!(p.source_key(), format!("vz:{SN}:id:u-77"));
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! and reports every problem with its key: `camera.2.port` is the second `[[camera]]`
 //! table's `port` (1-based, as a person counts them in the file).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lotlink_drivers::Direction;
+use lotlink_drivers::{CarStyle, Direction};
 use serde::Deserialize;
 
 use super::{parse_duration, parse_size, Collector, Secret};
@@ -59,7 +59,8 @@ pub struct RawCamera {
     pub framing: Option<String>,
     /// serial: "gbk" (default) | "utf-8".
     pub encoding: Option<String>,
-    /// serial line framing: field order; names "direction", "plate", "color", "time", "_" (skip).
+    /// serial line framing: field order; names "direction", "plate", "color", "time",
+    /// "style", "_" (skip).
     pub fields: Option<Vec<String>>,
     /// serial line framing: field separator, default ",".
     pub separator: Option<String>,
@@ -71,6 +72,23 @@ pub struct RawCamera {
     pub snapshot_url: Option<String>,
     /// Timeout of the snapshot fetch, default "2s".
     pub snapshot_timeout: Option<String>,
+    /// The camera's vehicle or plate type → `carStyle` ("0" car, "1" large, "2" truck), e.g.
+    /// `{ "3" = "2", "4" = "2" }` for Vzenith plate types; looked up before the default
+    /// mapping.
+    pub styles: Option<BTreeMap<String, StyleValue>>,
+    /// How far ahead of the gateway's clock a capture time may be before the camera's clock
+    /// is taken as wrong (then the receipt time is sent), default "5m".
+    pub max_camera_skew: Option<String>,
+}
+
+/// A `styles` value: `"2"` or `2`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StyleValue {
+    /// Written as a string.
+    Text(String),
+    /// Written as a number.
+    Number(i64),
 }
 
 /// One `[[loop]]`.
@@ -210,6 +228,10 @@ pub struct CameraConfig {
     pub source: CameraSource,
     pub snapshot_url: Option<String>,
     pub snapshot_timeout: Duration,
+    /// Camera type → `carStyle` overrides, in file order.
+    pub styles: Vec<(String, CarStyle)>,
+    /// Largest accepted lead of a capture time over the gateway's clock.
+    pub max_camera_skew: Duration,
 }
 
 /// Modbus register kinds.
@@ -447,7 +469,52 @@ fn validate_mqtt(c: &mut Collector, m: &RawMqtt, lot_code: &str) -> Option<MqttC
     })
 }
 
-const FIELD_NAMES: [&str; 5] = ["direction", "plate", "color", "time", "_"];
+const FIELD_NAMES: [&str; 6] = ["direction", "plate", "color", "time", "style", "_"];
+
+/// The `styles` table: every value a `carStyle` code; with `numeric`, every key a whole
+/// number (Vzenith plate types).
+fn styles(
+    c: &mut Collector,
+    key: &str,
+    raw: Option<&BTreeMap<String, StyleValue>>,
+    numeric: bool,
+) -> Option<Vec<(String, CarStyle)>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (k, v) in raw.into_iter().flatten() {
+        let code = match v {
+            StyleValue::Text(t) => t.trim().to_string(),
+            StyleValue::Number(n) => n.to_string(),
+        };
+        let style = match code.as_str() {
+            "0" => CarStyle::Car,
+            "1" => CarStyle::Large,
+            "2" => CarStyle::Truck,
+            other => {
+                c.bad(
+                    key,
+                    format!("{k:?} = {other:?}: a carStyle is \"0\" (car), \"1\" (large vehicle) or \"2\" (truck)"),
+                );
+                ok = false;
+                continue;
+            }
+        };
+        let k = k.trim();
+        if k.is_empty() || k.chars().count() > 32 {
+            c.bad(key, format!("{k:?}: a camera type is 1..=32 characters"));
+            ok = false;
+        } else if numeric && k.parse::<u32>().is_err() {
+            c.bad(
+                key,
+                format!("{k:?}: Vzenith cameras send plate types as numbers (e.g. \"4\" = double-row yellow)"),
+            );
+            ok = false;
+        } else {
+            out.push((k.to_string(), style));
+        }
+    }
+    ok.then_some(out)
+}
 
 #[allow(clippy::too_many_lines)]
 fn validate_camera(
@@ -598,7 +665,7 @@ fn validate_camera(
             if let Some(bad) = fields.iter().find(|f| !FIELD_NAMES.contains(&f.as_str())) {
                 c.bad(
                     &k("fields"),
-                    format!("{bad:?}: allowed names are \"direction\", \"plate\", \"color\", \"time\", \"_\" (skip)"),
+                    format!("{bad:?}: allowed names are \"direction\", \"plate\", \"color\", \"time\", \"style\", \"_\" (skip)"),
                 );
             } else if !fields.iter().any(|f| f == "plate") {
                 c.bad(&k("fields"), "must contain \"plate\"");
@@ -647,12 +714,33 @@ fn validate_camera(
             None
         }
     };
+    let numeric_types = matches!(
+        source,
+        Some(
+            CameraSource::Mqtt(MqttFormat::Vzenith { .. })
+                | CameraSource::Serial {
+                    framing: SerialFraming::Vz,
+                    ..
+                }
+        )
+    );
+    let styles = styles(c, &k("styles"), cam.styles.as_ref(), numeric_types);
+    let max_camera_skew = duration_in(
+        c,
+        &k("max_camera_skew"),
+        cam.max_camera_skew.as_deref(),
+        lotlink_drivers::plate::DEFAULT_MAX_SKEW,
+        Duration::from_secs(1),
+        Duration::from_secs(24 * 3600),
+    );
     Some(CameraConfig {
         name,
         direction: dir?,
         source: source?,
         snapshot_url,
         snapshot_timeout: snapshot_timeout?,
+        styles: styles?,
+        max_camera_skew: max_camera_skew?,
     })
 }
 
@@ -1215,6 +1303,81 @@ mode = "counter"
             "{msg}"
         );
         assert!(msg.contains("loop.1.register: mode = \"counter\""), "{msg}");
+    }
+
+    #[test]
+    fn camera_styles_and_clock_skew_are_read_and_checked_with_their_line() {
+        let good = format!(
+            "{BASE}{}",
+            r#"[mqtt]
+url = "mqtt://127.0.0.1:1883"
+
+[[camera]]
+name = "入口1"
+direction = "in"
+driver = "mqtt"
+styles = { "3" = "2", "4" = 2 }
+max_camera_skew = "90s"
+
+[[camera]]
+name = "出口1"
+direction = "out"
+driver = "serial"
+port = "/dev/ttyUSB0"
+fields = ["plate", "style", "time"]
+styles = { "货车" = "2" }
+"#
+        );
+        let c = from_str(Path::new("site.toml"), &good).expect("valid");
+        let cams = &c.devices.cameras;
+        assert_eq!(
+            cams[0].styles,
+            vec![
+                ("3".to_string(), CarStyle::Truck),
+                ("4".to_string(), CarStyle::Truck)
+            ]
+        );
+        assert_eq!(cams[0].max_camera_skew, Duration::from_secs(90));
+        assert_eq!(cams[1].styles, vec![("货车".to_string(), CarStyle::Truck)]);
+        assert_eq!(
+            cams[1].max_camera_skew,
+            Duration::from_secs(300),
+            "the default"
+        );
+
+        let bad = format!(
+            "{BASE}{}",
+            r#"[mqtt]
+url = "mqtt://127.0.0.1:1883"
+
+[[camera]]
+name = "入口1"
+direction = "in"
+driver = "mqtt"
+styles = { "3" = "5" }
+max_camera_skew = "2d"
+
+[[camera]]
+name = "入口2"
+direction = "in"
+driver = "mqtt"
+styles = { "货车" = "2" }
+"#
+        );
+        let msg = problems(&bad);
+        // The first camera's `styles` is line 16 of the file.
+        assert!(
+            msg.contains("site.toml:16: camera.1.styles: \"3\" = \"5\": a carStyle is"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("site.toml:17: camera.1.max_camera_skew"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("camera.2.styles: \"货车\": Vzenith cameras send plate types as numbers"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -3,12 +3,12 @@
 //! A source key is remembered as a 64-bit hash (the first 8 bytes of its MD5: stable across
 //! versions and platforms, and 100,000 keys in one window collide with odds of about
 //! 3 in 10^10) in a time bucket of a tenth of the window. In memory: a set per bucket, so a
-//! lookup is a few hash probes and forgetting a bucket is dropping a set. In sled: one
-//! entry per group of submits, `e` + bucket (u64 BE) + the group's first record id (u64 BE)
-//! → the group's hashes (u64 LE each), written in the group's own batch, so it is as
-//! durable as the group's pointers; the log has the source keys too, and replay puts back
-//! the entries of groups sled lost. One sled entry per group rather than per record keeps
-//! sled small in a burst (sled's memory grows with its number of entries).
+//! lookup is a few hash probes and forgetting a bucket is dropping a set. Not in sled: every
+//! record's log entry carries its key's hash and acceptance time, and segments are kept for
+//! the window (see the [`super`] invariants), so opening rebuilds the window from the log
+//! ([`super::replay`]). Versions before this one kept sled entries (`e` + bucket (u64 BE) +
+//! the group's first id (u64 BE) → the group's hashes, u64 LE each): read once when such a
+//! store is opened.
 //!
 //! A key is a duplicate if its bucket lies within the window of now, either side (the
 //! clock may step back): so it is remembered for the window and at most one bucket more.
@@ -116,32 +116,10 @@ impl Seen {
     }
 }
 
-/// The sled key of a group's entry.
-pub(super) fn entry_key(bucket: i64, first_id: u64) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = PREFIX;
-    k[1..9].copy_from_slice(&u64::try_from(bucket).unwrap_or(0).to_be_bytes());
-    k[9..].copy_from_slice(&first_id.to_be_bytes());
-    k
-}
-
-/// The sled key every entry of buckets before `bucket` sorts before.
-pub(super) fn bucket_start(bucket: i64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = PREFIX;
-    k[1..].copy_from_slice(&u64::try_from(bucket).unwrap_or(0).to_be_bytes());
-    k
-}
-
 /// The bucket of an entry's sled key.
 pub(super) fn entry_bucket(k: &[u8]) -> Option<i64> {
     let b: [u8; 8] = k.get(1..9)?.try_into().ok()?;
     i64::try_from(u64::from_be_bytes(b)).ok()
-}
-
-/// A group's hashes as stored.
-pub(super) fn encode(hashes: &[u64]) -> Vec<u8> {
-    hashes.iter().flat_map(|h| h.to_le_bytes()).collect()
 }
 
 /// A group's hashes back (a torn tail is ignored).
@@ -195,18 +173,20 @@ mod tests {
     }
 
     #[test]
-    fn entries_sort_by_bucket_and_round_trip() {
-        assert!(entry_key(7, u64::MAX) < entry_key(8, 0));
-        assert!(entry_key(7, 5).as_slice() < bucket_start(8).as_slice());
-        assert!(bucket_start(8).as_slice() <= entry_key(8, 0).as_slice());
-        assert_eq!(entry_bucket(&entry_key(123, 9)), Some(123));
+    fn entries_of_the_version_before_are_read_back() {
+        // `e`, bucket 123 (u64 BE), first id 9 (u64 BE) → hashes, u64 LE each.
+        let mut k = vec![PREFIX];
+        k.extend_from_slice(&123u64.to_be_bytes());
+        k.extend_from_slice(&9u64.to_be_bytes());
+        assert_eq!(entry_bucket(&k), Some(123));
         let hashes = [1, u64::MAX, key_hash(b"x")];
-        assert_eq!(decode(&encode(&hashes)).collect::<Vec<_>>(), hashes);
+        let v: Vec<u8> = hashes.iter().flat_map(|h| h.to_le_bytes()).collect();
+        assert_eq!(decode(&v).collect::<Vec<_>>(), hashes);
     }
 
     #[test]
     fn the_hash_of_a_key_never_changes() {
-        // Stored in sled: a new version must read an old store's entries the same way.
+        // Stored in the log: a new version must read an old store's entries the same way.
         assert_eq!(key_hash(b""), 0x04b2_008f_d98c_1dd4);
     }
 }

@@ -16,20 +16,12 @@
 //! order, 21 bytes: slot (`id & 31`): u8, segment: u64 BE, offset: u64 BE, length: u32 BE.
 //! A chunk with no pending id is deleted.
 //!
-//! ## Chunks being written: the overlay
+//! ## One writer
 //!
-//! A group of submits is staged while the group before it is still being written (see the
-//! [`super`] docs), so a chunk may have changes sled must not see yet: their log entries are
-//! not fsynced. Such chunks live in the writer's [`Overlay`]: the chunk's newest value, and
-//! how many staged groups changed it and are not applied yet. Staging reads and changes the
-//! overlay. A group being applied writes, for each chunk it changed, the overlay's value
-//! *without the ids of later groups*: ids only grow, and only a group with no other group in
-//! flight may move older records (the quota), so those are exactly the entries whose log
-//! bytes are fsynced. An ack or dead letter read-modify-writes sled's value directly, so it
-//! first waits until none of its chunks is held in the overlay (one fsync and apply, a few
-//! ms); it then never races a group writing the same chunk.
+//! Only the outbox's writer (see `writer`) changes chunks: it reads a chunk, changes it and
+//! writes it back, so two changes of one chunk never race. Readers read whole chunk values.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::segments::Location;
 use super::OutboxError;
@@ -50,7 +42,10 @@ pub(super) fn chunk_of(id: u64) -> u64 {
 
 /// The sled key of a chunk.
 pub(super) fn chunk_key(chunk: u64) -> [u8; 9] {
-    super::key(PREFIX, chunk)
+    let mut k = [0u8; 9];
+    k[0] = PREFIX;
+    k[1..].copy_from_slice(&chunk.to_be_bytes());
+    k
 }
 
 /// The pointers of one chunk, in id order.
@@ -155,134 +150,61 @@ pub(super) fn damaged(chunk: u64) -> OutboxError {
     ))
 }
 
-/// A chunk changed by staged groups that are not applied yet.
-#[derive(Debug)]
-struct Held {
-    chunk: Chunk,
-    /// Staged groups that changed it and are not applied (or failed) yet. 0 while the
-    /// group that is being staged changes it for the first time.
-    groups: u32,
+/// Chunks being changed by one operation of the writer or one replay: each read once,
+/// written together into one batch.
+#[derive(Default)]
+pub(super) struct Edit {
+    chunks: BTreeMap<u64, Chunk>,
+    /// A damaged chunk is taken as empty (replay: the log says what belongs in it) rather
+    /// than an error (the writer: its records stay where they are, unread).
+    lenient: bool,
 }
 
-/// Chunks changed by groups staged but not yet applied (see the module docs), or, while
-/// opening, by the replay.
-#[derive(Debug, Default)]
-pub(super) struct Overlay {
-    held: BTreeMap<u64, Held>,
-}
-
-impl Overlay {
-    /// Where `id` is: the overlay's value of its chunk, else sled's.
-    pub(super) fn get(&self, db: &sled::Db, id: u64) -> Result<Option<Location>, OutboxError> {
-        let c = chunk_of(id);
-        match self.held.get(&c) {
-            Some(h) => Ok(h.chunk.get(id)),
-            None => Ok(load(db, c)?.get(id)),
+impl Edit {
+    /// An edit that takes damaged chunks as empty, with an ERROR.
+    pub(super) fn lenient() -> Edit {
+        Edit {
+            chunks: BTreeMap::new(),
+            lenient: true,
         }
     }
 
-    /// Read `id`'s chunk from sled into the overlay unless it is there already (so that
-    /// [`Overlay::set`] of that id cannot fail after this); the overlay's chunk.
-    pub(super) fn ensure(&mut self, db: &sled::Db, id: u64) -> Result<&mut Chunk, OutboxError> {
+    fn chunk(&mut self, db: &sled::Db, id: u64) -> Result<&mut Chunk, OutboxError> {
         let c = chunk_of(id);
-        let held = match self.held.entry(c) {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => v.insert(Held {
-                chunk: load(db, c)?,
-                groups: 0,
-            }),
-        };
-        Ok(&mut held.chunk)
+        if let std::collections::btree_map::Entry::Vacant(v) = self.chunks.entry(c) {
+            let loaded = match load(db, c) {
+                Err(e) if self.lenient => {
+                    tracing::error!(error = %e, "outbox: a damaged index chunk is replaced from the log");
+                    Chunk::default()
+                }
+                other => other?,
+            };
+            v.insert(loaded);
+        }
+        self.chunks
+            .get_mut(&c)
+            .ok_or_else(|| OutboxError::Store("index chunk vanished".into()))
     }
 
-    /// Point `id` at `loc` in the overlay (its chunk read from sled first if it is not held);
-    /// the chunk joins `touched`.
-    pub(super) fn set(
+    /// Point `id` at `loc`.
+    pub(super) fn set(&mut self, db: &sled::Db, id: u64, loc: Location) -> Result<(), OutboxError> {
+        self.chunk(db, id)?.set(id, loc);
+        Ok(())
+    }
+
+    /// Take `id` out; where it pointed, if it was pending.
+    pub(super) fn remove(
         &mut self,
         db: &sled::Db,
         id: u64,
-        loc: Location,
-        touched: &mut BTreeSet<u64>,
-    ) -> Result<(), OutboxError> {
-        self.ensure(db, id)?.set(id, loc);
-        touched.insert(chunk_of(id));
-        Ok(())
+    ) -> Result<Option<Location>, OutboxError> {
+        Ok(self.chunk(db, id)?.remove(id))
     }
 
-    /// A group that changed `chunks` was staged: they are held until it is applied or fails.
-    pub(super) fn hold(&mut self, chunks: &BTreeSet<u64>) {
-        for c in chunks {
-            if let Some(h) = self.held.get_mut(c) {
-                h.groups += 1;
-            }
-        }
-    }
-
-    /// What a group that changed `chunks` and allocated ids below `end` writes when it is
-    /// applied: each chunk without the ids of later groups.
-    pub(super) fn values(&self, chunks: &BTreeSet<u64>, end: u64) -> Vec<(u64, Chunk)> {
-        chunks
-            .iter()
-            .filter_map(|c| {
-                let h = self.held.get(c)?;
-                let mut chunk = h.chunk.clone();
-                chunk.entries.retain(|(id, _)| *id < end);
-                Some((*c, chunk))
-            })
-            .collect()
-    }
-
-    /// A group that changed `chunks` was applied or failed: release its hold. Chunks no group
-    /// holds any more leave the overlay (sled has their value).
-    pub(super) fn release(&mut self, chunks: &BTreeSet<u64>) {
-        for c in chunks {
-            if let Some(h) = self.held.get_mut(c) {
-                h.groups = h.groups.saturating_sub(1);
-                if h.groups == 0 {
-                    self.held.remove(c);
-                }
-            }
-        }
-    }
-
-    /// A group that changed `chunks` and allocated ids below `end` failed (sled does not
-    /// have it): each chunk becomes sled's value again, plus the records of later groups.
-    pub(super) fn revert(
-        &mut self,
-        db: &sled::Db,
-        chunks: &BTreeSet<u64>,
-        end: u64,
-    ) -> Result<(), OutboxError> {
-        for c in chunks {
-            let Some(h) = self.held.get_mut(c) else {
-                continue;
-            };
-            let mut chunk = load(db, *c)?;
-            for (id, loc) in &h.chunk.entries {
-                if *id >= end {
-                    chunk.set(*id, *loc);
-                }
-            }
-            h.chunk = chunk;
-        }
-        Ok(())
-    }
-
-    /// Is any of these chunks held by a staged group?
-    pub(super) fn holds_any(&self, mut chunks: impl Iterator<Item = u64>) -> bool {
-        !self.held.is_empty() && chunks.any(|c| self.held.get(&c).is_some_and(|h| h.groups > 0))
-    }
-
-    /// Forget chunks no staged group holds: changes left by a staging that panicked half-way
-    /// (sled's value is the truth for them). Called before a group is staged.
-    pub(super) fn drop_unheld(&mut self) {
-        self.held.retain(|_, h| h.groups > 0);
-    }
-
-    /// Every chunk in the overlay into `batch` (the replay's end), emptying it.
-    pub(super) fn drain_into(&mut self, batch: &mut sled::Batch) {
-        for (c, h) in std::mem::take(&mut self.held) {
-            h.chunk.write_to(c, batch);
+    /// The batch operations that store the changed chunks.
+    pub(super) fn write(self, batch: &mut sled::Batch) {
+        for (c, chunk) in &self.chunks {
+            chunk.write_to(*c, batch);
         }
     }
 }
@@ -335,42 +257,5 @@ mod tests {
             assert_eq!(Chunk::decode(1, v), None, "{v:?}");
         }
         assert!(Chunk::decode(u64::MAX, &good).is_none(), "no id overflow");
-    }
-
-    #[test]
-    fn applying_a_group_writes_its_chunks_without_later_groups_ids() {
-        let d = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(d.path()).open().unwrap();
-        let mut o = Overlay::default();
-        // Group 1 stores ids 30, 31, 32 (chunks 0 and 1); group 2 stores 33 (chunk 1).
-        let mut g1 = BTreeSet::new();
-        for id in [30, 31, 32] {
-            o.set(&db, id, loc(1, id), &mut g1).unwrap();
-        }
-        o.hold(&g1);
-        let mut g2 = BTreeSet::new();
-        o.set(&db, 33, loc(2, 33), &mut g2).unwrap();
-        o.hold(&g2);
-        let v = o.values(&g1, 33);
-        assert_eq!(v.len(), 2);
-        assert_eq!(
-            v[1].1.entries().iter().map(|e| e.0).collect::<Vec<_>>(),
-            [32]
-        );
-        let mut b = sled::Batch::default();
-        for (c, chunk) in &v {
-            chunk.write_to(*c, &mut b);
-        }
-        db.apply_batch(b).unwrap();
-        o.release(&g1);
-        assert!(!o.holds_any([0].into_iter()), "chunk 0 is free");
-        assert!(o.holds_any([1].into_iter()), "chunk 1 is held by group 2");
-        assert_eq!(load(&db, 1).unwrap().entries().len(), 1, "sled has 32 only");
-        // Group 2 fails: chunk 1 is sled's value again, with group 1's record 32.
-        o.revert(&db, &g2, 34).unwrap();
-        assert_eq!(o.get(&db, 33).unwrap(), None);
-        assert_eq!(o.get(&db, 32).unwrap(), Some(loc(1, 32)));
-        o.release(&g2);
-        assert!(!o.holds_any([0, 1].into_iter()));
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod devices;
+pub mod gateway;
 pub mod modbus;
 pub mod throttle;
 
@@ -160,15 +161,30 @@ pub struct Daemon(pub std::process::Child);
 impl Daemon {
     /// `lotlink run --config <config>`, its log (stderr) into `log`.
     pub fn start(config: &std::path::Path, log: &std::path::Path) -> Daemon {
+        Daemon::start_with(config, log, &[])
+    }
+
+    /// `lotlink run --config <config> <args…>`, its log (stderr) into `log`.
+    pub fn start_with(config: &std::path::Path, log: &std::path::Path, args: &[&str]) -> Daemon {
         Daemon(
             lotlink_command()
                 .args(["run", "--config"])
                 .arg(config)
+                .args(args)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::fs::File::create(log).expect("daemon log file"))
                 .spawn()
                 .expect("the daemon starts"),
         )
+    }
+
+    /// SIGTERM and wait for the exit (a clean stop once the daemon runs; a SIGTERM that
+    /// comes before it handles the signal ends it at once, which the store survives too).
+    pub fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
     }
 }
 
