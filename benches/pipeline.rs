@@ -20,6 +20,12 @@
 //! - IMG: images inline in sled values vs fsynced image files beside small sled records:
 //!   bytes written to disk and space used for 2,000 full-size records stored and drained.
 //!
+//! - SLOWLINK: a 200-record image backlog (pictures near 50,000 Base64 characters) drained
+//!   through a throttling proxy at 1 Mbit/s and 256 kbit/s (the `ts` window checked when
+//!   the body has arrived): records per second and uplink bytes per second, beside the
+//!   link's raw capacity. `LOTLINK_SLOWLINK_SCALE` (default 2) runs the link that many times
+//!   faster with a window that many times shorter; figures are given at the link's speed.
+//!
 //! Run with `cargo bench --bench pipeline`. Set `LOTLINK_BENCH_DIR` to measure another disk.
 
 use std::io::Write;
@@ -782,6 +788,52 @@ fn rss_split(pid: u32) -> String {
     format!("{anon} KB anonymous + {file} KB file-backed")
 }
 
+/// SLOWLINK: drain rates of an image backlog through a throttled uplink.
+async fn slowlink() {
+    let scale: u32 = std::env::var("LOTLINK_SLOWLINK_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&k| k >= 1)
+        .unwrap_or(2);
+    const RECORDS: usize = 200;
+    for (name, bits) in [("1mbit", 1_000_000u64), ("256kbit", 256_000)] {
+        let d =
+            common::throttle::drain_backlog(bits, RECORDS, scale, Duration::from_secs(1800)).await;
+        // Seconds as the link would take them without the time scale.
+        let secs = d.elapsed.as_secs_f64() * f64::from(scale);
+        let raw = bits as f64 / 8.0;
+        let goodput = d.bytes_up as f64 / secs;
+        let per_record = d.bytes_up as f64 / d.delivered.max(1) as f64;
+        let singles = d.batch_sizes.iter().filter(|&&n| n == 1).count();
+        let mean = d.delivered as f64 / d.batch_sizes.len().max(1) as f64;
+        println!(
+            "SLOWLINK {name}: {}/{RECORDS} records in {secs:.1} s (scale {scale}); {} requests accepted of {} sent, {singles} of one record, mean {mean:.2} records; {:.0} B up per record; {} dead",
+            d.delivered,
+            d.batch_sizes.len(),
+            d.requests,
+            per_record,
+            d.dead
+        );
+        result(
+            &format!("slowlink_{name}_records_per_s"),
+            d.delivered as f64 / secs,
+            "records/s",
+        );
+        result(
+            &format!("slowlink_{name}_capacity_records_per_s"),
+            raw / per_record,
+            "records/s",
+        );
+        result(
+            &format!("slowlink_{name}_uplink_bytes_per_s"),
+            goodput,
+            "B/s",
+        );
+        result(&format!("slowlink_{name}_raw_bytes_per_s"), raw, "B/s");
+        result(&format!("slowlink_{name}_mean_batch"), mean, "records");
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -815,6 +867,9 @@ fn main() {
         }
         if only.is_empty() || only == "img" {
             images_inline_vs_files(&full).await;
+        }
+        if only.is_empty() || only == "slowlink" {
+            slowlink().await;
         }
     });
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use lotlink_drivers::{CancellationToken, Driver, EventSink};
 
-use crate::config::{resolve_token, Config, TsUnit};
+use crate::config::{resolve_token, Config, DataEncoding, TsUnit};
 use crate::hardware::{Hardware, HardwareError};
 use crate::ingest::{Ingest, Naming, SharedNaming, QUEUE_CAPACITY};
 use crate::manage::ManagementState;
@@ -73,6 +73,9 @@ pub struct RunOptions {
     pub driver_factory: Option<DriverFactory>,
     /// Remote-management state shown by `/status` (set by the daemon when management is on).
     pub management: Option<Arc<ManagementState>>,
+    /// How long the platform honours a `ts` ([`crate::protocol::TS_WINDOW`]); tests that
+    /// scale time down shorten it.
+    pub ts_window: Duration,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -97,6 +100,7 @@ impl Default for RunOptions {
             driver_status: Vec::new(),
             driver_factory: None,
             management: None,
+            ts_window: crate::protocol::TS_WINDOW,
         }
     }
 }
@@ -139,6 +143,7 @@ pub struct Gateway {
     pub status_addr: std::net::SocketAddr,
     /// The uploader's signs of life (for the systemd watchdog).
     pub liveness: Liveness,
+    encoding: EncodingMemory,
     cfg: Config,
     opts: RunOptions,
     clock: Arc<Clock>,
@@ -153,7 +158,36 @@ pub struct Gateway {
     drivers: tokio::task::JoinSet<()>,
 }
 
-fn build_client(cfg: &Config, outbox: &Outbox, clock: Arc<Clock>) -> Result<Client, AppError> {
+/// What `data_encoding = "auto"` settled on, kept for the life of the process (a reload
+/// builds a new client that starts from it).
+pub type EncodingMemory = Arc<Mutex<Option<DataEncoding>>>;
+
+/// Remember the `data` encoding `auto` settled on. In memory for now: the one place to make
+/// it survive a restart (like `ts_unit`) is here and in [`remembered_data_encoding`].
+fn remember_data_encoding(memory: &EncodingMemory, e: DataEncoding) {
+    *memory
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+    tracing::info!(
+        data_encoding = crate::protocol::encoding_name(e),
+        "data_encoding auto: remembered until the gateway stops"
+    );
+}
+
+/// The `data` encoding an earlier `auto` client settled on, if any.
+fn remembered_data_encoding(memory: &EncodingMemory) -> Option<DataEncoding> {
+    *memory
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn build_client(
+    cfg: &Config,
+    outbox: &Outbox,
+    clock: Arc<Clock>,
+    opts: &RunOptions,
+    encoding: &EncodingMemory,
+) -> Result<Client, AppError> {
     let token = resolve_token(&cfg.platform.token).map_err(AppError::Token)?;
     let saved_unit = outbox.settings().ts_unit()?.and_then(|s| match s.as_str() {
         "ms" => Some(TsUnit::Ms),
@@ -161,15 +195,21 @@ fn build_client(cfg: &Config, outbox: &Outbox, clock: Arc<Clock>) -> Result<Clie
         _ => None,
     });
     let ob = outbox.clone();
-    Ok(
-        Client::new(&cfg.platform, token, clock, saved_unit)?.with_unit_listener(Arc::new(
-            move |u| {
-                if let Err(e) = ob.settings().set_ts_unit(u.as_str()) {
-                    tracing::warn!(error = %e, "could not persist the ts unit");
-                }
-            },
-        )),
-    )
+    let memory = encoding.clone();
+    Ok(Client::with_remembered(
+        &cfg.platform,
+        token,
+        clock,
+        saved_unit,
+        remembered_data_encoding(encoding),
+    )?
+    .with_ts_window(opts.ts_window)
+    .with_unit_listener(Arc::new(move |u| {
+        if let Err(e) = ob.settings().set_ts_unit(u.as_str()) {
+            tracing::warn!(error = %e, "could not persist the ts unit");
+        }
+    }))
+    .with_encoding_listener(Arc::new(move |e| remember_data_encoding(&memory, e))))
 }
 
 fn spawn_drivers(
@@ -216,7 +256,8 @@ impl Gateway {
         release_freed_memory();
 
         let clock = Arc::new(Clock::default());
-        let client = Arc::new(build_client(cfg, &outbox, clock.clone())?);
+        let encoding = EncodingMemory::default();
+        let client = Arc::new(build_client(cfg, &outbox, clock.clone(), &opts, &encoding)?);
         let space = SpaceTracker::new(outbox.clone(), cfg.space.total, cfg.space.source)?;
         let health: Health = Arc::new(Mutex::new(PlatformHealth::default()));
         let liveness = Liveness::default();
@@ -238,6 +279,7 @@ impl Gateway {
             naming: naming.clone(),
             clock: clock.clone(),
             space: space.clone(),
+            health: health.clone(),
         };
         let ingest = Part::spawn(|stop| ingest.run(rx, stop));
 
@@ -270,6 +312,7 @@ impl Gateway {
             open_report,
             status_addr,
             liveness,
+            encoding,
             cfg: cfg.clone(),
             opts,
             clock,
@@ -345,6 +388,8 @@ impl Gateway {
                 &new,
                 &self.outbox,
                 self.clock.clone(),
+                &self.opts,
+                &self.encoding,
             )?))
         } else {
             None

@@ -128,8 +128,9 @@ pub struct RawPlatform {
     /// Hex case of `auth`: "lower" or "upper".
     #[serde(default = "d_lower")]
     pub auth_case: String,
-    /// How `data` is sent: "object" (a JSON value) or "string" (JSON text in a string).
-    #[serde(default = "d_object")]
+    /// How `data` is sent: "object" (a JSON value), "string" (JSON text in a string) or
+    /// "auto" (object; string only once a string is accepted where an object was refused).
+    #[serde(default = "d_auto")]
     pub data_encoding: String,
     /// Time between heartbeats, e.g. "60s".
     #[serde(default = "d_60s")]
@@ -214,9 +215,6 @@ fn d_auto() -> String {
 fn d_lower() -> String {
     "lower".into()
 }
-fn d_object() -> String {
-    "object".into()
-}
 fn d_60s() -> String {
     "60s".into()
 }
@@ -298,6 +296,17 @@ pub enum DataEncoding {
     String,
 }
 
+/// `data_encoding` as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataEncodingSetting {
+    Fixed(DataEncoding),
+    /// Start with `object`. Until the platform accepts a request with `data`, a request
+    /// refused with `1501`/`1502` is sent once more as `string`; `string` is kept only if
+    /// that attempt is **accepted**. A genuinely bad record is refused in both encodings, so
+    /// it can never flip the setting; once one encoding is accepted it is never probed again.
+    Auto,
+}
+
 /// Where the token comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
@@ -313,7 +322,7 @@ pub struct PlatformConfig {
     pub token: TokenSource,
     pub ts_unit: TsUnitSetting,
     pub auth_case: AuthCase,
-    pub data_encoding: DataEncoding,
+    pub data_encoding: DataEncodingSetting,
     pub heartbeat_interval: Duration,
     pub request_timeout: Duration,
     /// Cap of the retry back-off for transient failures.
@@ -671,12 +680,13 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
         }
     };
     let data_encoding = match p.data_encoding.as_str() {
-        "object" => Some(DataEncoding::Object),
-        "string" => Some(DataEncoding::String),
+        "object" => Some(DataEncodingSetting::Fixed(DataEncoding::Object)),
+        "string" => Some(DataEncodingSetting::Fixed(DataEncoding::String)),
+        "auto" => Some(DataEncodingSetting::Auto),
         other => {
             c.bad(
                 "platform.data_encoding",
-                format!("{other:?}: allowed are \"object\", \"string\""),
+                format!("{other:?}: allowed are \"object\", \"string\", \"auto\""),
             );
             None
         }
@@ -1055,7 +1065,7 @@ total = 500
         assert_eq!(c.platform.url, "https://platform.example.cn");
         assert_eq!(c.platform.ts_unit, TsUnitSetting::Auto);
         assert_eq!(c.platform.auth_case, AuthCase::Lower);
-        assert_eq!(c.platform.data_encoding, DataEncoding::Object);
+        assert_eq!(c.platform.data_encoding, DataEncodingSetting::Auto);
         assert_eq!(c.platform.heartbeat_interval, Duration::from_secs(60));
         assert_eq!(c.platform.request_timeout, Duration::from_secs(10));
         assert_eq!(c.platform.retry_max, Duration::from_secs(300));

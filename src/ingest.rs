@@ -76,6 +76,8 @@ pub struct Ingest {
     pub naming: SharedNaming,
     pub clock: Arc<Clock>,
     pub space: SpaceTracker,
+    /// Where refused and stored events are counted (for `/healthz`).
+    pub health: crate::uploader::Health,
 }
 
 impl Ingest {
@@ -191,6 +193,10 @@ impl Ingest {
                 let node = rec.meta.node_name.clone();
                 match self.outbox.submit(rec).await {
                     Ok(Submitted::Stored(id)) => {
+                        let now = Clock::local_ms();
+                        crate::uploader::health_mut(&self.health, |h| {
+                            h.last_stored_ms = Some(now);
+                        });
                         tracing::info!(id, plate = %plate, node = %node, direction = direction.as_str(), "event stored");
                         self.space.on_plate(direction);
                         Ok(Accepted::Stored(id))
@@ -200,7 +206,18 @@ impl Ingest {
                         Ok(Accepted::Duplicate)
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, plate = %plate, node = %node, "event not stored; the source keeps it");
+                        let now = Clock::local_ms();
+                        let why = e.to_string();
+                        let n = crate::uploader::health_mut(&self.health, |h| {
+                            h.events_refused += 1;
+                            h.last_refusal = Some((now, why));
+                            h.events_refused
+                        });
+                        if n.is_power_of_two() {
+                            tracing::warn!(error = %e, plate = %plate, node = %node, refused = n, "event not stored; the source keeps it");
+                        } else {
+                            tracing::debug!(error = %e, plate = %plate, node = %node, refused = n, "event not stored; the source keeps it");
+                        }
                         Err(SinkError::Unavailable(e.to_string()))
                     }
                 }

@@ -27,8 +27,9 @@
 //!    atomically (temp file, fsync, rename, fsync of the directory), and the gateway
 //!    applies it ([`crate::app::Gateway::reload`]: only changed parts restart). For
 //!    `watch` (60 s by default) the manager then watches: if the platform answered within
-//!    the last 3 heartbeats before the push but gives no success answer with the new
-//!    settings during the window, or the management broker connection is down at its end,
+//!    the last 3 heartbeats before the push but gives no authenticated answer (a success,
+//!    or e.g. a heartbeat answered `1005`) with the new settings during the window, or the
+//!    management broker connection is down at its end,
 //!    the last-good file is written back and applied: **rolled_back**. Else **applied**.
 //!
 //! Pushes are handled one at a time, in arrival order; the broker keeps the rest (QoS 1,
@@ -357,9 +358,9 @@ impl Manager {
             true,
         ));
         let set_topic = format!("{}/config/set", m.topic_prefix);
+        let mut pacer = lotlink_drivers::mqtt::Pacer::new(settings.max_packet);
         let (client, mut events) = AsyncClient::new(opts, 16);
         let mut tick = tokio::time::interval(STATUS_EVERY);
-        let mut backoff = Duration::from_millis(500);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -376,11 +377,18 @@ impl Manager {
                 }
                 ev = events.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        backoff = Duration::from_millis(500);
+                        pacer.connected();
                         self.state.connected.store(true, Ordering::Relaxed);
                         tracing::info!(prefix = %m.topic_prefix, "management connected to the broker");
                         let _ = client.try_subscribe(&set_topic, QoS::AtLeastOnce);
                         let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status_message().to_string());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) if pacer.oversized(p.payload.len()) => {
+                        // Acknowledged on receipt (automatic acks): refused, never re-sent.
+                        pacer.consumed(&mut events.mqtt_options);
+                        tracing::warn!(topic = %p.topic, size = p.payload.len(), max_packet = settings.max_packet, "management message over max_packet: dropped");
+                        let r = PushResult::new(0, "rejected", format!("message of {} bytes is over max_packet ({} bytes)", p.payload.len(), settings.max_packet));
+                        let _ = client.try_publish(format!("{}/config/result", m.topic_prefix), QoS::AtLeastOnce, false, r.to_json().to_string());
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) if p.topic == set_topic => {
                         if push_tx.try_send(p.payload.to_vec()).is_err() {
@@ -395,11 +403,11 @@ impl Manager {
                         } else {
                             tracing::debug!(error = %e, "management broker not reachable");
                         }
+                        let wait = pacer.failed(&e, &mut events.mqtt_options, "management");
                         tokio::select! {
                             () = stop.cancelled() => break,
-                            () = tokio::time::sleep(backoff) => {}
+                            () = tokio::time::sleep(wait) => {}
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                 }
             }
@@ -495,11 +503,13 @@ impl Handler {
             .map_err(|_| "the gateway is shutting down".to_string())?
     }
 
+    /// An authenticated answer since `t` (a heartbeat answered `1005` proves the new
+    /// settings reach the platform as well as a success does).
     fn platform_ok_since(&self, t: i64) -> bool {
         self.health
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .last_success_ms
+            .last_reached_ms
             .is_some_and(|s| s >= t)
     }
 

@@ -10,13 +10,16 @@
 //! | `lotlink_build_info` | info | `version` |
 //! | `lotlink_uptime_seconds` | gauge | |
 //! | `lotlink_config_version` | gauge | (last pushed version applied; 0 = none) |
-//! | `lotlink_platform_up` | gauge | (1 when the last success is within 3 heartbeats) |
+//! | `lotlink_platform_up` | gauge | (1 when the last authenticated answer is within 3 heartbeats) |
+//! | `lotlink_healthy` | gauge | (1 when `/healthz` answers ok) |
 //! | `lotlink_platform_last_success_timestamp_seconds` | gauge | |
 //! | `lotlink_platform_clock_offset_milliseconds` | gauge | |
 //! | `lotlink_platform_fault` | gauge | (1 while the platform refuses our configuration) |
 //! | `lotlink_records_delivered` | counter | |
 //! | `lotlink_records_dead_lettered` | counter | |
 //! | `lotlink_heartbeats_ok` | counter | |
+//! | `lotlink_platform_command_codes` | counter | (answers 1005, 1007, 1008, 1107) |
+//! | `lotlink_events_refused` | counter | (events ingest could not store) |
 //! | `lotlink_outbox_pending_records` | gauge | |
 //! | `lotlink_outbox_oldest_age_seconds` | gauge | |
 //! | `lotlink_outbox_record_bytes` / `lotlink_outbox_disk_bytes` | gauge | |
@@ -81,12 +84,18 @@ pub fn render(ctx: &StatusContext) -> String {
         "Version of the last pushed configuration applied (0: none)",
         config_version,
     );
-    let window = i64::try_from(ctx.heartbeat_interval.as_millis() * 3).unwrap_or(i64::MAX);
+    let window = crate::status::health_window(ctx);
     gauge(
         &mut reg,
         "platform_up",
-        "1 when the platform answered with success within the last 3 heartbeat intervals",
-        i64::from(h.last_success_ms.is_some_and(|t| now - t <= window)),
+        "1 when the platform gave an authenticated answer within the last 3 heartbeat intervals",
+        i64::from(crate::status::platform_reached(&h, now, window)),
+    );
+    gauge(
+        &mut reg,
+        "healthy",
+        "1 when /healthz answers ok",
+        i64::from(crate::status::health_problems(ctx).is_empty()),
     );
     gauge(
         &mut reg,
@@ -117,6 +126,18 @@ pub fn render(ctx: &StatusContext) -> String {
         "records_dead_lettered",
         "Records the platform refused for good since start",
         h.dead_lettered,
+    );
+    counter(
+        &mut reg,
+        "platform_command_codes",
+        "Answers with a command-interface code (1005, 1007, 1008, 1107) since start",
+        h.command_codes,
+    );
+    counter(
+        &mut reg,
+        "events_refused",
+        "Events ingest could not store (disk quota, store errors) since start",
+        h.events_refused,
     );
     counter(
         &mut reg,

@@ -9,7 +9,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use md5::{Digest, Md5};
 use serde::Deserialize;
 
-use crate::config::{AuthCase, DataEncoding, PlatformConfig, Secret, TsUnit, TsUnitSetting};
+use crate::config::{
+    AuthCase, DataEncoding, DataEncodingSetting, PlatformConfig, Secret, TsUnit, TsUnitSetting,
+};
+
+/// How long the platform honours a request's `ts` (the spec: "a request older than 10 s is
+/// rejected"). The uploader sizes its requests to arrive well inside it.
+pub const TS_WINDOW: Duration = Duration::from_secs(10);
+
+/// Most bytes of a platform answer that are read. The spec's answers are a few dozen bytes
+/// (`{"code":"0","msg":"操作成功","data":""}`); a bigger one is a bad answer, and reading it
+/// stops here, so a broken or hostile platform cannot fill the gateway's memory.
+pub const MAX_ANSWER: usize = 64 * 1024;
 
 /// The three commands the gateway sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +107,24 @@ pub struct Reply {
     pub msg: String,
     /// What it means for the gateway.
     pub verdict: Verdict,
+    /// The `data` field as JSON text (empty when absent or `""`), cut to 200 characters.
+    pub data: String,
+}
+
+impl Reply {
+    /// An answer only a platform that checked our signature gives: anything but `1000` (no
+    /// such lot), `1001` (no command) and `1002` (signature refused). Such an answer to a
+    /// heartbeat proves the platform is reachable and takes our credentials.
+    pub fn is_authenticated(&self) -> bool {
+        !matches!(self.code.trim(), "1000" | "1001" | "1002")
+    }
+
+    /// Codes the spec's table lists for a command interface the spec does not describe
+    /// (`1005` no newer command, `1007` the lot returned nothing, `1008` command not found,
+    /// `1107` lot-side processing error): logged with their `data` at debug level and counted.
+    pub fn is_command_code(&self) -> bool {
+        matches!(self.code.trim(), "1005" | "1007" | "1008" | "1107")
+    }
 }
 
 /// A request that got no platform answer to classify. All are transient.
@@ -103,8 +132,16 @@ pub struct Reply {
 pub enum CallError {
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
-    #[error("cannot reach the platform: {0}")]
+    /// No connection: the request was never sent.
+    #[error("cannot connect to the platform: {0}")]
+    Connect(String),
+    /// The connection failed while the request or its answer was under way: the platform
+    /// may have stored it.
+    #[error("connection to the platform failed: {0}")]
     Transport(String),
+    /// The answer is longer than [`MAX_ANSWER`]: a bad answer (reading stopped there).
+    #[error("answer is longer than {limit} bytes (HTTP {status}): not the platform's answer")]
+    TooLarge { status: u16, limit: usize },
     #[error("HTTP {status}: {body}")]
     Http { status: u16, body: String },
     #[error("answer is not the platform's JSON (HTTP {status}): {body}")]
@@ -116,7 +153,8 @@ impl CallError {
     pub fn kind(&self) -> &'static str {
         match self {
             CallError::Timeout(_) => "timeout",
-            CallError::Transport(_) => "transport",
+            CallError::Connect(_) | CallError::Transport(_) => "transport",
+            CallError::TooLarge { .. } => "answer_too_large",
             CallError::Http { .. } => "http",
             CallError::NotJson { .. } => "not_json",
         }
@@ -125,9 +163,15 @@ impl CallError {
     pub fn wants_long_backoff(&self) -> bool {
         match self {
             CallError::Http { status, .. } => (400..500).contains(status),
-            CallError::NotJson { .. } => true,
+            CallError::NotJson { .. } | CallError::TooLarge { .. } => true,
             _ => false,
         }
+    }
+    /// Whether the platform may have received the whole request and stored it although no
+    /// answer came back (a lost answer): a timeout or a connection that broke after it was
+    /// made. Not when no connection was made, nor when an answer came.
+    pub fn may_have_arrived(&self) -> bool {
+        matches!(self, CallError::Timeout(_) | CallError::Transport(_))
     }
 }
 
@@ -136,6 +180,8 @@ struct RawReply {
     code: serde_json::Value,
     #[serde(default)]
     msg: serde_json::Value,
+    #[serde(default)]
+    data: serde_json::Value,
 }
 
 /// Parse a response body into a [`Reply`]. `None` if it is not the platform's JSON shape.
@@ -151,8 +197,18 @@ pub fn parse_reply(body: &[u8]) -> Option<Reply> {
         serde_json::Value::Null => String::new(),
         other => other.to_string(),
     };
+    let data = match raw.data {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => truncate_chars(&s, 200),
+        other => truncate_chars(&other.to_string(), 200),
+    };
     let verdict = Verdict::of_code(&code);
-    Some(Reply { code, msg, verdict })
+    Some(Reply {
+        code,
+        msg,
+        verdict,
+        data,
+    })
 }
 
 /// Cut a string to at most `n` characters, for logging bodies.
@@ -212,6 +268,9 @@ impl Clock {
 /// Called when `ts_unit = "auto"` settles on a unit, so it can be persisted.
 pub type UnitListener = Arc<dyn Fn(TsUnit) + Send + Sync>;
 
+/// Called when `data_encoding = "auto"` finds the encoding the platform accepts.
+pub type EncodingListener = Arc<dyn Fn(DataEncoding) + Send + Sync>;
+
 /// The platform client: one `reqwest::Client` for the process, signing every attempt.
 pub struct Client {
     http: reqwest::Client,
@@ -219,13 +278,20 @@ pub struct Client {
     lot_code: String,
     token: Secret,
     auth_case: AuthCase,
-    data_encoding: DataEncoding,
+    encoding_setting: DataEncodingSetting,
+    /// The encoding in use: 0 = object, 1 = string.
+    encoding: AtomicU8,
+    /// With `auto`: the platform accepted a request with `data` in the encoding in use, so
+    /// it is never probed again.
+    encoding_confirmed: std::sync::atomic::AtomicBool,
     setting: TsUnitSetting,
     /// 0 = ms, 1 = s.
     unit: AtomicU8,
     timeout: Duration,
+    ts_window: Duration,
     clock: Arc<Clock>,
     on_unit: Option<UnitListener>,
+    on_encoding: Option<EncodingListener>,
 }
 
 impl std::fmt::Debug for Client {
@@ -235,6 +301,7 @@ impl std::fmt::Debug for Client {
             .field("lot_code", &self.lot_code)
             .field("token", &self.token)
             .field("unit", &self.unit())
+            .field("data_encoding", &self.data_encoding())
             .finish_non_exhaustive()
     }
 }
@@ -265,6 +332,18 @@ impl Client {
         clock: Arc<Clock>,
         initial_unit: Option<TsUnit>,
     ) -> Result<Client, ClientError> {
+        Self::with_remembered(cfg, token, clock, initial_unit, None)
+    }
+
+    /// [`Client::new`], also with a data encoding an earlier `auto` run settled on (it
+    /// counts as confirmed).
+    pub fn with_remembered(
+        cfg: &PlatformConfig,
+        token: Secret,
+        clock: Arc<Clock>,
+        initial_unit: Option<TsUnit>,
+        initial_encoding: Option<DataEncoding>,
+    ) -> Result<Client, ClientError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(cfg.request_timeout.min(Duration::from_secs(5)))
             .timeout(cfg.request_timeout)
@@ -284,19 +363,63 @@ impl Client {
             TsUnitSetting::Fixed(u) => u,
             TsUnitSetting::Auto => initial_unit.unwrap_or(TsUnit::Ms),
         };
+        let (encoding, confirmed) = match cfg.data_encoding {
+            DataEncodingSetting::Fixed(e) => (e, true),
+            DataEncodingSetting::Auto => match initial_encoding {
+                Some(e) => (e, true),
+                None => (DataEncoding::Object, false),
+            },
+        };
         Ok(Client {
             http,
             base: cfg.url.trim_end_matches('/').to_string(),
             lot_code: cfg.lot_code.clone(),
             token,
             auth_case: cfg.auth_case,
-            data_encoding: cfg.data_encoding,
+            encoding_setting: cfg.data_encoding,
+            encoding: AtomicU8::new(encoding_code(encoding)),
+            encoding_confirmed: std::sync::atomic::AtomicBool::new(confirmed),
             setting: cfg.ts_unit,
             unit: AtomicU8::new(unit_code(unit)),
             timeout: cfg.request_timeout,
+            ts_window: TS_WINDOW,
             clock,
             on_unit: None,
+            on_encoding: None,
         })
+    }
+
+    /// Be told when `data_encoding = "auto"` settles on an encoding.
+    #[must_use]
+    pub fn with_encoding_listener(mut self, l: EncodingListener) -> Self {
+        self.on_encoding = Some(l);
+        self
+    }
+
+    /// How long the platform honours a `ts` ([`TS_WINDOW`]; tests that scale time shorten it).
+    #[must_use]
+    pub fn with_ts_window(mut self, window: Duration) -> Self {
+        self.ts_window = window;
+        self
+    }
+
+    /// See [`Client::with_ts_window`].
+    pub fn ts_window(&self) -> Duration {
+        self.ts_window
+    }
+
+    /// The whole-request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The `data` encoding in use.
+    pub fn data_encoding(&self) -> DataEncoding {
+        if self.encoding.load(Ordering::Relaxed) == 1 {
+            DataEncoding::String
+        } else {
+            DataEncoding::Object
+        }
     }
 
     /// Be told when `auto` settles on a different unit.
@@ -335,6 +458,16 @@ impl Client {
 
     /// Build the envelope body for one attempt. `data` is the JSON text of the payload.
     pub fn envelope(&self, cmd: Cmd, data: Option<&str>, unit: TsUnit) -> String {
+        self.envelope_in(cmd, data, unit, self.data_encoding())
+    }
+
+    fn envelope_in(
+        &self,
+        cmd: Cmd,
+        data: Option<&str>,
+        unit: TsUnit,
+        encoding: DataEncoding,
+    ) -> String {
         let ts = self.ts(unit);
         let auth = sign(
             cmd.name(),
@@ -354,7 +487,7 @@ impl Client {
         body.push_str(&json_str(&auth));
         if let Some(d) = data {
             body.push_str(",\"data\":");
-            match self.data_encoding {
+            match encoding {
                 DataEncoding::Object => body.push_str(d),
                 DataEncoding::String => body.push_str(&json_str(d)),
             }
@@ -369,8 +502,9 @@ impl Client {
         cmd: Cmd,
         data: Option<&str>,
         unit: TsUnit,
+        encoding: DataEncoding,
     ) -> Result<Reply, CallError> {
-        let body = self.envelope(cmd, data, unit);
+        let body = self.envelope_in(cmd, data, unit, encoding);
         let url = format!("{}{}", self.base, cmd.path());
         let resp = self
             .http
@@ -387,7 +521,7 @@ impl Client {
             }
         }
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        let bytes = self.read_capped(resp, status).await?;
         let text = || truncate_chars(&String::from_utf8_lossy(&bytes), 200);
         match parse_reply(&bytes) {
             Some(r) if (200..300).contains(&status) => Ok(r),
@@ -407,10 +541,35 @@ impl Client {
         }
     }
 
+    /// The answer's body, at most [`MAX_ANSWER`] bytes: reading stops (and the connection is
+    /// dropped) as soon as more arrive, whatever `Content-Length` says.
+    async fn read_capped(
+        &self,
+        mut resp: reqwest::Response,
+        status: u16,
+    ) -> Result<Vec<u8>, CallError> {
+        let too_large = CallError::TooLarge {
+            status,
+            limit: MAX_ANSWER,
+        };
+        if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+            return Err(too_large);
+        }
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(&e))? {
+            if out.len() + chunk.len() > MAX_ANSWER {
+                return Err(too_large);
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
     fn transport_error(&self, e: &reqwest::Error) -> CallError {
         if e.is_timeout() {
             return CallError::Timeout(self.timeout);
         }
+        let connect = e.is_connect();
         // reqwest's Display names the URL, never the body: the token is in the body only.
         let mut msg = e.to_string();
         let mut src = std::error::Error::source(e);
@@ -419,16 +578,85 @@ impl Client {
             msg.push_str(&s.to_string());
             src = s.source();
         }
-        CallError::Transport(truncate_chars(&msg, 300))
+        let msg = truncate_chars(&msg, 300);
+        if connect {
+            CallError::Connect(msg)
+        } else {
+            CallError::Transport(msg)
+        }
     }
 
     /// Send a command: one attempt, and on `1002` the spec's cure: the clock was re-learned
     /// from that answer's `Date`, so retry once at once; with `ts_unit = "auto"`, if that is
-    /// still refused, try the other unit once and keep it if it works.
+    /// still refused, try the other unit once and keep it if it works. A `1002` after an
+    /// upload that took half the `ts` window or more is not retried: the request was too
+    /// slow, not the clock wrong (the uploader sends less next time).
+    ///
+    /// With `data_encoding = "auto"`, until the platform has accepted a request with `data`,
+    /// a `1501`/`1502` answer makes one more attempt in the other encoding; the other
+    /// encoding is kept only if that attempt is accepted (see [`DataEncodingSetting`]).
     pub async fn call(&self, cmd: Cmd, data: Option<&str>) -> Result<Reply, CallError> {
+        let encoding = self.data_encoding();
+        let reply = self.call_in(cmd, data, encoding).await?;
+        if data.is_none() || self.encoding_setting != DataEncodingSetting::Auto {
+            return Ok(reply);
+        }
+        if matches!(reply.verdict, Verdict::Success | Verdict::Exists) {
+            self.confirm_encoding(encoding, false);
+            return Ok(reply);
+        }
+        if reply.verdict != Verdict::Malformed || self.encoding_confirmed.load(Ordering::Relaxed) {
+            return Ok(reply);
+        }
+        let other = other_encoding(encoding);
+        let probe = self.call_in(cmd, data, other).await?;
+        if matches!(probe.verdict, Verdict::Success | Verdict::Exists) {
+            self.confirm_encoding(other, true);
+            return Ok(probe);
+        }
+        tracing::debug!(
+            cmd = cmd.name(),
+            code = %probe.code,
+            kept = encoding_name(encoding),
+            "data_encoding auto: the other encoding is refused too"
+        );
+        Ok(reply)
+    }
+
+    fn confirm_encoding(&self, encoding: DataEncoding, switched: bool) {
+        self.encoding
+            .store(encoding_code(encoding), Ordering::Relaxed);
+        let was = self.encoding_confirmed.swap(true, Ordering::Relaxed);
+        if switched || !was {
+            tracing::info!(
+                data_encoding = encoding_name(encoding),
+                switched,
+                "data_encoding auto: the platform accepts data in this encoding; keeping it"
+            );
+            if let Some(l) = &self.on_encoding {
+                l(encoding);
+            }
+        }
+    }
+
+    async fn call_in(
+        &self,
+        cmd: Cmd,
+        data: Option<&str>,
+        encoding: DataEncoding,
+    ) -> Result<Reply, CallError> {
         let unit = self.unit();
-        let first = self.attempt(cmd, data, unit).await?;
+        let started = std::time::Instant::now();
+        let first = self.attempt(cmd, data, unit, encoding).await?;
         if first.verdict != Verdict::AuthFailed {
+            return Ok(first);
+        }
+        if started.elapsed() >= self.ts_window / 2 {
+            tracing::debug!(
+                cmd = cmd.name(),
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "1002 after a slow upload: not retried at once"
+            );
             return Ok(first);
         }
         tracing::warn!(
@@ -436,12 +664,12 @@ impl Client {
             offset_ms = self.clock.offset_ms(),
             "platform refused the signature (1002); re-synced the clock, retrying once"
         );
-        let second = self.attempt(cmd, data, unit).await?;
+        let second = self.attempt(cmd, data, unit, encoding).await?;
         if second.verdict != Verdict::AuthFailed || self.setting != TsUnitSetting::Auto {
             return Ok(second);
         }
         let other = unit.other();
-        let third = self.attempt(cmd, data, other).await?;
+        let third = self.attempt(cmd, data, other, encoding).await?;
         if third.verdict != Verdict::AuthFailed {
             tracing::warn!(
                 from = unit.as_str(),
@@ -454,6 +682,28 @@ impl Client {
             }
         }
         Ok(third)
+    }
+}
+
+fn encoding_code(e: DataEncoding) -> u8 {
+    match e {
+        DataEncoding::Object => 0,
+        DataEncoding::String => 1,
+    }
+}
+
+fn other_encoding(e: DataEncoding) -> DataEncoding {
+    match e {
+        DataEncoding::Object => DataEncoding::String,
+        DataEncoding::String => DataEncoding::Object,
+    }
+}
+
+/// The config spelling of an encoding.
+pub fn encoding_name(e: DataEncoding) -> &'static str {
+    match e {
+        DataEncoding::Object => "object",
+        DataEncoding::String => "string",
     }
 }
 

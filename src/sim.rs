@@ -43,14 +43,14 @@ use std::future::poll_fn;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, DATE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -177,6 +177,78 @@ pub enum Scripted {
     Reset,
     /// Answer HTTP 200 with an HTML body.
     NonJson,
+    /// Process the request normally (store its records), then drop the connection without
+    /// an answer: the answer is lost on the way back.
+    LoseAnswer,
+    /// Answer HTTP 200 with a body of this many bytes, streamed without a length (chunked)
+    /// and never held in memory: a platform (or a box in the way) gone mad. The bytes
+    /// actually sent are counted ([`PlatformSim::answer_bytes_streamed`]).
+    Huge(u64),
+}
+
+/// A response body: a whole buffer, or a long filler streamed chunk by chunk.
+pub struct SimBody {
+    inner: BodyInner,
+}
+
+enum BodyInner {
+    Full(Option<Bytes>),
+    Stream {
+        left: u64,
+        chunk: Bytes,
+        counter: Arc<AtomicU64>,
+    },
+}
+
+impl SimBody {
+    fn full(b: Bytes) -> Self {
+        SimBody {
+            inner: BodyInner::Full(Some(b)),
+        }
+    }
+}
+
+impl hyper::body::Body for SimBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        match &mut self.get_mut().inner {
+            BodyInner::Full(b) => Poll::Ready(b.take().map(|b| Ok(hyper::body::Frame::data(b)))),
+            BodyInner::Stream {
+                left,
+                chunk,
+                counter,
+            } => {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                let n = usize::try_from(*left).map_or(chunk.len(), |l| l.min(chunk.len()));
+                *left -= n as u64;
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+                Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk.slice(..n)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            BodyInner::Full(b) => b.is_none(),
+            BodyInner::Stream { left, .. } => *left == 0,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match &self.inner {
+            BodyInner::Full(Some(b)) => hyper::body::SizeHint::with_exact(b.len() as u64),
+            BodyInner::Full(None) => hyper::body::SizeHint::with_exact(0),
+            // No length announced: the client finds out by reading.
+            BodyInner::Stream { .. } => hyper::body::SizeHint::default(),
+        }
+    }
 }
 
 /// The unit the platform expects `ts` in.
@@ -336,6 +408,8 @@ struct Inner {
     mode_tx: watch::Sender<Mode>,
     shutdown_tx: watch::Sender<bool>,
     changes: watch::Sender<u64>,
+    /// Bytes of [`Scripted::Huge`] answers handed to the connection so far.
+    streamed: Arc<AtomicU64>,
 }
 
 struct State {
@@ -346,6 +420,9 @@ struct State {
     max_body: usize,
     success_style: SuccessStyle,
     poison: Option<String>,
+    business_error: Option<String>,
+    require_string_data: bool,
+    sticky: HashMap<Route, Scripted>,
     scripts: HashMap<Route, VecDeque<Scripted>>,
     records: Vec<Value>,
     keys: HashSet<RecordKey>,
@@ -365,6 +442,8 @@ struct RecordKey {
 
 /// Settings read once per request.
 struct Settings {
+    business_error: Option<String>,
+    require_string_data: bool,
     ts_unit: TsUnit,
     window: Duration,
     skew_ms: i64,
@@ -423,6 +502,9 @@ impl PlatformSim {
             max_body: config.max_body,
             success_style: config.success_style,
             poison: config.poison,
+            business_error: None,
+            require_string_data: false,
+            sticky: HashMap::new(),
             scripts: HashMap::new(),
             records: Vec::new(),
             keys: HashSet::new(),
@@ -440,6 +522,7 @@ impl PlatformSim {
             mode_tx: watch::Sender::new(Mode::Up),
             shutdown_tx: watch::Sender::new(false),
             changes: watch::Sender::new(0),
+            streamed: Arc::new(AtomicU64::new(0)),
         });
         let task = tokio::spawn(accept_loop(inner.clone()));
         info!(%addr, lot_code = %inner.lot_code, "platform simulator listening");
@@ -517,6 +600,32 @@ impl PlatformSim {
     pub fn push_script(&self, route: Route, answers: impl IntoIterator<Item = Scripted>) {
         let mut st = lock(&self.inner().state);
         st.scripts.entry(route).or_default().extend(answers);
+    }
+
+    /// Every request to `route` gets this answer (after any pushed script), until `None`.
+    pub fn set_route_answer(&self, route: Route, answer: Option<Scripted>) {
+        let mut st = lock(&self.inner().state);
+        match answer {
+            Some(a) => st.sticky.insert(route, a),
+            None => st.sticky.remove(&route),
+        };
+    }
+
+    /// A carInOut batch holding a record with this `carNo` is answered `2001` (business
+    /// error), for as long as it is set.
+    pub fn set_business_error(&self, car_no: Option<String>) {
+        lock(&self.inner().state).business_error = car_no;
+    }
+
+    /// Accept `data` only as a string holding JSON text (an object/array is `1501`), as a
+    /// platform that reads the spec's table literally would.
+    pub fn set_require_string_data(&self, on: bool) {
+        lock(&self.inner().state).require_string_data = on;
+    }
+
+    /// Bytes of [`Scripted::Huge`] answers handed to connections so far.
+    pub fn answer_bytes_streamed(&self) -> u64 {
+        self.inner().streamed.load(Ordering::Relaxed)
     }
 
     /// Scripted answers not used yet for `route`.
@@ -682,6 +791,8 @@ impl Inner {
     fn settings(&self) -> Settings {
         let st = lock(&self.state);
         Settings {
+            business_error: st.business_error.clone(),
+            require_string_data: st.require_string_data,
             ts_unit: st.ts_unit,
             window: st.window,
             skew_ms: st.skew_ms,
@@ -706,11 +817,11 @@ impl Inner {
         status: StatusCode,
         content_type: &'static str,
         body: Vec<u8>,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<SimBody> {
         if status != StatusCode::OK {
             self.update(|st| *st.stats.http_errors.entry(status.as_u16()).or_default() += 1);
         }
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        let mut resp = Response::new(SimBody::full(Bytes::from(body)));
         *resp.status_mut() = status;
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -720,7 +831,7 @@ impl Inner {
         resp
     }
 
-    fn http_error(&self, status: StatusCode) -> Response<Full<Bytes>> {
+    fn http_error(&self, status: StatusCode) -> Response<SimBody> {
         let text = status.canonical_reason().unwrap_or("error");
         self.respond(
             status,
@@ -729,7 +840,7 @@ impl Inner {
         )
     }
 
-    fn platform_answer(&self, code: &Value, msg: &str) -> Response<Full<Bytes>> {
+    fn platform_answer(&self, code: &Value, msg: &str) -> Response<SimBody> {
         let body = json!({"code": code, "msg": msg, "data": ""});
         self.respond(
             StatusCode::OK,
@@ -738,7 +849,7 @@ impl Inner {
         )
     }
 
-    fn success(&self, style: SuccessStyle) -> Response<Full<Bytes>> {
+    fn success(&self, style: SuccessStyle) -> Response<SimBody> {
         let code = match style {
             SuccessStyle::StringZero => json!("0"),
             SuccessStyle::NumberZero => json!(0),
@@ -748,7 +859,7 @@ impl Inner {
         self.platform_answer(&code, code_message(0))
     }
 
-    fn refusal(&self, route: Route, r: &Rejection) -> Response<Full<Bytes>> {
+    fn refusal(&self, route: Route, r: &Rejection) -> Response<SimBody> {
         debug!(route = route.path(), code = r.code, reason = %r.why, "request refused");
         self.update(|st| {
             *st.stats.rejections.entry(r.code).or_default() += 1;
@@ -1021,7 +1132,7 @@ async fn serve_connection(inner: Arc<Inner>, stream: TcpStream, peer: SocketAddr
     }
 }
 
-async fn handle(inner: &Inner, ctl: &ConnCtl, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(inner: &Inner, ctl: &ConnCtl, req: Request<Incoming>) -> Response<SimBody> {
     let release = inner.release_watch();
     let Some(route) = Route::from_path(req.uri().path()) else {
         debug!(path = req.uri().path(), "unknown path");
@@ -1052,9 +1163,11 @@ async fn handle(inner: &Inner, ctl: &ConnCtl, req: Request<Incoming>) -> Respons
     }
     let script = {
         let mut st = lock(&inner.state);
-        st.scripts.get_mut(&route).and_then(VecDeque::pop_front)
+        let pushed = st.scripts.get_mut(&route).and_then(VecDeque::pop_front);
+        pushed.or_else(|| st.sticky.get(&route).cloned())
     };
-    if let Some(script) = script {
+    let lose_answer = script == Some(Scripted::LoseAnswer);
+    if let Some(script) = script.filter(|s| *s != Scripted::LoseAnswer) {
         let _ = inner.read_body(route, req).await;
         inner.update(|st| st.stats.scripted += 1);
         debug!(route = route.path(), answer = ?script, "scripted answer");
@@ -1079,6 +1192,18 @@ async fn handle(inner: &Inner, ctl: &ConnCtl, req: Request<Incoming>) -> Respons
                 ctl.drop_connection(false).await
             }
             Scripted::Reset => ctl.drop_connection(true).await,
+            Scripted::Huge(n) => {
+                let mut resp = inner.respond(StatusCode::OK, "application/json;charset=UTF-8", Vec::new());
+                *resp.body_mut() = SimBody {
+                    inner: BodyInner::Stream {
+                        left: n,
+                        chunk: Bytes::from(vec![b' '; 64 * 1024]),
+                        counter: inner.streamed.clone(),
+                    },
+                };
+                resp
+            }
+            Scripted::LoseAnswer => unreachable!("filtered above"),
         };
     }
     let content_type_ok = req
@@ -1107,10 +1232,16 @@ async fn handle(inner: &Inner, ctl: &ConnCtl, req: Request<Incoming>) -> Respons
             &reject(1501, "Content-Type must be application/json;charset=UTF-8"),
         );
     }
-    match process(inner, &settings, route, &body) {
+    let answer = match process(inner, &settings, route, &body) {
         Ok(()) => inner.success(settings.success_style),
         Err(r) => inner.refusal(route, &r),
+    };
+    if lose_answer {
+        inner.update(|st| st.stats.scripted += 1);
+        debug!(route = route.path(), "scripted: processed, answer lost");
+        return ctl.drop_connection(true).await;
     }
+    answer
 }
 
 /// Normal processing of a request body: check, then store.
@@ -1128,6 +1259,13 @@ fn process(inner: &Inner, settings: &Settings, route: Route, body: &[u8]) -> Res
             inner.update(|st| st.stats.heartbeats_ok += 1);
             debug!(route = route.path(), "heartbeat ok");
             Ok(())
+        }
+        _ if settings.require_string_data
+            && env
+                .get("data")
+                .is_some_and(|d| d.is_object() || d.is_array()) =>
+        {
+            Err(reject(1501, "data must be a json string"))
         }
         Route::ParkSpace => {
             let Value::Object(data) = payload(&mut env)? else {
@@ -1162,6 +1300,9 @@ fn process(inner: &Inner, settings: &Settings, route: Route, body: &[u8]) -> Res
             for (i, rec) in records.iter().enumerate() {
                 let key = check_record(rec)
                     .map_err(|r| reject(r.code, format!("record {i}: {}", r.why)))?;
+                if settings.business_error.as_deref() == Some(key.car_no.as_str()) {
+                    return Err(reject(2001, format!("record {i}: business error")));
+                }
                 if settings.poison.as_deref() == Some(key.car_no.as_str()) {
                     return Err(reject(
                         1502,

@@ -4,7 +4,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /` | a small self-contained HTML page showing `/status`, refreshing itself |
-//! | `GET /healthz` | 200 `ok` when the platform answered within the last 3 heartbeat intervals and the outbox is writable; else 503 with the reason |
+//! | `GET /healthz` | 200 `ok` when healthy (see [`health_problems`]: platform reached, no fault, records delivered, events stored, outbox writable, all within 3 heartbeat intervals); else 503 with the reasons |
 //! | `GET /status` | JSON: version, config hash and version, uptime, platform, outbox, spaces, drivers, management |
 //! | `GET /metrics` | the same figures in the Prometheus text format (`lotlink_…`) |
 //! | `GET /api/dead` | the dead letters (id, plate, reason; no image data) |
@@ -323,19 +323,40 @@ async fn route(ctx: &StatusContext, req: Request<hyper::body::Incoming>) -> Resp
     }
 }
 
-fn healthz(ctx: &StatusContext) -> Response<Full<Bytes>> {
+/// How long the platform may go unanswered, records wait undelivered, or events be refused
+/// before the gateway counts as unhealthy: 3 heartbeat intervals.
+pub fn health_window(ctx: &StatusContext) -> i64 {
+    i64::try_from(ctx.heartbeat_interval.as_millis() * 3).unwrap_or(i64::MAX)
+}
+
+/// Whether the platform gave an authenticated answer within `window` ms of `now`.
+pub fn platform_reached(h: &crate::uploader::PlatformHealth, now: i64, window: i64) -> bool {
+    h.last_reached_ms.is_some_and(|t| now - t <= window)
+}
+
+/// Why the gateway is not healthy (empty: healthy). The one place that decides; `/healthz`,
+/// `/status` and `/metrics` show its verdict. Within the window (3 heartbeat intervals):
+/// - the platform gave an authenticated answer (a heartbeat answered `1005` counts);
+/// - no stream has a fault an operator must fix;
+/// - records wait: the oldest pending one is older than the window and no `carInOut` was
+///   accepted within it (a refused space report, a poison record, non-JSON answers);
+/// - events are refused: ingest could not store an event (disk quota) within the window
+///   and has stored none since;
+/// - the outbox stores new events (its state, kept by its writer: nothing is written to
+///   find out) and its index was not rebuilt from the log within the last hour.
+pub fn health_problems(ctx: &StatusContext) -> Vec<String> {
     let now = Clock::local_ms();
-    let window = i64::try_from(ctx.heartbeat_interval.as_millis() * 3).unwrap_or(i64::MAX);
-    let last = ctx
-        .health
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .last_success_ms;
+    let window = health_window(ctx);
+    let h = ctx.health_snapshot();
     let mut problems = Vec::new();
-    match last {
-        Some(t) if now - t <= window => {}
-        Some(t) => problems.push(format!("platform not reached for {} s", (now - t) / 1000)),
-        None => problems.push("platform not reached since start".to_string()),
+    if !platform_reached(&h, now, window) {
+        match h.last_reached_ms {
+            Some(t) => problems.push(format!("platform not reached for {} s", (now - t) / 1000)),
+            None => problems.push("platform not reached since start".to_string()),
+        }
+    }
+    if let Some(f) = &h.fault {
+        problems.push(format!("fault: {f}"));
     }
     match ctx.outbox.health() {
         StoreHealth::Ok => {}
@@ -351,6 +372,42 @@ fn healthz(ctx: &StatusContext) -> Response<Full<Bytes>> {
             (now - t).max(0) / 1000
         ));
     }
+    let pending = ctx.outbox.len();
+    if pending > 0 {
+        let oldest_waits = ctx
+            .outbox
+            .oldest_submitted_ms()
+            .is_some_and(|t| now - t > window);
+        let delivered_lately = h.last_records_success_ms.is_some_and(|t| now - t <= window);
+        if oldest_waits && !delivered_lately {
+            let since = h.last_records_success_ms.map_or_else(
+                || "since start".to_string(),
+                |t| format!("for {} s", (now - t) / 1000),
+            );
+            let why = h
+                .last_error
+                .as_ref()
+                .map(|(c, m)| format!(" (last error {c}: {m})"))
+                .unwrap_or_default();
+            problems.push(format!(
+                "{pending} records pending and none delivered {since}{why}"
+            ));
+        }
+    }
+    if let Some((t, why)) = &h.last_refusal {
+        let stored_since = h.last_stored_ms.is_some_and(|s| s >= *t);
+        if now - t <= window && !stored_since {
+            problems.push(format!(
+                "events are being refused ({} since start): {why}",
+                h.events_refused
+            ));
+        }
+    }
+    problems
+}
+
+fn healthz(ctx: &StatusContext) -> Response<Full<Bytes>> {
+    let problems = health_problems(ctx);
     if problems.is_empty() {
         reply(StatusCode::OK, "ok\n", "text/plain")
     } else {
@@ -386,6 +443,13 @@ pub fn status_json(ctx: &StatusContext) -> Value {
             "last_success_ms": h.last_success_ms,
             "last_error": h.last_error.as_ref().map(|(code, msg)| json!({"code": code, "message": msg})),
             "fault": h.fault,
+            "last_reached_ms": h.last_reached_ms,
+            "last_records_success_ms": h.last_records_success_ms,
+            "data_encoding": crate::protocol::encoding_name(ctx.client.data_encoding()),
+            "held": h.held,
+            "command_codes": h.command_codes,
+            "request_limit": {"records": h.request_limit.0, "bytes": h.request_limit.1},
+            "uplink_bytes_per_s": h.uplink_bytes_per_s,
             "clock_offset_ms": ctx.client.clock().offset_ms(),
             "ts_unit": ctx.client.unit().as_str(),
             "delivered": h.delivered,
@@ -398,6 +462,7 @@ pub fn status_json(ctx: &StatusContext) -> Value {
             "bytes": ctx.outbox.bytes(),
             "size_on_disk": ctx.outbox.size_on_disk(),
             "dead_letters": ctx.outbox.dead_len(),
+            "events_refused": h.events_refused,
             "state": match ctx.outbox.health() {
                 StoreHealth::Ok => json!({"ok": true}),
                 StoreHealth::Refusing { since_ms, reason } => json!({"ok": false, "refusing_since_ms": since_ms, "problem": reason}),
@@ -406,6 +471,7 @@ pub fn status_json(ctx: &StatusContext) -> Value {
             "index_rebuilt_ms": ctx.outbox.rebuilt_recently(),
             "last_open": last_open,
         },
+        "problems": health_problems(ctx),
         "spaces": {
             "total": total,
             "occupied": occupied,

@@ -385,3 +385,53 @@ async fn an_old_signed_push_is_still_refused_after_a_local_edit_moves_the_outbox
     );
     sim.shutdown().await;
 }
+
+/// A message over `max_packet` on the config-push topic (anyone who can publish there can
+/// send one, HMAC key or not) is dropped with a `rejected` result; it does not cut the
+/// management session off for good, and the next push is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_push_is_rejected_and_the_next_push_still_applies() {
+    let broker = Broker::start().await;
+    let sim = common::sim().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let text_for = |total: u32| {
+        common::config_text(&sim.url(), &dir.path().join("outbox"), "heartbeat_interval = \"1s\"")
+            .replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            )
+            .replace("total = 100", &format!("total = {total}"))
+            + &format!(
+                "\n[mqtt]\nurl = \"{}\"\nclient_id = \"lotlink-big-{port}\"\nmax_packet = \"64KiB\"\n\n[management]\nhmac_key = \"{KEY}\"\nwatch = \"3s\"\n",
+                broker.url()
+            )
+    };
+    let config = dir.path().join("lotlink.toml");
+    std::fs::write(&config, text_for(100)).expect("config");
+    let mut op = Operator::connect(broker.port).await;
+    let _daemon = Daemon::start(&config, &dir.path().join("daemon.log"));
+    let mut st = op.status.clone();
+    retained_status(&mut st, true, "the retained status").await;
+    // 256 KiB management floor, so 600 KB is over it.
+    let huge = json!({"version": 1, "config": "#".repeat(600_000), "hmac": "00"}).to_string();
+    op.client
+        .publish(
+            format!("lotlink/{LOT}/config/set"),
+            QoS::AtLeastOnce,
+            false,
+            huge,
+        )
+        .await
+        .expect("publish");
+    let r = op.result(WAIT).await;
+    assert_eq!(r["outcome"], "rejected", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap_or("").contains("max_packet"),
+        "{r}"
+    );
+    op.push(2, &text_for(120), KEY).await;
+    let r = op.result(WAIT).await;
+    assert_eq!(r["version"], 2, "{r}");
+    assert_eq!(r["outcome"], "applied", "{r}");
+}

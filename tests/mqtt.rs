@@ -609,3 +609,67 @@ async fn what_a_real_vzenith_camera_says_arrives_once_and_normalised() {
     h.gw.stop().await;
     h.sim.shutdown().await;
 }
+
+/// A message over `max_packet` makes the client drop the connection before reading it, and
+/// the broker (persistent session) sends it again on every reconnect: it must be consumed
+/// (acknowledged, counted as bad input) so the camera's later events still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_acknowledged_and_counted_and_later_events_still_arrive() {
+    let broker = Broker::start().await;
+    let section = format!(
+        "[mqtt]\nurl = \"{}\"\nclient_id = \"lotlink-test-{}\"\nmax_packet = \"64KiB\"\n",
+        broker.url(),
+        free_port()
+    );
+    let h = start_devices("", &format!("{section}{VZ_CAMERA}")).await;
+    let p = Publisher::connect(broker.port, "camera-sim-oversize").await;
+    let topic = "device/sn-o/message/up/ivs_result";
+    let first = vz_message("ivs_result", "sn-o", "晋O00001", 1_764_288_000, None, 1);
+    assert!(
+        publish_until(&p, topic, &first, || !h.sim.records().is_empty()).await,
+        "the camera is heard"
+    );
+    let big = jpeg_of_size(200_000);
+    let huge = vz_message(
+        "ivs_result",
+        "sn-o",
+        "晋O99999",
+        1_764_288_010,
+        Some(&big),
+        1,
+    );
+    assert!(
+        huge.len() > 4 * 64 * 1024,
+        "over max_packet: {}",
+        huge.len()
+    );
+    p.publish(topic, huge).await;
+    for i in 0..5 {
+        let m = vz_message(
+            "ivs_result",
+            "sn-o",
+            &format!("晋O1000{i}"),
+            1_764_288_100 + i,
+            None,
+            1,
+        );
+        p.publish(topic, m).await;
+    }
+    assert!(
+        eventually(WAIT, || h.sim.records().len() >= 6).await,
+        "the 5 later events arrived: {:?}",
+        delivered_plates(&h.sim)
+    );
+    let plates = delivered_plates(&h.sim);
+    assert!(!plates.contains(&"晋O99999".to_string()), "{plates:?}");
+    assert!(
+        h.status("mqtt").bad_inputs >= 1,
+        "the oversized message is counted as bad input"
+    );
+    assert!(
+        eventually(WAIT, || h.status("mqtt").connected).await,
+        "connected again"
+    );
+    h.gw.stop().await;
+    h.sim.shutdown().await;
+}

@@ -5,7 +5,17 @@
 //!
 //! - the **connection** task polls rumqttc's event loop, (re)subscribes after every
 //!   connection, and forwards each PUBLISH. rumqttc reconnects instantly on its own, so the
-//!   task adds a capped back-off (0.5 s doubling to 30 s) after every error.
+//!   task adds a capped back-off (0.5 s doubling to 30 s) after every error ([`Pacer`]); it
+//!   starts over only after a session that stayed up [`STABLE_SESSION`], so a broker that
+//!   accepts the connection and then drops it is not hammered.
+//!
+//! A message bigger than `max_packet` makes rumqttc drop the connection before the message
+//! is read, and the broker (persistent session, `QoS` 1) sends it again on every reconnect:
+//! one such message would stop a camera for good. So after that error the next connection
+//! accepts packets up to that size (at most [`OVERSIZE_CEILING`]) once: the message arrives,
+//! is acknowledged unread, counted as bad input and named in the log (topic, size), and the
+//! limit goes back to `max_packet`. Operators should also set the broker's own limit
+//! (mosquitto `max_packet_size`; see the README), so such a message never reaches a session.
 //! - the **router** ([`Router`]) parses each message (Vzenith or lotlink JSON), turns it into
 //!   an [`Event`], submits it and only then acknowledges it (manual acks, `QoS` 1, persistent
 //!   session under a stable client id): a gateway that dies between receipt and disk gets
@@ -54,6 +64,93 @@ use crate::{
 pub const ROUTER_QUEUE: usize = 256;
 /// A Vzenith camera that sent nothing for this long is shown as disconnected.
 pub const CAMERA_SILENCE: Duration = Duration::from_secs(30);
+/// A broker session that stayed up this long counts as up: the reconnect back-off starts over.
+pub const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// Largest packet the gateway agrees to receive once in order to consume a message over
+/// `max_packet` (see the module docs). A bigger one is logged as an error for the operator.
+pub const OVERSIZE_CEILING: usize = 64 << 20;
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Reconnect pacing and oversized-message handling of one broker connection.
+#[derive(Debug)]
+pub struct Pacer {
+    max_packet: usize,
+    backoff: Duration,
+    up_since: Option<Instant>,
+    raised: bool,
+}
+
+/// The size of the packet that made rumqttc drop the connection, if that was the reason.
+pub fn oversize(err: &rumqttc::ConnectionError) -> Option<usize> {
+    match err {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(n),
+        )) => Some(*n),
+        _ => None,
+    }
+}
+
+impl Pacer {
+    /// For a connection whose packets may be at most `max_packet` bytes both ways (as
+    /// [`options`] sets them).
+    pub fn new(max_packet: usize) -> Self {
+        Pacer {
+            max_packet,
+            backoff: BACKOFF_START,
+            up_since: None,
+            raised: false,
+        }
+    }
+
+    /// The broker accepted the connection (`ConnAck`).
+    pub fn connected(&mut self) {
+        self.up_since = Some(Instant::now());
+    }
+
+    /// Whether a received payload is over `max_packet`: acknowledge it, count it, drop it.
+    pub fn oversized(&self, payload_len: usize) -> bool {
+        payload_len > self.max_packet
+    }
+
+    /// An oversized message was consumed: the next connection uses `max_packet` again.
+    pub fn consumed(&mut self, opts: &mut rumqttc::MqttOptions) {
+        if self.raised {
+            self.raised = false;
+            opts.set_max_packet_size(self.max_packet, self.max_packet);
+        }
+    }
+
+    /// The connection failed with `err`: how long to wait before the next try. A packet
+    /// over the limit raises the limit for the next connection (see the module docs).
+    pub fn failed(
+        &mut self,
+        err: &rumqttc::ConnectionError,
+        opts: &mut rumqttc::MqttOptions,
+        who: &str,
+    ) -> Duration {
+        if self
+            .up_since
+            .take()
+            .is_some_and(|t| t.elapsed() >= STABLE_SESSION)
+        {
+            self.backoff = BACKOFF_START;
+        }
+        if let Some(size) = oversize(err) {
+            if size <= OVERSIZE_CEILING {
+                tracing::warn!(who, size, max_packet = self.max_packet, "the broker sent a message over max_packet; reconnecting once with room for it, to acknowledge and drop it (set the broker's own limit too)");
+                opts.set_max_packet_size(size.max(self.max_packet), self.max_packet);
+                self.raised = true;
+            } else {
+                tracing::error!(who, size, ceiling = OVERSIZE_CEILING, "the broker keeps sending a message too big to receive; set the broker's max_packet_size (mosquitto) and clear the message from the session");
+            }
+        }
+        let d = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        d
+    }
+}
+
 /// How long a late full result is recognised as the pass already reported from its quick result.
 const LATE_FULL_WINDOW: Duration = Duration::from_secs(60);
 
@@ -802,8 +899,9 @@ async fn run_connection(
     status: DriverStatus,
     shutdown: CancellationToken,
 ) {
+    let max_packet = opts.max_packet_size();
     let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 64);
-    let mut backoff = Duration::from_millis(500);
+    let mut pacer = Pacer::new(max_packet);
     loop {
         let polled = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -811,7 +909,7 @@ async fn run_connection(
         };
         match polled {
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ca))) => {
-                backoff = Duration::from_millis(500);
+                pacer.connected();
                 if status.set_connected(true) {
                     tracing::info!(session_present = ca.session_present, topics = ?topics, "MQTT broker connected");
                 }
@@ -828,6 +926,18 @@ async fn run_connection(
                 });
             }
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                if pacer.oversized(p.payload.len()) {
+                    let n = status.bad_input("message over max_packet");
+                    tracing::warn!(topic = %p.topic, size = p.payload.len(), max_packet, bad_inputs = n, "MQTT message over max_packet: acknowledged and dropped");
+                    pacer.consumed(&mut eventloop.mqtt_options);
+                    let c = client.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = c.ack(&p).await {
+                            tracing::debug!(error = %e, "MQTT ack not sent");
+                        }
+                    });
+                    continue;
+                }
                 if p.qos == rumqttc::QoS::AtMostOnce && tx.depth() >= ROUTER_QUEUE {
                     let n = status.bad_input("QoS 0 message dropped: router queue full");
                     if should_log(n) {
@@ -856,11 +966,11 @@ async fn run_connection(
                 } else {
                     tracing::debug!(error = %e, "MQTT connect failed");
                 }
+                let wait = pacer.failed(&e, &mut eventloop.mqtt_options, status.name());
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }
@@ -901,5 +1011,56 @@ impl Driver for MqttHub {
             let _ = conn.await;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> rumqttc::MqttOptions {
+        let mut o = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        o.set_max_packet_size(64 * 1024, 64 * 1024);
+        o
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_back_off_starts_over_only_after_a_session_that_stayed_up() {
+        let mut o = opts();
+        let mut p = Pacer::new(64 * 1024);
+        let err = rumqttc::ConnectionError::NetworkTimeout;
+        assert_eq!(p.failed(&err, &mut o, "t"), Duration::from_millis(500));
+        // Connected, then dropped at once (as a message over the limit did): no reset.
+        p.connected();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(p.failed(&err, &mut o, "t"), Duration::from_secs(1));
+        p.connected();
+        assert_eq!(p.failed(&err, &mut o, "t"), Duration::from_secs(2));
+        // A session that stayed up: the back-off starts over.
+        p.connected();
+        tokio::time::advance(STABLE_SESSION).await;
+        assert_eq!(p.failed(&err, &mut o, "t"), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_packet_over_the_limit_raises_the_limit_once_and_consuming_it_restores_it() {
+        let mut o = opts();
+        let mut p = Pacer::new(64 * 1024);
+        let too_big = rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(300_000),
+        ));
+        assert_eq!(oversize(&too_big), Some(300_000));
+        p.failed(&too_big, &mut o, "t");
+        assert_eq!(o.max_packet_size(), 300_000);
+        assert!(p.oversized(300_000 - 10));
+        assert!(!p.oversized(1_000));
+        p.consumed(&mut o);
+        assert_eq!(o.max_packet_size(), 64 * 1024);
+        // Beyond the ceiling: not raised.
+        let huge = rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(OVERSIZE_CEILING + 1),
+        ));
+        p.failed(&huge, &mut o, "t");
+        assert_eq!(o.max_packet_size(), 64 * 1024);
     }
 }

@@ -5,6 +5,7 @@
 pub mod devices;
 pub mod gateway;
 pub mod modbus;
+pub mod throttle;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
