@@ -38,7 +38,9 @@ fn encode(reason: &str, record: &[u8]) -> Vec<u8> {
     v
 }
 
-fn split(v: &[u8]) -> (String, &[u8]) {
+/// A dead letter's bytes (this format, also that of versions before dead-letter files)
+/// split into the reason and the record.
+pub(super) fn split(v: &[u8]) -> (String, &[u8]) {
     let len = v
         .get(0..4)
         .and_then(|s| <[u8; 4]>::try_from(s).ok())

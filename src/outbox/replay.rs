@@ -522,13 +522,8 @@ fn take_over_legacy(
     for item in db.scan_prefix([P_DEAD_V2]) {
         let (k, v) = item?;
         let Some(id) = id_of(&k) else { continue };
-        let len = v
-            .get(0..4)
-            .and_then(|s| <[u8; 4]>::try_from(s).ok())
-            .map_or(0, |b| u32::from_be_bytes(b) as usize);
-        let end = 4usize.saturating_add(len).min(v.len());
-        let reason = String::from_utf8_lossy(v.get(4..end).unwrap_or(&[])).into_owned();
-        dead::write(&shared.dead_dir, id, &reason, v.get(end..).unwrap_or(&[]))?;
+        let (reason, record) = dead::split(&v);
+        dead::write(&shared.dead_dir, id, &reason, record)?;
         batch.remove(k);
     }
     for item in db.scan_prefix([P_INLINE]) {
