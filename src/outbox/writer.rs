@@ -126,7 +126,6 @@ impl Books {
 /// A lasting refusal of new events.
 struct Refusal {
     since: Instant,
-    since_ms: i64,
     reason: String,
     refused: u64,
     last_summary: Instant,
@@ -920,7 +919,6 @@ impl Writer {
             );
             self.refusing = Some(Refusal {
                 since: Instant::now(),
-                since_ms,
                 reason: reason.to_owned(),
                 refused: 0,
                 last_summary: Instant::now(),
@@ -939,7 +937,6 @@ impl Writer {
             if !matches!(self.shared.health(), StoreHealth::Broken { .. }) {
                 self.shared.set_health(StoreHealth::Ok);
             }
-            let _ = r.since_ms;
         }
     }
 
