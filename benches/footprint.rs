@@ -15,13 +15,15 @@
 //!   session, draining into a down platform: lotlink's peak RSS (sampled every 20 ms and
 //!   `VmHWM`), and RSS one minute after the drain, beside its idle RSS.
 //! - **start-up**: 100,000 pending records whose dedupe entries are older than the window
-//!   (the gateway runs 20 minutes ahead under libfaketime): time to `READY=1` (sd-notify
-//!   socket) and to the first upload, and peak RSS.
+//!   (the gateway runs 20 minutes ahead under libfaketime), and (`start_fresh`) 100,000
+//!   filled just before, all inside the window: time to `READY=1` (sd-notify socket) and
+//!   to the first upload, and peak RSS.
 //!
 //! Every figure is printed as a `=> key value unit` line. Environment:
 //! `LOTLINK_FOOTPRINT_MNT` (the mount), `LOTLINK_FOOTPRINT_DEV` (e.g. `loop3`),
 //! `LOTLINK_GATEWAY_BIN`, `LOTLINK_FOOTPRINT_IDLE_SECS` (default 120),
-//! `LOTLINK_FOOTPRINT_ONLY` (`event`, `idle`, `backlog`, `start`; comma-separated).
+//! `LOTLINK_FOOTPRINT_ONLY` (`event`, `idle`, `backlog`, `start`, `start_fresh`;
+//! comma-separated).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -149,7 +151,8 @@ fn config(dir: &Path, name: &str, platform: &str, broker: &str, status_port: u16
         "[platform]\nurl = \"{platform}\"\nlot_code = \"350\"\ntoken = \"bench-token-0000\"\n[outbox]\npath = \"{}\"\nmax_disk = \"4GiB\"\n[status]\nlisten = \"127.0.0.1:{status_port}\"\n[space]\ntotal = 100\n[mqtt]\nurl = \"{broker}\"\nclient_id = \"lotlink-footprint-{name}\"\nmax_packet = \"4MiB\"\n\n[[camera]]\nname = \"cam1\"\ndirection = \"in\"\ndriver = \"mqtt\"\nformat = \"json\"\ntopic = \"bench/cam1\"\n",
         dir.join(name).display()
     );
-    let cfg = std::env::temp_dir().join(format!("footprint-{name}.toml"));
+    // Unique per run: another footprint run may share the machine.
+    let cfg = std::env::temp_dir().join(format!("footprint-{name}-{}.toml", std::process::id()));
     std::fs::write(&cfg, text).unwrap();
     cfg
 }
@@ -541,10 +544,14 @@ async fn backlog(mnt: &Path, jpeg35: &[u8]) {
     let _ = child.wait();
 }
 
-/// Start-up on 100,000 pending records whose dedupe entries are older than the window.
-async fn start_aged(mnt: &Path) {
+/// Start-up on 100,000 pending records: `aged`, their dedupe entries older than the window
+/// (the gateway runs 20 minutes ahead), or all of them inside it (filled just before: the
+/// replay reads every entry's header for the window).
+async fn start_with(mnt: &Path, aged: bool) {
     let n = 100_000u64;
-    let path = mnt.join("aged");
+    let name = if aged { "aged" } else { "fresh" };
+    let key = if aged { "start" } else { "start_fresh" };
+    let path = mnt.join(name);
     {
         let (ob, _) = Outbox::open(&path, OutboxOptions::default()).unwrap();
         let image: Arc<Vec<u8>> = Arc::new(Vec::new());
@@ -569,17 +576,17 @@ async fn start_aged(mnt: &Path) {
             .unwrap();
     let port = common::devices::free_port();
     let broker = common::devices::Broker::start().await;
-    let cfg = config(mnt, "aged", &sim.url(), &broker.url(), port);
+    let cfg = config(mnt, name, &sim.url(), &broker.url(), port);
     let sock_path = std::env::temp_dir().join(format!("footprint-notify-{}", std::process::id()));
     let _ = std::fs::remove_file(&sock_path);
     let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
     let d0 = Dev::read();
     let t = Instant::now();
-    // Twenty minutes ahead: every dedupe entry is older than the 10-minute window.
+    // Aged: twenty minutes ahead, every dedupe entry is older than the 10-minute window.
     let mut child = spawn(
         &cfg,
         &[("NOTIFY_SOCKET", sock_path.display().to_string())],
-        Some("+20m"),
+        aged.then_some("+20m"),
     );
     let pid = child.id();
     let mut buf = [0u8; 512];
@@ -606,13 +613,18 @@ async fn start_aged(mnt: &Path) {
     let written = Dev::read().since(d0);
     let ready_s = ready.map_or(f64::NAN, |d| d.as_secs_f64());
     let first_s = first.map_or(f64::NAN, |d| d.as_secs_f64());
+    let age = if aged {
+        "older than the window"
+    } else {
+        "inside the window"
+    };
     println!(
-        "START {n} pending, dedupe entries older than the window: READY after {ready_s:.3} s, first upload after {first_s:.3} s, peak RSS {peak} KB, {} bytes written by then",
+        "START {n} pending, dedupe entries {age}: READY after {ready_s:.3} s, first upload after {first_s:.3} s, peak RSS {peak} KB, {} bytes written by then",
         written.bytes()
     );
-    result("start_ready", ready_s, "s");
-    result("start_first_upload", first_s, "s");
-    result("start_peak_rss", peak as f64 / 1024.0, "MB");
+    result(&format!("{key}_ready"), ready_s, "s");
+    result(&format!("{key}_first_upload"), first_s, "s");
+    result(&format!("{key}_peak_rss"), peak as f64 / 1024.0, "MB");
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_file(&sock_path);
@@ -657,7 +669,10 @@ fn main() {
             backlog(&mnt, &jpeg35).await;
         }
         if run("start") {
-            start_aged(&mnt).await;
+            start_with(&mnt, true).await;
+        }
+        if run("start_fresh") {
+            start_with(&mnt, false).await;
         }
     });
 }

@@ -19,15 +19,25 @@
 //! - [`writer`]: **the one owner of the log's head and of the index.** A thread that drains
 //!   a bounded channel of commands (submits, acks, dead letters, flushes): all submits
 //!   waiting are written as one group with one `write` and one `fdatasync`, then indexed
-//!   and answered. Nothing else writes the log or changes the index.
+//!   (in memory: the index's overlay, see [`index`]) and answered. Nothing else writes the
+//!   log or changes the index. **One durable write per event**: the group's `fdatasync` is
+//!   the only I/O an event causes until the lazy index flush; sled's files are not touched
+//!   per event (a sled batch per event made sled write its log buffer, and so a second
+//!   file's blocks and inode went into every journal commit).
 //! - [`reader`]: [`Outbox::peek`]: the oldest pending records, read from the log through
 //!   the index.
 //! - [`quota`]: `max_disk`, compaction of the oldest segment, the reserve file.
 //! - [`dead`]: dead-letter files.
 //! - [`replay`]: opening: sled opened (or moved aside and rebuilt), the log after `m/wal`
 //!   replayed into the index, the dedupe memory rebuilt, versions before this one taken over.
+//!   One pass over each segment, entries handled as they are read (nothing of a segment is
+//!   held), small entries' headers read ahead 64 KiB at a time; the entries before `m/wal`
+//!   only give their key hashes to the window (an id → key map is kept only for the entries
+//!   after `m/wal`, the only ones an abort mark can name).
 //! - [`settings`]: one typed accessor per small persisted value.
-//! - [`index`], [`dedupe`]: the pointer chunks; the source keys of the dedupe window.
+//! - [`index`], [`dedupe`]: the pointer chunks and their in-memory overlay; the source keys
+//!   of the dedupe window (in memory only: dropped a tenth of the window at a time, a set
+//!   per bucket, so expiry is a small step whatever the backlog's age).
 //!
 //! ## Record format
 //!
@@ -42,10 +52,11 @@
 //! ## Invariants
 //!
 //! 1. **The log is the truth; the index can always be rebuilt from it.** A record is in
-//!    the log, fsynced, before anyone is told it is stored. The index reaches sled's disk
-//!    lazily ([`writer`]: on a timer when something changed, before a segment is deleted,
-//!    at shutdown); `m/wal` says how far the log is indexed, and opening replays the log
-//!    from there. Replay is idempotent.
+//!    the log, fsynced, before anyone is told it is stored. The index's changes wait in
+//!    memory and reach sled's disk lazily ([`writer`]: 30 s after the first change, before
+//!    a segment is deleted, before a quota move, at shutdown; never when nothing changed);
+//!    `m/wal` says how far the log is indexed, and opening replays the log from there.
+//!    Replay is idempotent.
 //! 2. **A submit whose submitter was told "failed" is never resurrected.** A failed write or
 //!    fsync is cut off the file again (`ftruncate`, fsynced); if even that fails, an abort
 //!    mark naming the group's ids goes first into the next write, and replay drops those
@@ -70,7 +81,11 @@
 //! that. A duplicate is answered after its group's fsync too, since the first copy may be
 //! in that very group. An ack is a mark in the log without an fsync of its own and a change
 //! of the index: losing it to a power cut only means the record is sent again and the
-//! platform answers `1004`, which counts as delivered.
+//! platform answers `1004`, which counts as delivered (**delivery is at least once**: a
+//! power cut within about 30 s of an ack, before the next group's `fdatasync` or the index
+//! flush carried its mark, re-sends that record). The mark rides on the next group's
+//! `fdatasync` (same file, usually the same block) or the index flush: it costs no I/O of
+//! its own.
 //!
 //! ## When the disk quota is hit
 //!
@@ -89,7 +104,9 @@
 //! That is a state, not a crash: acks, reads and the uploader go on (an ack whose mark
 //! cannot be written is still applied to the index), and the next submit tries again, so
 //! the store works again by itself once space is back. [`Outbox::health`] says
-//! `Refusing` meanwhile (`/healthz` answers 503). If sled fails (it keeps an error once it
+//! `Refusing` meanwhile (`/healthz` answers 503). It writes nothing to find out (`/healthz`
+//! may be probed every few seconds for years): the writer's last write and fsync succeeded,
+//! its thread lives, and `statvfs` says the file system is not read-only and not full. If sled fails (it keeps an error once it
 //! had one), the writer reopens it and replays the log. A few MiB are kept in `reserve`
 //! and released when the file system is nearly full, so the gateway can open its store and
 //! drain it even when the backlog filled the disk.
@@ -128,6 +145,10 @@ pub use settings::SpaceReport;
 
 /// Text added to `remark` when the quota forced the image out.
 pub const DEGRADED_REMARK: &str = "图片因网关存储已满被替换 (image replaced: gateway outbox full)";
+
+/// Below this much free space (and with the reserve already released) the store is
+/// reported as refusing before a write fails: not even one image record fits.
+const MIN_FREE: u64 = 128 << 10;
 
 /// How long after a rebuild of the index [`Outbox::rebuilt_recently`] reports it (and
 /// `/healthz` answers 503 "degraded").
@@ -351,6 +372,8 @@ struct Shared {
     dead_dir: PathBuf,
     /// sled; replaced when the writer reopens it (`None` meanwhile).
     db: RwLock<Option<sled::Db>>,
+    /// Index chunks changed since they were last written to sled (see [`index`]).
+    overlay: index::Overlay,
     readers: segments::Readers,
     pending: AtomicU64,
     dead: AtomicU64,
@@ -732,7 +755,10 @@ impl Outbox {
         reader::oldest_submitted_ms(self.shared())
     }
 
-    /// Whether new events are being stored (see [`StoreHealth`]).
+    /// Whether new events are being stored (see [`StoreHealth`]). Writes nothing: the
+    /// writer's state (its last write and fsync succeeded, or why not), the writer thread
+    /// alive, and the file system neither read-only nor out of space (`statvfs`), so
+    /// `/healthz` may ask as often as it likes without wearing the card.
     pub fn health(&self) -> StoreHealth {
         if self
             .inner
@@ -744,7 +770,22 @@ impl Outbox {
                 reason: "the outbox writer thread has stopped".into(),
             };
         }
-        self.shared().health()
+        let h = self.shared().health();
+        if h != StoreHealth::Ok {
+            return h;
+        }
+        let path = &self.shared().path;
+        let refusing = |reason: &str| StoreHealth::Refusing {
+            since_ms: crate::protocol::Clock::local_ms(),
+            reason: reason.to_owned(),
+        };
+        if quota::read_only(path) == Some(true) {
+            return refusing("the file system holding the outbox is mounted read-only");
+        }
+        if !quota::has_reserve(path) && quota::free_space(path).is_some_and(|f| f < MIN_FREE) {
+            return refusing("the disk holding the outbox is full");
+        }
+        h
     }
 
     /// When the index was last rebuilt from the log, if within the last hour (Unix ms).

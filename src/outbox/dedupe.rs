@@ -86,6 +86,13 @@ impl Seen {
         self.buckets.entry(bucket).or_default().insert(hash);
     }
 
+    /// Take every key of `other` in (same window).
+    pub(super) fn absorb(&mut self, other: Seen) {
+        for (b, set) in other.buckets {
+            self.buckets.entry(b).or_default().extend(set);
+        }
+    }
+
     /// Forget a key (its group failed).
     pub(super) fn remove(&mut self, hash: u64, at_ms: i64) {
         let b = self.bucket(at_ms);

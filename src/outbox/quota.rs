@@ -52,6 +52,29 @@ pub(super) fn free_space(path: &Path) -> Option<u64> {
     }
 }
 
+/// Whether the file system holding `path` is mounted read-only (`statvfs`, nothing written),
+/// if the platform can tell.
+pub(super) fn read_only(path: &Path) -> Option<bool> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; statvfs only writes into `st`.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        if rc != 0 {
+            return None;
+        }
+        Some(st.f_flag & libc::ST_RDONLY != 0)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// Is the reserve in place?
 pub(super) fn has_reserve(dir: &Path) -> bool {
     dir.join(RESERVE).exists()

@@ -1,7 +1,7 @@
 //! Reads: the oldest pending records, through the index into the log. Readers never change
 //! anything; a record that cannot be read is handed to the writer for the dead letters.
 
-use super::index::{self, chunk_of, Chunk};
+use super::index::{self, chunk_of, Chunk, Overlay, Src};
 use super::segments::Location;
 use super::writer::Command;
 use super::{decode_record, Outbox, OutboxError, Shared, StoredRecord};
@@ -31,33 +31,98 @@ fn load(shared: &Shared, id: u64, loc: Location) -> Result<StoredRecord, OutboxE
     Ok(rec)
 }
 
-/// Every pending record's pointer, oldest first (a damaged chunk is skipped with an ERROR:
-/// its records stay in the log and are found again by a rebuild).
-fn pointers(db: &sled::Db) -> impl Iterator<Item = Result<(u64, Location), OutboxError>> {
-    db.scan_prefix([index::PREFIX]).flat_map(|item| {
-        let out: Vec<Result<(u64, Location), OutboxError>> = match item {
-            Err(e) => vec![Err(e.into())],
-            Ok((k, v)) => {
-                let c = k
-                    .get(1..9)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes);
-                match c.and_then(|c| Chunk::decode(c, &v).map(|ch| (c, ch))) {
-                    Some((_, chunk)) => chunk.entries().iter().copied().map(Ok).collect(),
-                    None => {
-                        tracing::error!(error = %index::damaged(c.unwrap_or(0)), "outbox: skipped a damaged index chunk; its records are not uploaded until the index is rebuilt");
-                        Vec::new()
-                    }
+/// Every pending record's pointer, oldest first: sled's chunks with the overlay's versions
+/// in their place (see [`super::index`]). A damaged chunk is skipped with an ERROR: its
+/// records stay in the log and are found again by a rebuild.
+struct Pointers<'a> {
+    sled: sled::Iter,
+    sled_done: bool,
+    /// sled's next chunk (number, and its value unless damaged), not yet passed on.
+    next_sled: Option<(u64, Option<Chunk>)>,
+    overlay: &'a Overlay,
+    /// Chunks below this are done.
+    cursor: u64,
+    out: std::vec::IntoIter<(u64, Location)>,
+}
+
+fn pointers<'a>(shared: &'a Shared, db: &sled::Db) -> Pointers<'a> {
+    Pointers {
+        sled: db.scan_prefix([index::PREFIX]),
+        sled_done: false,
+        next_sled: None,
+        overlay: &shared.overlay,
+        cursor: 0,
+        out: Vec::new().into_iter(),
+    }
+}
+
+impl Pointers<'_> {
+    /// sled's next chunk at or after the cursor, kept in `next_sled`.
+    fn fill_sled(&mut self) -> Result<(), OutboxError> {
+        while !self.sled_done
+            && self
+                .next_sled
+                .as_ref()
+                .map_or(true, |(c, _)| *c < self.cursor)
+        {
+            self.next_sled = None;
+            match self.sled.next() {
+                None => self.sled_done = true,
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok((k, v))) => {
+                    let Some(c) = k
+                        .get(1..9)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes)
+                    else {
+                        continue;
+                    };
+                    self.next_sled = Some((c, Chunk::decode(c, &v)));
                 }
             }
-        };
-        out
-    })
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Pointers<'_> {
+    type Item = Result<(u64, Location), OutboxError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(p) = self.out.next() {
+                return Some(Ok(p));
+            }
+            if let Err(e) = self.fill_sled() {
+                self.sled_done = true;
+                return Some(Err(e));
+            }
+            let from_sled = self.next_sled.as_ref().map(|(c, _)| *c);
+            let (c, chunk) = match (self.overlay.first_from(self.cursor), from_sled) {
+                (None, None) => return None,
+                (Some((oc, chunk)), s) if s.map_or(true, |s| oc <= s) => (oc, Some(chunk)),
+                _ => {
+                    let (c, chunk) = self.next_sled.take()?;
+                    if chunk.is_none() {
+                        tracing::error!(error = %index::damaged(c), "outbox: skipped a damaged index chunk; its records are not uploaded until the index is rebuilt");
+                    }
+                    (c, chunk)
+                }
+            };
+            // Chunk numbers are ids >> 5: this never overflows.
+            self.cursor = c + 1;
+            if let Some(chunk) = chunk {
+                self.out = chunk.into_entries().into_iter();
+            }
+        }
+    }
 }
 
 /// Is `id` still pending at `loc`? (If not, it was delivered or moved while we read.)
-fn still_at(db: &sled::Db, id: u64, loc: Location) -> bool {
-    index::load(db, chunk_of(id)).is_ok_and(|c| c.get(id) == Some(loc))
+fn still_at(shared: &Shared, db: &sled::Db, id: u64, loc: Location) -> bool {
+    Src::new(db, &shared.overlay)
+        .load(chunk_of(id))
+        .is_ok_and(|c| c.get(id) == Some(loc))
 }
 
 impl Outbox {
@@ -73,7 +138,7 @@ impl Outbox {
         let db = shared.db()?;
         let mut out = Vec::new();
         let mut size = 0u64;
-        for p in pointers(&db) {
+        for p in pointers(shared, &db) {
             if out.len() >= max_records {
                 break;
             }
@@ -87,7 +152,7 @@ impl Outbox {
                     size += s;
                     out.push(r);
                 }
-                Err(_) if !still_at(&db, id, loc) => {}
+                Err(_) if !still_at(shared, &db, id, loc) => {}
                 Err(e) => {
                     tracing::error!(id, error = %e, "outbox: a pending record cannot be read; moving it to the dead letters");
                     self.try_send(Command::Dead(id, e.to_string(), None));
@@ -101,6 +166,6 @@ impl Outbox {
 /// When the oldest pending record was accepted (Unix ms).
 pub(super) fn oldest_submitted_ms(shared: &Shared) -> Option<i64> {
     let db = shared.db().ok()?;
-    let (id, loc) = pointers(&db).next()?.ok()?;
+    let (id, loc) = pointers(shared, &db).next()?.ok()?;
     load(shared, id, loc).ok().map(|r| r.meta.submitted_ms)
 }

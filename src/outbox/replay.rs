@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use super::dedupe::{self, Seen};
-use super::index::{self, Chunk, Edit};
+use super::index::{self, Chunk, Edit, Src};
 use super::segments::{self, Bodies, Head, Item, Kind};
 use super::writer::Books;
 use super::{dead, quota, OpenReport, OutboxError, OutboxOptions, Shared, StoreHealth};
@@ -219,30 +219,30 @@ fn mtime_ms(p: &Path) -> i64 {
         .unwrap_or(0)
 }
 
-/// The dedupe side of a replay: hashes of the window, which id holds each.
+/// The dedupe side of a replay: hashes of the window, and for the entries after `m/wal`
+/// (the only ones an abort mark can name: a failed group is never indexed) which key each
+/// id took.
 struct Window {
     seen: Seen,
     now: i64,
     span_ms: i64,
-    holder: HashMap<u64, u64>,
     of_id: HashMap<u64, (u64, i64)>,
 }
 
 impl Window {
-    /// Take a record's key into the window. False if another record of the window holds
-    /// it (the record is a resurrected duplicate).
-    fn take(&mut self, id: u64, hash: u64, at: i64) -> bool {
+    /// Take a record's key into the window. A record replayed into the index (`replayed`)
+    /// whose key an earlier record of the window has is a resurrected duplicate: false.
+    fn take(&mut self, id: u64, hash: u64, at: i64, replayed: bool) -> bool {
         if hash == 0 || (self.now - at).abs() >= self.span_ms {
             return true;
         }
-        if let Some(&other) = self.holder.get(&hash) {
-            if other != id && self.seen.contains(hash, at) {
+        if replayed {
+            if self.seen.contains(hash, at) {
                 return false;
             }
+            self.of_id.insert(id, (hash, at));
         }
         self.seen.insert(hash, at);
-        self.holder.insert(hash, id);
-        self.of_id.insert(id, (hash, at));
         true
     }
 
@@ -250,10 +250,125 @@ impl Window {
     fn forget(&mut self, id: u64) {
         if let Some((hash, at)) = self.of_id.remove(&id) {
             self.seen.remove(hash, at);
-            if self.holder.get(&hash) == Some(&id) {
-                self.holder.remove(&hash);
+        }
+    }
+}
+
+/// One segment's entries applied as the scan finds them (nothing of the segment is held).
+struct Pass<'a> {
+    shared: &'a Shared,
+    db: &'a sled::Db,
+    seg: u64,
+    path: &'a Path,
+    /// Offset from which entries apply to the index (`None`: before `m/wal`, window only).
+    applies_from: Option<u64>,
+    /// This is the newest segment, of this length: damage at its end is a torn tail.
+    torn_end: Option<u64>,
+    modified: i64,
+    damaged_dir: &'a Path,
+    edit: &'a mut Edit,
+    win: &'a mut Window,
+    report: &'a mut OpenReport,
+    next_id: &'a mut u64,
+    sizes: &'a mut BTreeMap<u64, (u64, i64)>,
+}
+
+impl Pass<'_> {
+    fn item(&mut self, item: Item) -> Result<(), OutboxError> {
+        let db = self.db;
+        let seg = self.seg;
+        match item {
+            Item::Entry { loc, header, body } => {
+                let applies = self.applies_from.is_some_and(|f| loc.off >= f);
+                match header.kind {
+                    Kind::Record | Kind::Moved => {
+                        *self.next_id = (*self.next_id).max(header.id.saturating_add(1));
+                        // A moved record keeps its key in the window; it is never a
+                        // duplicate of itself.
+                        let fresh =
+                            self.win
+                                .take(header.id, header.key_hash, header.accepted_ms, applies)
+                                || header.kind == Kind::Moved;
+                        if !fresh {
+                            self.edit.remove(Src::sled(db), header.id)?;
+                            self.report.duplicates_dropped += 1;
+                            tracing::warn!(id = header.id, segment = seg, "outbox: the log holds a record whose source key an earlier record has (a submit that was refused, but whose bytes stayed): not restored");
+                            return Ok(());
+                        }
+                        if applies {
+                            self.edit.set(Src::sled(db), header.id, loc)?;
+                            self.report.replayed += 1;
+                        }
+                    }
+                    Kind::Acks | Kind::Dead => {
+                        if applies {
+                            for id in segments::decode_ids(body.as_deref().unwrap_or(&[])) {
+                                self.edit.remove(Src::sled(db), id)?;
+                            }
+                            self.report.replayed += 1;
+                        }
+                    }
+                    Kind::Abort => {
+                        let ids = segments::decode_ids(body.as_deref().unwrap_or(&[]));
+                        if let [first, last] = ids[..] {
+                            *self.next_id = (*self.next_id).max(last.saturating_add(1));
+                            // A group is at most a few hundred submits.
+                            for id in first..=last.min(first.saturating_add(1 << 16)) {
+                                self.win.forget(id);
+                                if applies {
+                                    self.edit.remove(Src::sled(db), id)?;
+                                }
+                            }
+                            if applies {
+                                self.report.replayed += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            Item::Damaged { off, len: n, id } => {
+                if self.torn_end.is_some_and(|end| off + n == end) {
+                    // The end of the newest segment: a write a crash cut short.
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(self.path)
+                        .and_then(|f| {
+                            f.set_len(off)?;
+                            f.sync_all()
+                        })
+                        .map_err(|e| OutboxError::Open {
+                            path: self.shared.seg_dir.clone(),
+                            message: format!("cutting a torn entry: {e}"),
+                        })?;
+                    self.report.torn_tail += n;
+                    self.sizes.insert(seg, (off, self.modified));
+                    tracing::warn!(segment = seg, offset = off, bytes = n, "outbox: cut a torn entry off the end of the log (a crash mid-write, before its fsync returned: no source was acknowledged for it)");
+                    return Ok(());
+                }
+                if !self.applies_from.is_some_and(|f| off >= f) {
+                    return Ok(()); // indexed already; a damaged record is caught when read
+                }
+                self.report.damaged_ranges += 1;
+                let kept =
+                    segments::copy_aside(&self.shared.seg_dir, seg, off, n, self.damaged_dir)
+                        .map_or_else(
+                            |e| format!("could not be copied aside: {e}"),
+                            |p| format!("copied to {}", p.display()),
+                        );
+                tracing::error!(segment = seg, offset = off, bytes = n, record = ?id, kept = %kept, "outbox: a damaged range of the log was skipped; the entries after it are kept");
+                if let Some(id) = id {
+                    self.edit.remove(Src::sled(db), id)?;
+                    let reason = format!(
+                        "damaged in the outbox log (segment {seg} at offset {off}, {n} bytes, {kept})"
+                    );
+                    if dead::read(&self.shared.dead_dir, id).is_err() {
+                        dead::write(&self.shared.dead_dir, id, &reason, &[])?;
+                    }
+                    self.report.damaged_records += 1;
+                }
             }
         }
+        Ok(())
     }
 }
 
@@ -267,10 +382,6 @@ pub(super) fn recover(
     mut rebuild: Option<String>,
 ) -> Result<Recovered, OutboxError> {
     let seg_dir = &shared.seg_dir;
-    let io_err = |what: &str, e: std::io::Error| OutboxError::Open {
-        path: seg_dir.clone(),
-        message: format!("{what}: {e}"),
-    };
     let now = Clock::local_ms();
     let window_ms = i64::try_from(opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
     let mut report = OpenReport::default();
@@ -293,13 +404,21 @@ pub(super) fn recover(
         seen: Seen::new(window_ms),
         now,
         span_ms: window_ms,
-        holder: HashMap::new(),
         of_id: HashMap::new(),
     };
     let mut legacy_keys = false;
     let mut inline = Vec::new();
+    // Keys an earlier version kept in sled: in the window, but not compared with the log's
+    // records (those keys are the log's own records' keys).
+    let mut legacy_seen = Seen::new(window_ms);
     if format != Some(FORMAT) && rebuild.is_none() {
-        legacy_keys = take_over_legacy(shared, db, &mut win, &mut inline, &mut batch)?;
+        legacy_keys = take_over_legacy(
+            shared,
+            db,
+            (&mut legacy_seen, now, window_ms),
+            &mut inline,
+            &mut batch,
+        )?;
     }
     let inline_next = inline.iter().map(|(id, _)| id + 1).max().unwrap_or(1);
     db.apply_batch(std::mem::take(&mut batch))?;
@@ -327,112 +446,44 @@ pub(super) fn recover(
         } else {
             Bodies::Skip
         };
-        let mut items = Vec::new();
-        let file_len = match segments::scan(seg_dir, seg, 0, bodies, |i| items.push(i)) {
-            Ok(n) => n,
-            Err(e) => {
-                // An unreadable file (a bad sector): its records cannot be restored, the
-                // rest can. The file stays for an operator.
-                report.damaged_ranges += 1;
-                tracing::error!(segment = seg, error = %e, "outbox: a segment of the log cannot be read; skipped (its records are not restored; the file is kept)");
-                continue;
-            }
+        let mut failed = None;
+        let mut pass = Pass {
+            shared,
+            db,
+            seg,
+            path: &path,
+            applies_from,
+            torn_end: (Some(seg) == newest).then_some(len),
+            modified,
+            damaged_dir: &damaged_dir,
+            edit: &mut edit,
+            win: &mut win,
+            report: &mut report,
+            next_id: &mut next_id,
+            sizes: &mut sizes,
         };
-        for item in items {
-            match item {
-                Item::Entry { loc, header, body } => {
-                    let applies = applies_from.is_some_and(|f| loc.off >= f);
-                    match header.kind {
-                        Kind::Record | Kind::Moved => {
-                            next_id = next_id.max(header.id.saturating_add(1));
-                            // A moved record keeps its key in the window; it is never a
-                            // duplicate of itself.
-                            let fresh = win.take(header.id, header.key_hash, header.accepted_ms)
-                                || header.kind == Kind::Moved;
-                            if !fresh {
-                                if applies {
-                                    edit.remove(db, header.id)?;
-                                    report.duplicates_dropped += 1;
-                                    tracing::warn!(id = header.id, segment = seg, "outbox: the log holds a record whose source key an earlier record has (a submit that was refused, but whose bytes stayed): not restored");
-                                }
-                                continue;
-                            }
-                            if applies {
-                                edit.set(db, header.id, loc)?;
-                                report.replayed += 1;
-                            }
-                        }
-                        Kind::Acks | Kind::Dead => {
-                            if applies {
-                                for id in segments::decode_ids(body.as_deref().unwrap_or(&[])) {
-                                    edit.remove(db, id)?;
-                                }
-                                report.replayed += 1;
-                            }
-                        }
-                        Kind::Abort => {
-                            let ids = segments::decode_ids(body.as_deref().unwrap_or(&[]));
-                            if let [first, last] = ids[..] {
-                                next_id = next_id.max(last.saturating_add(1));
-                                // A group is at most a few hundred submits.
-                                for id in first..=last.min(first.saturating_add(1 << 16)) {
-                                    win.forget(id);
-                                    if applies {
-                                        edit.remove(db, id)?;
-                                    }
-                                }
-                                if applies {
-                                    report.replayed += 1;
-                                }
-                            }
-                        }
-                    }
-                }
-                Item::Damaged { off, len: n, id } => {
-                    if Some(seg) == newest && off + n == file_len {
-                        // The end of the newest segment: a write a crash cut short.
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .and_then(|f| {
-                                f.set_len(off)?;
-                                f.sync_all()
-                            })
-                            .map_err(|e| io_err("cutting a torn entry", e))?;
-                        report.torn_tail += n;
-                        sizes.insert(seg, (off, modified));
-                        tracing::warn!(segment = seg, offset = off, bytes = n, "outbox: cut a torn entry off the end of the log (a crash mid-write, before its fsync returned: no source was acknowledged for it)");
-                        continue;
-                    }
-                    if !applies_from.is_some_and(|f| off >= f) {
-                        continue; // indexed already; a damaged record is caught when read
-                    }
-                    report.damaged_ranges += 1;
-                    let kept = segments::copy_aside(seg_dir, seg, off, n, &damaged_dir)
-                        .map_or_else(
-                            |e| format!("could not be copied aside: {e}"),
-                            |p| format!("copied to {}", p.display()),
-                        );
-                    tracing::error!(segment = seg, offset = off, bytes = n, record = ?id, kept = %kept, "outbox: a damaged range of the log was skipped; the entries after it are kept");
-                    if let Some(id) = id {
-                        edit.remove(db, id)?;
-                        let reason = format!(
-                            "damaged in the outbox log (segment {seg} at offset {off}, {n} bytes, {kept})"
-                        );
-                        if dead::read(&shared.dead_dir, id).is_err() {
-                            dead::write(&shared.dead_dir, id, &reason, &[])?;
-                        }
-                        report.damaged_records += 1;
-                    }
-                }
+        let scanned = segments::scan(seg_dir, seg, 0, bodies, |i| {
+            if failed.is_none() {
+                failed = pass.item(i).err();
             }
+        });
+        if let Err(e) = scanned {
+            // An unreadable file (a bad sector): its records cannot be restored, the
+            // rest can. The file stays for an operator.
+            report.damaged_ranges += 1;
+            tracing::error!(segment = seg, error = %e, "outbox: a segment of the log cannot be read; skipped (its records are not restored; the file is kept)");
+            continue;
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
     }
+    win.seen.absorb(legacy_seen);
     // A dead letter wins over a pointer to the same record (a dead-letter move or a retry
     // the crash interrupted).
     let dead = dead::scan(&shared.dead_dir)?;
     for (id, _) in &dead {
-        edit.remove(db, *id)?;
+        edit.remove(Src::sled(db), *id)?;
         next_id = next_id.max(id.saturating_add(1));
     }
     edit.write(&mut batch);
@@ -493,18 +544,18 @@ pub(super) fn recover(
 fn take_over_legacy(
     shared: &Shared,
     db: &sled::Db,
-    win: &mut Window,
+    (seen, now, span_ms): (&mut Seen, i64, i64),
     inline: &mut Vec<(u64, Vec<u8>)>,
     batch: &mut sled::Batch,
 ) -> Result<bool, OutboxError> {
-    let horizon = win.seen.horizon(win.now);
+    let horizon = seen.horizon(now);
     let mut legacy = false;
     for item in db.scan_prefix([dedupe::PREFIX]) {
         let (k, v) = item?;
         legacy = true;
         if let Some(b) = dedupe::entry_bucket(&k).filter(|b| *b >= horizon) {
             for h in dedupe::decode(&v) {
-                win.seen.insert_in_bucket(h, b);
+                seen.insert_in_bucket(h, b);
             }
         }
     }
@@ -512,8 +563,8 @@ fn take_over_legacy(
     for item in db.scan_prefix([b'd']) {
         let (k, v) = item?;
         let at = <[u8; 8]>::try_from(v.as_ref()).map_or(i64::MIN, i64::from_be_bytes);
-        if (win.now - at).abs() < win.span_ms {
-            win.seen.insert(dedupe::key_hash(&k[1..]), at);
+        if (now - at).abs() < span_ms {
+            seen.insert(dedupe::key_hash(&k[1..]), at);
         }
     }
     for p in LEGACY_PREFIXES {
@@ -589,6 +640,7 @@ pub(super) fn open(path: &Path, opts: &OutboxOptions) -> Result<Opened, OutboxEr
         seg_dir: seg_dir.clone(),
         dead_dir,
         db: RwLock::new(Some(db.clone())),
+        overlay: index::Overlay::default(),
         readers: segments::Readers::default(),
         pending: AtomicU64::new(0),
         dead: AtomicU64::new(0),

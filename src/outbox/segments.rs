@@ -257,19 +257,57 @@ pub(super) enum Bodies {
 /// An intact entry found by a scan: header, body (if read), whole length.
 type Found = (Header, Option<Vec<u8>>, u64);
 
+/// Bytes read ahead at once while scanning entries that are small (a plain record is a few
+/// hundred bytes: one read serves hundreds of headers instead of one `pread` each).
+const READ_AHEAD: usize = 64 << 10;
+/// An entry longer than this is followed by a read of just the next header (an image
+/// record's body is skipped, not read, when bodies are not checked).
+const LONG_ENTRY: u64 = 4 << 10;
+
 /// A segment file being scanned.
 struct Scan<'a> {
     f: &'a File,
     len: u64,
     v1: bool,
     bodies: Bodies,
+    /// Bytes read ahead: (file offset of the first, the bytes).
+    ahead: std::cell::RefCell<(u64, Vec<u8>)>,
+    /// Read ahead at most this much at the next miss (small after a long entry).
+    ahead_len: std::cell::Cell<usize>,
 }
 
 impl Scan<'_> {
+    /// `n` bytes at `off`: from the read-ahead buffer if it holds them, else read (with
+    /// read-ahead, within the file).
     fn read(&self, off: u64, n: usize) -> io::Result<Vec<u8>> {
-        let mut b = vec![0u8; n];
+        {
+            let ahead = self.ahead.borrow();
+            let start = off
+                .checked_sub(ahead.0)
+                .and_then(|s| usize::try_from(s).ok());
+            if let Some(bytes) = start.and_then(|s| ahead.1.get(s..s.checked_add(n)?)) {
+                return Ok(bytes.to_vec());
+            }
+        }
+        let want = n.max(self.ahead_len.get());
+        let left = usize::try_from(self.len.saturating_sub(off)).unwrap_or(usize::MAX);
+        let take = want.min(left).max(n);
+        let mut b = vec![0u8; take];
         self.f.read_exact_at(&mut b, off)?;
-        Ok(b)
+        let out = b[..n].to_vec();
+        if take > n {
+            *self.ahead.borrow_mut() = (off, b);
+        }
+        Ok(out)
+    }
+
+    /// An entry of `whole` bytes was found: read ahead less after a long one.
+    fn passed(&self, whole: u64) {
+        self.ahead_len.set(if whole > LONG_ENTRY {
+            HEADER
+        } else {
+            READ_AHEAD
+        });
     }
 
     /// The intact entry at `off`, if there is one: its header, its body if read, its length.
@@ -358,10 +396,13 @@ pub(super) fn scan(
         len,
         v1,
         bodies,
+        ahead: std::cell::RefCell::new((0, Vec::new())),
+        ahead_len: std::cell::Cell::new(READ_AHEAD),
     };
     let mut at = from.min(len);
     while at < len {
         if let Some((header, body, whole)) = s.entry_at(at)? {
+            s.passed(whole);
             visit(Item::Entry {
                 loc: Location {
                     seg,
@@ -762,6 +803,47 @@ mod tests {
         assert_eq!(body.as_deref(), Some(&b"rec"[..]));
         let r = Readers::default().read(dir.path(), *loc).unwrap();
         assert_eq!(r.body, b"rec");
+    }
+
+    #[test]
+    fn short_and_long_entries_mixed_are_all_found_reading_ahead_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = Vec::new();
+        let mut want = Vec::new();
+        for id in 1..=400u64 {
+            // Mostly plain records (read ahead), every 7th an image-sized one (not).
+            let n = if id % 7 == 0 {
+                30_000
+            } else {
+                200 + (id as usize % 50)
+            };
+            let e = encode(
+                Kind::Record,
+                id,
+                0,
+                id,
+                &vec![u8::try_from(id % 256).unwrap(); n],
+            );
+            want.push((id, all.len() as u64, e.len()));
+            all.extend(e);
+        }
+        write_seg(dir.path(), 1, &all);
+        for bodies in [Bodies::Skip, Bodies::Check] {
+            let got: Vec<(u64, u64, usize)> = entries(dir.path(), 1, bodies)
+                .into_iter()
+                .map(|i| match i {
+                    Item::Entry { header, loc, body } => {
+                        if bodies == Bodies::Check {
+                            let b = body.unwrap();
+                            assert!(b.iter().all(|x| u64::from(*x) == header.id % 256));
+                        }
+                        (header.id, loc.off, loc.len as usize)
+                    }
+                    Item::Damaged { .. } => panic!("{i:?}"),
+                })
+                .collect();
+            assert_eq!(got, want, "{bodies:?}");
+        }
     }
 
     #[test]

@@ -1083,3 +1083,78 @@ async fn ids_and_sizes_past_u32_work_on_32_bit_targets() {
     };
     assert_eq!(n, (1 << 32) + 1, "ids never go back, even past 2^32");
 }
+
+/// sled's files as bytes (what a crash would find of the index).
+fn sled_bytes(path: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = sled_files(path);
+    while let Some(f) = dirs.pop() {
+        if f.is_dir() {
+            dirs.extend(std::fs::read_dir(&f).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            out.push((f.clone(), std::fs::read(&f).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One durable write per event: submits and acks reach the log, and the index only in
+/// memory (readers see it there) until the index flush writes sled once.
+#[tokio::test]
+async fn events_and_acks_leave_sleds_files_alone_until_the_index_is_flushed() {
+    let d = tempfile::tempdir().unwrap();
+    let path = store(d.path());
+    let ob = open(d.path(), 1 << 30);
+    ob.flush().await.unwrap();
+    let before = sled_bytes(&path);
+    let log_before = log_on_disk(d.path());
+    for (k, p) in [("a", "A"), ("b", "B"), ("c", "C")] {
+        ob.submit(rec(k, p, vec![1; 100])).await.unwrap();
+    }
+    let first = peeked_ids(&ob, 1);
+    ob.ack(&first).await.unwrap();
+    assert_eq!(plates(&ob), ["B", "C"], "readers see the writer's changes");
+    assert_eq!(ob.len(), 2);
+    assert!(log_on_disk(d.path()) > log_before, "the log has them");
+    assert!(
+        sled_bytes(&path) == before,
+        "nothing written to sled's files per event"
+    );
+    ob.flush().await.unwrap();
+    assert!(sled_bytes(&path) != before, "the flush writes the index");
+    assert_eq!(plates(&ob), ["B", "C"], "the same after the flush");
+    drop(ob);
+    let ob = open(d.path(), 1 << 30);
+    assert_eq!(plates(&ob), ["B", "C"]);
+}
+
+/// More changed chunks than the overlay holds (4 in tests) go to sled early; readers see
+/// sled's chunks and the overlay's merged in id order, and a reopen finds all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_overlay_spills_into_sled_and_the_records_stay_in_order() {
+    let d = tempfile::tempdir().unwrap();
+    let ob = open(d.path(), 1 << 30);
+    let answers = submit_from_many(&ob, 8, 40, |t, i| {
+        rec(&format!("k{t}-{i}"), &format!("P{t}-{i}"), vec![7; 50])
+    })
+    .await;
+    let mut ids: Vec<u64> = answers
+        .into_iter()
+        .map(|r| match r.unwrap() {
+            Submitted::Stored(id) => id,
+            Submitted::Duplicate => panic!("new keys"),
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids_of(&ob), ids, "all 320 (10 chunks), oldest first");
+    // Acks scattered over every chunk: some chunks in sled, some in the overlay.
+    let acked: Vec<u64> = ids.iter().copied().step_by(3).collect();
+    ob.ack(&acked).await.unwrap();
+    let left: Vec<u64> = ids.iter().copied().filter(|i| !acked.contains(i)).collect();
+    assert_eq!(ids_of(&ob), left);
+    assert_eq!(ob.len(), left.len() as u64);
+    drop(ob);
+    let ob = open(d.path(), 1 << 30);
+    assert_eq!(ids_of(&ob), left, "after a reopen");
+}

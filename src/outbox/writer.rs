@@ -4,17 +4,19 @@
 //! queue makes submitters wait, so a driver holds its event at the source). It takes every
 //! command waiting (up to [`BATCH`]) and stores all the submits among them as one group:
 //! dedupe against the window, ids, the quota, one `write` and one `fdatasync`, then the
-//! pointers into the index (sled, not flushed) and the answers. Acks, dead letters and
-//! flushes follow in the order they came. Nothing else writes the log or changes the index,
-//! so no lock guards them.
+//! pointers into the index (its in-memory overlay, see [`super::index`]) and the answers.
+//! Acks, dead letters and flushes follow in the order they came. Nothing else writes the
+//! log or changes the index, so no lock guards them.
 //!
 //! ## Flushing the index
 //!
-//! The index reaches sled's disk when [`OutboxOptions::index_flush`] has passed since it
-//! first changed, before a segment file is deleted, on [`Command::Flush`], and when the
-//! writer stops: `m/wal` (how far the log is indexed) and `m/next_id` go with it. Between
-//! flushes nothing is fsynced but the log, once per group. With nothing changed the thread
-//! sleeps until the next segment may be deleted, or an hour.
+//! The index reaches sled (one batch: the overlay's chunks, `m/wal` (how far the log is
+//! indexed) and `m/next_id`) and sled's disk (one `fsync`) when [`OutboxOptions::index_flush`]
+//! has passed since it first changed, before a segment file is deleted, on
+//! [`Command::Flush`], and when the writer stops. Between flushes nothing is written but
+//! the log: per group one `write` and one `fdatasync`, per ack a mark without a sync of its
+//! own (it goes with the next group's `fdatasync` or the flush). With nothing changed the
+//! thread sleeps, with no timer armed, until the next segment may be deleted, or an hour.
 //!
 //! ## Failures
 //!
@@ -31,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::dedupe::{key_hash, Seen};
-use super::index::{self, chunk_of, Edit};
+use super::index::{chunk_of, Edit, Src, SPILL_CHUNKS};
 use super::replay::{self, Opened, K_NEXT_ID, K_WAL};
 use super::segments::{self, Cut, Head, Kind, Location};
 use super::{
@@ -533,7 +535,7 @@ impl Writer {
     fn index_records(&mut self, records: &[(u64, u64, usize)], locs: &[Location], now: i64) {
         let mut edit = Edit::default();
         for ((id, hash, _), loc) in records.iter().zip(locs) {
-            if let Err(e) = edit.set(&self.db, *id, *loc) {
+            if let Err(e) = edit.set(self.src(), *id, *loc) {
                 self.index_error(&e);
             }
             self.books.point(loc.seg);
@@ -542,17 +544,28 @@ impl Writer {
                 self.seen.insert(*hash, now);
             }
         }
-        self.apply(edit, sled::Batch::default());
+        self.apply(edit);
         self.shared.notify.notify_one();
     }
 
-    /// Write changed chunks (and `batch`) to sled; the index is dirty until flushed.
-    fn apply(&mut self, edit: Edit, mut batch: sled::Batch) {
-        edit.write(&mut batch);
-        if let Err(e) = self.db.apply_batch(batch) {
-            self.index_error(&OutboxError::from(e));
-        }
+    /// Where the writer reads index chunks: its overlay, then sled.
+    fn src(&self) -> Src<'_> {
+        Src::new(&self.db, &self.shared.overlay)
+    }
+
+    /// Put changed chunks into the overlay (see [`super::index`]); the index is dirty until
+    /// flushed. A large overlay is moved into sled now, unsynced.
+    fn apply(&mut self, edit: Edit) {
+        edit.commit(&self.shared.overlay);
         self.dirty.get_or_insert_with(Instant::now);
+        if self.shared.overlay.len() >= SPILL_CHUNKS {
+            let mut batch = sled::Batch::default();
+            self.shared.overlay.write_to(&mut batch);
+            match self.db.apply_batch(batch) {
+                Ok(()) => self.shared.overlay.clear(),
+                Err(e) => self.index_error(&OutboxError::from(e)),
+            }
+        }
     }
 
     /// sled failed: the records are safe in the log; reopen sled and replay it.
@@ -604,6 +617,8 @@ impl Writer {
             .db
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        // The overlay's changes are in the log (or were hints): the replay restores them.
+        self.shared.overlay.clear();
         // Our own handle goes last: swap in a throwaway in-memory one meanwhile.
         self.db = sled::Config::new()
             .temporary(true)
@@ -659,12 +674,12 @@ impl Writer {
         self.grow_head(buf.len() as u64);
         let mut edit = Edit::default();
         for ((id, _), loc) in inline.iter().zip(&locs) {
-            if edit.set(&self.db, *id, *loc).is_ok() {
+            if edit.set(self.src(), *id, *loc).is_ok() {
                 self.books.point(loc.seg);
                 self.books.pending += 1;
             }
         }
-        self.apply(edit, sled::Batch::default());
+        self.apply(edit);
         let ids: Vec<u64> = inline.iter().map(|(id, _)| *id).collect();
         if let Err(e) = replay::forget_inline(&self.db, &ids).and_then(|()| self.flush_index()) {
             tracing::warn!(error = %e, "outbox: inline records of an earlier version were copied to the log but not yet removed from sled");
@@ -680,7 +695,7 @@ impl Writer {
         let mut edit = Edit::default();
         let mut gone = Vec::new();
         for &id in ids {
-            if let Some(loc) = edit.remove(&self.db, id)? {
+            if let Some(loc) = edit.remove(self.src(), id)? {
                 self.books.unpoint(loc.seg);
                 self.books.pending = self.books.pending.saturating_sub(1);
                 gone.push(id);
@@ -689,7 +704,7 @@ impl Writer {
         if gone.is_empty() {
             return Ok(());
         }
-        self.apply(edit, sled::Batch::default());
+        self.apply(edit);
         self.mark(Kind::Acks, &gone);
         Ok(())
     }
@@ -711,7 +726,7 @@ impl Writer {
 
     /// Move a pending record to the dead letters: its file first, then out of the index.
     fn dead_letter(&mut self, id: u64, reason: &str) -> Result<(), OutboxError> {
-        let Some(loc) = index::load(&self.db, chunk_of(id))?.get(id) else {
+        let Some(loc) = self.src().load(chunk_of(id))?.get(id) else {
             return Ok(());
         };
         let record = match self.shared.readers.read(&self.shared.seg_dir, loc) {
@@ -723,8 +738,8 @@ impl Writer {
         };
         let size = dead::write(&self.shared.dead_dir, id, reason, &record)?;
         let mut edit = Edit::default();
-        edit.remove(&self.db, id)?;
-        self.apply(edit, sled::Batch::default());
+        edit.remove(self.src(), id)?;
+        self.apply(edit);
         self.books.unpoint(loc.seg);
         self.books.pending = self.books.pending.saturating_sub(1);
         self.books.dead += 1;
@@ -747,8 +762,8 @@ impl Writer {
             .map_err(|(err, _)| io_unavailable(&err))?;
         self.grow_head(e.len() as u64);
         let mut edit = Edit::default();
-        edit.set(&self.db, id, loc)?;
-        self.apply(edit, sled::Batch::default());
+        edit.set(self.src(), id, loc)?;
+        self.apply(edit);
         self.books.point(loc.seg);
         self.books.pending += 1;
         let freed = dead::remove(&self.shared.dead_dir, id)?;
@@ -782,12 +797,14 @@ impl Writer {
             }
         }
         let mut batch = sled::Batch::default();
+        self.shared.overlay.write_to(&mut batch);
         batch.insert(K_WAL, &replay::wal_value(self.head.seg, self.head.len)[..]);
         batch.insert(K_NEXT_ID, &self.next_id.to_be_bytes());
-        let r = self
-            .db
-            .apply_batch(batch)
-            .and_then(|()| self.db.flush().map(|_| ()));
+        let r = self.db.apply_batch(batch).and_then(|()| {
+            // sled has every chunk now: readers find them there.
+            self.shared.overlay.clear();
+            self.db.flush().map(|_| ())
+        });
         match r {
             Ok(()) => {
                 self.dirty = None;
@@ -993,7 +1010,7 @@ impl Writer {
         let mut moved = Vec::new();
         let mut degraded = 0u64;
         for (loc, header, body) in found {
-            if index::load(&self.db, chunk_of(header.id))?.get(header.id) != Some(loc) {
+            if self.src().load(chunk_of(header.id))?.get(header.id) != Some(loc) {
                 continue; // delivered, dead, or moved already
             }
             let Ok(rec) = decode_record(header.id, &body) else {
@@ -1027,11 +1044,11 @@ impl Writer {
         }
         let mut edit = Edit::default();
         for ((id, _), loc) in moved.iter().zip(&locs) {
-            edit.set(&self.db, *id, *loc)?;
+            edit.set(self.src(), *id, *loc)?;
             self.books.unpoint(victim);
             self.books.point(loc.seg);
         }
-        self.apply(edit, sled::Batch::default());
+        self.apply(edit);
         self.flush_index()?;
         let before = self.books.bytes();
         self.delete_segments(&[victim]);
