@@ -34,9 +34,14 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-echo "# dist build"
-cargo build --locked --profile dist --bin lotlink 2>&1 | tail -n 1
-export LOTLINK_GATEWAY_BIN="${CARGO_TARGET_DIR:-target}/dist/lotlink"
+# The gateway's profile: dist (what ships) unless LOTLINK_FOOTPRINT_PROFILE says otherwise
+# (`dev`: the test build's binary, when a whole-program LTO build cannot be afforded; the
+# I/O, flush and wake-up figures do not depend on it, times do).
+profile="${LOTLINK_FOOTPRINT_PROFILE:-dist}"
+echo "# $profile build"
+cargo build --locked --profile "$profile" --bin lotlink 2>&1 | tail -n 1
+pdir=$([ "$profile" = dev ] && echo debug || echo "$profile")
+export LOTLINK_GATEWAY_BIN="${CARGO_TARGET_DIR:-target}/$pdir/lotlink"
 # The measuring side needs no speed: the dev profile reuses the test build.
 cargo bench --locked --profile dev --bench footprint --no-run 2>&1 | tail -n 1
 
@@ -72,7 +77,7 @@ md="$work/footprint.md"
     echo "## Footprint (issue 16) — $(date -u +%Y-%m-%d), $(git rev-parse --short HEAD)"
     echo
     echo "Command: \`sudo benches/footprint.sh\` (outbox on its own ext4 loop device; real \`lotlink\`"
-    echo "profile dist, mosquitto, the platform simulator; events sent one at a time, each window"
+    echo "profile $profile, mosquitto, the platform simulator; events sent one at a time, each window"
     echo "closed after the 30 s lazy index flush). $(nproc) cores, $(uname -r)."
     echo
     echo "| figure | measured | target | verdict |"
