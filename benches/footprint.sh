@@ -39,7 +39,10 @@ trap cleanup EXIT INT TERM
 # I/O, flush and wake-up figures do not depend on it, times do).
 profile="${LOTLINK_FOOTPRINT_PROFILE:-dist}"
 echo "# $profile build"
-cargo build --locked --profile "$profile" --bin lotlink 2>&1 | tail -n 1
+if [ "$profile" != dev ]; then
+    # (dev: the bench build below builds the binary too, with the test build's features.)
+    cargo build --locked --profile "$profile" --bin lotlink 2>&1 | tail -n 1
+fi
 pdir=$([ "$profile" = dev ] && echo debug || echo "$profile")
 export LOTLINK_GATEWAY_BIN="${CARGO_TARGET_DIR:-target}/$pdir/lotlink"
 # The measuring side needs no speed: the dev profile reuses the test build.
