@@ -35,9 +35,12 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-echo "# dist build"
-cargo build --locked --profile dist --bin lotlink 2>&1 | tail -n 1
-export LOTLINK_GATEWAY_BIN="${CARGO_TARGET_DIR:-target}/dist/lotlink"
+# LOTLINK_FOOTPRINT_PROFILE=release measures a release build instead of the shipped dist one
+# (quicker to build; the tables name the profile).
+profile="${LOTLINK_FOOTPRINT_PROFILE:-dist}"
+echo "# $profile build"
+cargo build --locked --profile "$profile" --bin lotlink 2>&1 | tail -n 1
+export LOTLINK_GATEWAY_BIN="${CARGO_TARGET_DIR:-target}/$profile/lotlink"
 # The measuring side needs no speed: the dev profile reuses the test build.
 cargo bench --locked --profile dev --bench footprint --no-run 2>&1 | tail -n 1
 
@@ -73,7 +76,7 @@ md="$work/footprint.md"
     echo "## Footprint (issue 16) — $(date -u +%Y-%m-%d), $(git rev-parse --short HEAD)"
     echo
     echo "Command: \`sudo benches/footprint.sh\` (outbox on its own ext4 loop device; real \`lotlink\`"
-    echo "profile dist, mosquitto, the platform simulator; events sent one at a time, each window"
+    echo "profile $profile, mosquitto, the platform simulator; events sent one at a time, each window"
     echo "closed after the 30 s lazy index flush). $(nproc) cores, $(uname -r)."
     echo
     echo "| figure | measured | target | verdict |"

@@ -713,8 +713,12 @@ async fn a_broker_backlog_bigger_than_the_routers_bound_drains_with_every_event_
     // Stop the gateway; its session (and subscription) stays with the broker.
     let common::DeviceHarness { sim, dir, gw, .. } = h;
     gw.stop().await;
-    let image = lotlink::imaging::synth_jpeg(640, 480, 5, 85);
-    let n = 400u64;
+    // Small enough to pass through unshrunk (a debug build shrinks slowly), big enough that
+    // the backlog is megabytes.
+    let image = lotlink::imaging::synth_jpeg(320, 240, 5, 85);
+    assert!(image.len() > 8_000, "{}", image.len());
+    // 2,000 (the backlog): the drain spans several keep-alives.
+    let n = 2_000u64;
     let before = p.acked();
     for i in 1..=n {
         let msg = format!(
@@ -728,6 +732,7 @@ async fn a_broker_backlog_bigger_than_the_routers_bound_drains_with_every_event_
         "the broker holds the backlog"
     );
     let h = common::start_devices_in(sim, dir, "", &devices).await;
+    let started = std::time::Instant::now();
     let mut peak = 0;
     let all = eventually(Duration::from_secs(600), || {
         peak = peak.max(h.status("mqtt").in_hand);
@@ -737,6 +742,12 @@ async fn a_broker_backlog_bigger_than_the_routers_bound_drains_with_every_event_
     let plates = delivered_plates(&h.sim);
     assert!(all, "every event delivered: {} of {}", plates.len(), n + 1);
     let status = h.status("mqtt");
+    eprintln!(
+        "backlog of {n} ({} B images) drained in {:.1} s; in hand: peak {} (sampled {peak})",
+        image.len(),
+        started.elapsed().as_secs_f64(),
+        status.in_hand_peak
+    );
     let limit = (MAX_IN_HAND + READ_BATCH - 1) as u64;
     assert!(
         status.in_hand_peak <= limit && peak <= limit,
