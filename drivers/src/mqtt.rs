@@ -53,9 +53,15 @@
 //! session kept, the broker re-sends what is un-acked, the outbox dedupes it, and every
 //! message in hand is still acknowledged once stored.
 //!
-//! Acknowledgements never wait on the connection task (which may be paused): a message's
-//! count is released before its ack is queued, and rumqttc's request channel holds a full
-//! hand's acks. `QoS` 0 messages are counted like the others (they have no ack). When the
+//! Acknowledgements never wait on the connection task (which may be paused on a full hand
+//! while the router waits to send an ack: measured, a deadlock in a storm of garbage). A
+//! message's count is released once its event is stored, and its ack goes into rumqttc's
+//! request channel; an ack that does not fit waits in a small task of its own (the packet
+//! id and topic, never the payload) until the connection task drains the channel. rumqttc
+//! writes one request per poll but reads up to ten messages, so in a storm of messages that
+//! are handled at once (garbage, keep-alives, duplicates) acks lag reads; they are at most
+//! as many as the messages the broker sent ahead. `QoS` 0 messages are counted like the
+//! others (they have no ack). When the
 //! outbox refuses an event the router retries it with back-off and acks nothing meanwhile,
 //! so the hand fills and reading stops.
 //!
@@ -393,15 +399,19 @@ impl Acker for RumqttAck {
             publish,
             held,
         } = *self;
-        // Stored: room for the next message, before waiting on the request channel (the
-        // connection task may be paused on a full hand; module docs).
+        // Stored: room for the next message.
         drop(held);
-        Box::pin(async move {
-            if let Err(e) = client.ack(&publish).await {
-                // The connection is gone: the broker re-delivers, the outbox dedupes.
-                tracing::debug!(error = %e, "MQTT ack not sent");
-            }
-        })
+        // Never wait on the connection task here: it may be paused on a full hand, waiting
+        // for this router to take the next message (module docs).
+        if client.try_ack(&publish).is_err() {
+            tokio::spawn(async move {
+                if let Err(e) = client.ack(&publish).await {
+                    // The connection is gone: the broker re-delivers, the outbox dedupes.
+                    tracing::debug!(error = %e, "MQTT ack not sent");
+                }
+            });
+        }
+        Box::pin(async {})
     }
 }
 
