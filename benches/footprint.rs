@@ -14,6 +14,9 @@
 //! - **backlog**: mosquitto holding 10,000 events with a 35 KB JPEG for the gateway's
 //!   session, draining into a down platform: lotlink's peak RSS (sampled every 20 ms and
 //!   `VmHWM`), and RSS one minute after the drain, beside its idle RSS.
+//! - **backlog1080**: the same with 2,000 events carrying a 400 KB 1080p JPEG.
+//! - **burst**: 300 such 1080p events published at once to a running gateway (platform
+//!   down): peak RSS until stored, and a minute after.
 //! - **start-up**: 100,000 pending records whose dedupe entries are older than the window
 //!   (the gateway runs 20 minutes ahead under libfaketime), and (`start_fresh`) 100,000
 //!   filled just before, all inside the window: time to `READY=1` (sd-notify socket) and
@@ -22,7 +25,8 @@
 //! Every figure is printed as a `=> key value unit` line. Environment:
 //! `LOTLINK_FOOTPRINT_MNT` (the mount), `LOTLINK_FOOTPRINT_DEV` (e.g. `loop3`),
 //! `LOTLINK_GATEWAY_BIN`, `LOTLINK_FOOTPRINT_IDLE_SECS` (default 120),
-//! `LOTLINK_FOOTPRINT_ONLY` (`event`, `idle`, `backlog`, `start`, `start_fresh`;
+//! `LOTLINK_FOOTPRINT_ONLY` (`event`, `idle`, `backlog`, `backlog1080`, `burst`, `start`,
+//! `start_fresh`;
 //! comma-separated).
 
 use std::io::Write;
@@ -464,15 +468,14 @@ async fn idle(mnt: &Path, secs: u64) {
     sim.shutdown().await;
 }
 
-/// A broker backlog of 10,000 35 KB image events drained into a down platform.
-async fn backlog(mnt: &Path, jpeg35: &[u8]) {
-    let n = 10_000u64;
+/// A broker backlog of `n` image events drained into a down platform; figures under `key`.
+async fn backlog(mnt: &Path, image: &[u8], n: u64, key: &str) {
     let broker = common::devices::Broker::start().await;
     let dead = common::devices::free_port();
     let port = common::devices::free_port();
     let cfg = config(
         mnt,
-        "backlog",
+        key,
         &format!("http://127.0.0.1:{dead}"),
         &broker.url(),
         port,
@@ -505,11 +508,11 @@ async fn backlog(mnt: &Path, jpeg35: &[u8]) {
         publisher
             .publish(
                 "bench/cam1",
-                message(&format!("bl-{i}"), &format!("晋B{i:05}"), Some(jpeg35)),
+                message(&format!("bl-{i}"), &format!("晋B{i:05}"), Some(image)),
             )
             .await;
     }
-    let ok = wait_until!(Duration::from_secs(300), publisher.acked() >= n);
+    let ok = wait_until!(Duration::from_secs(900), publisher.acked() >= n);
     assert!(ok, "backlog published");
     let mrss = broker.pid().map_or(0, |p| rss_hwm_kb(p).0);
     let base = pending(&http, port).await;
@@ -518,7 +521,7 @@ async fn backlog(mnt: &Path, jpeg35: &[u8]) {
     let t = Instant::now();
     let mut peak = 0;
     let mut stored = 0;
-    while t.elapsed() < Duration::from_secs(600) {
+    while t.elapsed() < Duration::from_secs(1200) {
         peak = peak.max(rss_hwm_kb(pid).0);
         stored = pending(&http, port).await.saturating_sub(base);
         if stored >= n {
@@ -531,15 +534,104 @@ async fn backlog(mnt: &Path, jpeg35: &[u8]) {
     tokio::time::sleep(Duration::from_secs(60)).await;
     let after = rss_hwm_kb(pid).0;
     println!(
-        "BACKLOG {n} events with a {} KB image held by mosquitto ({mrss} KB RSS), drained into a down platform in {drain:.1} s ({stored} stored): lotlink idle {idle_rss} KB, peak {} KB (VmHWM {hwm} KB), a minute after {after} KB",
-        jpeg35.len() / 1024,
-        peak
+        "BACKLOG {n} events with a {} KB image held by mosquitto ({mrss} KB RSS), drained into a down platform in {drain:.1} s ({stored} stored): lotlink idle {idle_rss} KB, peak {} KB (VmHWM {hwm} KB), a minute after {after} KB; in hand peak {}",
+        image.len() / 1024,
+        peak,
+        in_hand_peak(&http, port).await
     );
-    result("backlog_idle_rss", idle_rss as f64 / 1024.0, "MB");
-    result("backlog_peak_rss", peak.max(hwm) as f64 / 1024.0, "MB");
-    result("backlog_after_rss", after as f64 / 1024.0, "MB");
-    result("backlog_mosquitto_rss", mrss as f64 / 1024.0, "MB");
-    result("backlog_drain", drain, "s");
+    result(&format!("{key}_idle_rss"), idle_rss as f64 / 1024.0, "MB");
+    result(&format!("{key}_peak_rss"), peak.max(hwm) as f64 / 1024.0, "MB");
+    result(&format!("{key}_after_rss"), after as f64 / 1024.0, "MB");
+    result(&format!("{key}_mosquitto_rss"), mrss as f64 / 1024.0, "MB");
+    result(&format!("{key}_drain"), drain, "s");
+    result(&format!("{key}_stored"), stored as f64, "events");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The MQTT hub's `in_hand_peak` from `/status` (0 when not shown).
+async fn in_hand_peak(http: &reqwest::Client, port: u16) -> u64 {
+    let Some(s) = status(http, port).await else {
+        return 0;
+    };
+    s["drivers"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == "mqtt"))
+        .and_then(|d| d["in_hand_peak"].as_u64())
+        .unwrap_or(0)
+}
+
+/// A burst of `n` 1080p image events sent at once to a running gateway (platform down):
+/// peak RSS until all are stored, and a minute after.
+async fn burst(mnt: &Path, image: &[u8], n: u64) {
+    let broker = common::devices::Broker::start().await;
+    let dead = common::devices::free_port();
+    let port = common::devices::free_port();
+    let cfg = config(
+        mnt,
+        "burst",
+        &format!("http://127.0.0.1:{dead}"),
+        &broker.url(),
+        port,
+    );
+    let http = reqwest::Client::new();
+    let publisher = common::devices::Publisher::connect(broker.port, "footprint-burst-cam").await;
+    let mut child = spawn(&cfg, &[], None);
+    let pid = child.id();
+    let mut warm = 0;
+    let ok = wait_until!(Duration::from_secs(60), {
+        warm += 1;
+        publisher
+            .publish(
+                "bench/cam1",
+                message(&format!("warm-{warm}"), "晋W00001", None),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pending(&http, port).await > 0
+    });
+    assert!(ok, "burst gateway subscribed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = rss_hwm_kb(pid).0;
+    let base = pending(&http, port).await;
+    let t = Instant::now();
+    let mut peak = 0;
+    let mut stored = 0;
+    let mut sent = 0;
+    while t.elapsed() < Duration::from_secs(900) {
+        // Publish in slices so RSS is sampled while the burst arrives.
+        for _ in 0..10 {
+            if sent < n {
+                publisher
+                    .publish(
+                        "bench/cam1",
+                        message(&format!("burst-{sent}"), &format!("晋U{sent:05}"), Some(image)),
+                    )
+                    .await;
+                sent += 1;
+            }
+        }
+        peak = peak.max(rss_hwm_kb(pid).0);
+        stored = pending(&http, port).await.saturating_sub(base);
+        if stored >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain = t.elapsed().as_secs_f64();
+    let (_, hwm) = rss_hwm_kb(pid);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let after = rss_hwm_kb(pid).0;
+    println!(
+        "BURST {n} events with a {} KB 1080p image into a down platform, stored in {drain:.1} s ({stored} stored): lotlink idle {idle_rss} KB, peak {} KB (VmHWM {hwm} KB), a minute after {after} KB; in hand peak {}",
+        image.len() / 1024,
+        peak,
+        in_hand_peak(&http, port).await
+    );
+    result("burst_idle_rss", idle_rss as f64 / 1024.0, "MB");
+    result("burst_peak_rss", peak.max(hwm) as f64 / 1024.0, "MB");
+    result("burst_after_rss", after as f64 / 1024.0, "MB");
+    result("burst_drain", drain, "s");
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -658,6 +750,18 @@ fn main() {
         }
     };
     println!("35 KB JPEG: {} bytes", jpeg35.len());
+    // A 1080p camera JPEG of about 400 KB (as P7 of the pipeline bench).
+    let jpeg1080 = {
+        let mut q = 90u8;
+        loop {
+            let j = lotlink::imaging::synth_jpeg(1920, 1080, 7, q);
+            if j.len() >= 400_000 || q >= 100 {
+                break j;
+            }
+            q += 2;
+        }
+    };
+    println!("1080p JPEG: {} bytes", jpeg1080.len());
     rt.block_on(async {
         if run("event") {
             per_event(&mnt, &jpeg35).await;
@@ -666,7 +770,13 @@ fn main() {
             idle(&mnt, idle_secs).await;
         }
         if run("backlog") {
-            backlog(&mnt, &jpeg35).await;
+            backlog(&mnt, &jpeg35, 10_000, "backlog").await;
+        }
+        if run("backlog1080") {
+            backlog(&mnt, &jpeg1080, 2_000, "backlog1080").await;
+        }
+        if run("burst") {
+            burst(&mnt, &jpeg1080, 300).await;
         }
         if run("start") {
             start_with(&mnt, true).await;

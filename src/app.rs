@@ -154,6 +154,7 @@ pub struct Gateway {
     status_ctx: tokio::sync::watch::Sender<Arc<StatusContext>>,
     uploader: Part,
     ingest: Part,
+    summary: Part,
     drivers_stop: CancellationToken,
     drivers: tokio::task::JoinSet<()>,
 }
@@ -264,6 +265,7 @@ impl Gateway {
 
         let uploader = Self::spawn_uploader(cfg, &opts, &client, &outbox, &health, &liveness);
 
+        let tally = Arc::new(crate::summary::Tally::default());
         let (sink, rx) = EventSink::channel(QUEUE_CAPACITY);
         // Drivers check camera capture times against the gateway's corrected clock.
         let sink = sink.with_clock({
@@ -280,8 +282,25 @@ impl Gateway {
             clock: clock.clone(),
             space: space.clone(),
             health: health.clone(),
+            tally: tally.clone(),
         };
         let ingest = Part::spawn(|stop| ingest.run(rx, stop));
+        // One INFO line a minute while events flow (per-event lines are at debug).
+        let summary = Part::spawn(|stop| {
+            let (health, outbox) = (health.clone(), outbox.clone());
+            crate::summary::run(
+                tally,
+                move || {
+                    health
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .delivered
+                },
+                move || outbox.len(),
+                crate::summary::log_minute,
+                stop,
+            )
+        });
 
         let started_ms = Clock::local_ms();
         let listener = crate::status::bind(cfg.status.listen).await?;
@@ -323,6 +342,7 @@ impl Gateway {
             status_ctx,
             uploader,
             ingest,
+            summary,
             drivers_stop,
             drivers,
         })
@@ -493,6 +513,7 @@ impl Gateway {
     pub async fn stop(mut self) {
         self.stop_drivers().await;
         self.ingest.stop().await;
+        self.summary.stop().await;
         self.uploader.stop().await;
         self.status.stop().await;
         if let Err(e) = self.outbox.flush().await {
@@ -519,7 +540,7 @@ pub async fn run(
 /// Return freed heap pages to the kernel (glibc keeps them otherwise, fragmented among its
 /// arenas: measured 0.75 MB of RSS after opening a 100,000-record outbox). A no-op where the
 /// C library is not glibc.
-fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]
     // SAFETY: malloc_trim only returns free memory to the kernel; it takes the allocator's

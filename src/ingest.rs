@@ -4,24 +4,38 @@
 //!
 //! Queue policy: the drivers' queue is bounded ([`QUEUE_CAPACITY`]); when it is full, drivers
 //! wait (back-pressure reaches the camera/broker, nothing is dropped). At most
-//! [`IMAGE_WORKERS`] images are shrunk at once, on blocking threads.
+//! [`image_workers`] (the CPU count) events are built at once, so at most that many images
+//! are decoded at once, on blocking threads; the others wait as the bytes received. A built
+//! record is handed to the outbox without holding a worker, so records from many sources
+//! (or the many messages the MQTT router holds) are committed together, one `fsync` per
+//! group. When the queue runs dry after [`TRIM_AFTER`] image bytes, freed heap pages go
+//! back to the OS.
+//!
+//! Each stored event is logged at debug and counted in a [`Tally`] (the minute summary at
+//! INFO, see [`crate::summary`]).
 
 use std::sync::Arc;
 
 use chrono::TimeZone;
 use lotlink_drivers::{Accepted, Event, PlateEvent, SinkError, Submission};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::imaging::{self, ImageAction};
 use crate::outbox::{ImgName, NewRecord, Outbox, OutboxError, RecordMeta, Submitted};
 use crate::protocol::Clock;
 use crate::space::SpaceTracker;
+use crate::summary::Tally;
 
 /// Bound of the drivers' event queue.
 pub const QUEUE_CAPACITY: usize = 64;
-/// Images shrunk concurrently.
-pub const IMAGE_WORKERS: usize = 2;
+/// Image bytes taken in after which a drained queue returns freed heap pages to the OS.
+pub const TRIM_AFTER: usize = 4 * 1024 * 1024;
+
+/// Events built (images decoded) concurrently: the CPU count.
+pub fn image_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
 
 /// Errors turning an event into a record.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +92,8 @@ pub struct Ingest {
     pub space: SpaceTracker,
     /// Where refused and stored events are counted (for `/healthz`).
     pub health: crate::uploader::Health,
+    /// Stored events, for the minute summary.
+    pub tally: Arc<Tally>,
 }
 
 impl Ingest {
@@ -177,14 +193,22 @@ impl Ingest {
     }
 
     /// Handle one event: validate, build, store durably. The answer for the driver.
-    pub async fn handle(&self, event: Event) -> Result<Accepted, SinkError> {
+    /// `worker` (an image worker's permit) is held while the record is built, not while
+    /// it is stored (module docs).
+    pub async fn handle(
+        &self,
+        event: Event,
+        worker: OwnedSemaphorePermit,
+    ) -> Result<Accepted, SinkError> {
         match event {
             Event::Plate(ev) => {
                 let this = self.clone();
                 let direction = ev.direction;
                 let built = tokio::task::spawn_blocking(move || this.build_record(ev))
                     .await
-                    .map_err(|e| SinkError::Unavailable(format!("image worker failed: {e}")))?;
+                    .map_err(|e| SinkError::Unavailable(format!("image worker failed: {e}")));
+                drop(worker);
+                let built = built?;
                 let rec = built.map_err(|e| match e {
                     IngestError::Invalid(m) => SinkError::Invalid(m),
                     IngestError::Outbox(o) => SinkError::Unavailable(o.to_string()),
@@ -197,7 +221,8 @@ impl Ingest {
                         crate::uploader::health_mut(&self.health, |h| {
                             h.last_stored_ms = Some(now);
                         });
-                        tracing::info!(id, plate = %plate, node = %node, direction = direction.as_str(), "event stored");
+                        tracing::debug!(id, plate = %plate, node = %node, direction = direction.as_str(), "event stored");
+                        self.tally.stored();
                         self.space.on_plate(direction);
                         Ok(Accepted::Stored(id))
                     }
@@ -223,6 +248,7 @@ impl Ingest {
                 }
             }
             Event::Pass { loop_name, lane } => {
+                drop(worker);
                 self.space
                     .on_pass(&loop_name, lane)
                     .await
@@ -235,6 +261,7 @@ impl Ingest {
                 value,
                 bits,
             } => {
+                drop(worker);
                 self.space
                     .on_counter(&loop_name, lane, value, bits)
                     .await
@@ -246,28 +273,38 @@ impl Ingest {
 
     /// Serve the drivers' queue until shutdown; then finish what was received.
     pub async fn run(self, mut rx: mpsc::Receiver<Submission>, shutdown: CancellationToken) {
-        let workers = Arc::new(Semaphore::new(IMAGE_WORKERS));
+        let workers = Arc::new(Semaphore::new(image_workers()));
         let mut tasks = tokio::task::JoinSet::new();
+        let mut image_bytes = 0usize;
         loop {
             let sub = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                    if tasks.is_empty() && rx.is_empty() && image_bytes >= TRIM_AFTER {
+                        // A burst of images has drained: give its buffers back.
+                        image_bytes = 0;
+                        let _ = tokio::task::spawn_blocking(crate::app::release_freed_memory).await;
+                    }
+                    continue;
+                }
                 s = rx.recv() => match s { Some(s) => s, None => break },
             };
+            if let Event::Plate(p) = &sub.event {
+                image_bytes += p.image.as_ref().map_or(0, Vec::len);
+            }
             let Ok(permit) = workers.clone().acquire_owned().await else {
                 break;
             };
             let this = self.clone();
             tasks.spawn(async move {
-                let answer = this.handle(sub.event).await;
-                drop(permit);
+                let answer = this.handle(sub.event, permit).await;
                 if let Err(e) = &answer {
                     tracing::debug!(error = %e, "event refused");
                 }
                 // The driver may have gone away; the event is stored either way.
                 let _ = sub.reply.send(answer);
             });
-            while tasks.try_join_next().is_some() {}
         }
         rx.close();
         // Answer what is already queued as closed; finish the ones in progress.

@@ -39,6 +39,7 @@ pub mod sim;
 pub mod space;
 pub mod state;
 pub mod status;
+pub mod summary;
 pub mod uploader;
 
 pub use lotlink_drivers as drivers;

@@ -736,7 +736,8 @@ impl Uploader {
                     .map_err(Stop::Store)?;
                 self.refusals.trusted = true;
                 self.note_success(Stream::Space);
-                tracing::info!(
+                // Per change: debug (the minute summary speaks at INFO).
+                tracing::debug!(
                     total = rep.total,
                     surplus = rep.surplus,
                     "space report delivered"
@@ -943,7 +944,8 @@ impl Uploader {
                     self.sizer.accepted();
                     self.publish_limits();
                     health_mut(&self.health, |h| h.delivered += ids.len() as u64);
-                    tracing::info!(
+                    // Per batch: debug (the minute summary says it at INFO).
+                    tracing::debug!(
                         records = ids.len(),
                         first = ids[0],
                         pending = self.outbox.len(),

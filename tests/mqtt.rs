@@ -673,3 +673,107 @@ async fn an_oversized_message_is_acknowledged_and_counted_and_later_events_still
     h.gw.stop().await;
     h.sim.shutdown().await;
 }
+
+/// Memory bounded by lotlink, not by the broker (issue 16). mosquitto releases a whole
+/// in-flight window for every acknowledgement, so a persistent session's backlog comes at
+/// the gateway all at once: the router stops reading at its bound and lets TCP hold the
+/// rest. The backlog is queued while the gateway is stopped, bigger than the bound, with
+/// images (so the broker's answers to pings wait behind megabytes) and the shortest
+/// keep-alive (so pings fall due during the drain): it must drain completely, each event
+/// stored exactly once, the connection kept, never more than the bound (plus rumqttc's
+/// read batch) in hand. The old router that paused reading livelocked here ("Last pingreq
+/// isn't acked", the broker re-sent its window, the same images were decoded again and
+/// again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_backlog_bigger_than_the_routers_bound_drains_with_every_event_stored_once() {
+    use lotlink::drivers::mqtt::{MAX_IN_HAND, READ_BATCH};
+    let broker = Broker::start().await;
+    if broker.kind != common::devices::BrokerKind::Mosquitto {
+        assert!(
+            !common::devices::require_real(),
+            "LOTLINK_REQUIRE_REAL=1 but mosquitto is not installed"
+        );
+        common::devices::skip(
+            "a_broker_backlog_bigger_than_the_routers_bound_drains_with_every_event_stored_once",
+            "needs mosquitto (apt-get install mosquitto)",
+        );
+        return;
+    }
+    let devices = format!(
+        "{}keep_alive = \"5s\"\n[[camera]]\nname = \"cam1\"\ndirection = \"in\"\ndriver = \"mqtt\"\nformat = \"json\"\ntopic = \"lot/cam1\"\n",
+        mqtt_section(&broker.url())
+    );
+    let h = start_devices("", &devices).await;
+    let p = Publisher::connect(broker.port, "camera-backlog").await;
+    let first = r#"{"plate":"晋H00000","id":"backlog-first"}"#;
+    assert!(
+        publish_until(&p, "lot/cam1", first, || !h.sim.records().is_empty()).await,
+        "subscription live"
+    );
+    // Stop the gateway; its session (and subscription) stays with the broker.
+    let common::DeviceHarness { sim, dir, gw, .. } = h;
+    gw.stop().await;
+    // Small enough to pass through unshrunk (a debug build shrinks slowly), big enough that
+    // the backlog is megabytes.
+    let image = lotlink::imaging::synth_jpeg(320, 240, 5, 85);
+    assert!(image.len() > 8_000, "{}", image.len());
+    // 2,000 (the issue's backlog): the drain spans several keep-alives.
+    let n = 2_000u64;
+    let before = p.acked();
+    for i in 1..=n {
+        let msg = format!(
+            r#"{{"plate":"晋H{i:05}","id":"backlog-{i}","image":"{}"}}"#,
+            b64(&image)
+        );
+        p.publish("lot/cam1", msg).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(120), || p.acked() >= before + n).await,
+        "the broker holds the backlog"
+    );
+    let h = common::start_devices_in(sim, dir, "", &devices).await;
+    let started = std::time::Instant::now();
+    let mut peak = 0;
+    let all = eventually(Duration::from_secs(600), || {
+        peak = peak.max(h.status("mqtt").in_hand);
+        h.sim.records().len() > n as usize
+    })
+    .await;
+    let plates = delivered_plates(&h.sim);
+    assert!(all, "every event delivered: {} of {}", plates.len(), n + 1);
+    let status = h.status("mqtt");
+    eprintln!(
+        "backlog of {n} ({} B images) drained in {:.1} s; in hand: peak {} (sampled {peak})",
+        image.len(),
+        started.elapsed().as_secs_f64(),
+        status.in_hand_peak
+    );
+    let limit = (MAX_IN_HAND + READ_BATCH - 1) as u64;
+    assert!(
+        status.in_hand_peak <= limit && peak <= limit,
+        "in hand at most {limit}: peak {} (sampled {peak})",
+        status.in_hand_peak
+    );
+    assert!(
+        status.in_hand_peak >= MAX_IN_HAND as u64 / 2,
+        "the broker sent more than its window: the bound was reached ({})",
+        status.in_hand_peak
+    );
+    assert!(
+        eventually(WAIT, || h.status("mqtt").in_hand == 0).await,
+        "nothing left in hand once drained"
+    );
+    let mut distinct = plates.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), plates.len(), "nothing stored twice");
+    assert_eq!(plates.len(), n as usize + 1, "nothing lost");
+    assert!(status.connected, "the connection stayed up");
+    assert!(
+        status.last_problem.is_none(),
+        "no connection lost during the drain: {:?}",
+        status.last_problem
+    );
+    h.gw.stop().await;
+    h.sim.shutdown().await;
+}

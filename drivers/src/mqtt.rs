@@ -28,15 +28,48 @@
 //! the quick result is stored alone (with a snapshot when configured) and a late full result
 //! for the same plate is acked without a second record.
 //!
-//! Full-queue policy: the connection task must never wait on the router. If it did, a router
-//! waiting to send an acknowledgement through rumqttc's small request channel (drained only
-//! by the polling task) would deadlock with it. So messages go to the router through an
-//! unbounded channel whose depth is bounded by the protocol instead: the broker sends at most
-//! its in-flight window (mosquitto: 20) of un-acknowledged `QoS` 1 messages, and acks are only
-//! sent once events are stored, so a slow or refusing outbox stops the flow at the broker,
-//! which keeps the rest. `QoS` 0 messages (no window) are dropped and counted once
-//! [`ROUTER_QUEUE`] messages wait. When the outbox refuses an event (disk quota) the router
-//! retries it with back-off and acks nothing meanwhile.
+//! Full-queue policy: memory is bounded by lotlink, not by the broker. A broker's in-flight
+//! window does not bound it: measured with mosquitto 2.0.11 (`max_inflight_messages 20`, the
+//! same with an MQTT 5 receive maximum), every PUBACK releases a whole window of queued
+//! messages, so a consumer that acknowledges as it stores is sent its whole backlog. So every
+//! PUBLISH the connection task forwards is counted "in hand" (a [`Held`] token carried by its
+//! ack) until its event is stored and the message acknowledged. At [`MAX_IN_HAND`] messages
+//! or [`MAX_IN_HAND_BYTES`] payload bytes in hand the connection task stops polling rumqttc,
+//! so nothing more is read from the socket: TCP flow control holds the rest in the broker
+//! (and the kernel's socket buffers), and it resumes as soon as one message is released.
+//! rumqttc reads up to [`READ_BATCH`] packets per network read, so the hand can go over by
+//! at most `READ_BATCH - 1` messages. Images wait in hand as the bytes received (ingest
+//! decodes at most a CPU-count of them at once). The count is shown as `in_hand` /
+//! `in_hand_peak` in the hub's status.
+//!
+//! A pause must not cost the connection: rumqttc sends pings and acknowledgements only while
+//! polled, and fails a connection whose last PINGREQ is unanswered when its next one is due.
+//! An answer queued behind megabytes of messages we have not read yet is not a missing
+//! answer, so a message read after the ping, or the end of a pause, counts as the answer
+//! (without this, measured: "Last pingreq isn't acked", the broker re-sent everything
+//! un-acked and the gateway re-processed the same images in a loop). A pause is only as long
+//! as storing one message takes, unless the outbox refuses events (disk quota): then the
+//! broker may drop the silent connection after 1.5 keep-alives; it is re-made with the
+//! session kept, the broker re-sends what is un-acked, the outbox dedupes it, and every
+//! message in hand is still acknowledged once stored.
+//!
+//! Acknowledgements never wait on the connection task (which may be paused on a full hand
+//! while the router waits to send an ack: measured, a deadlock in a storm of garbage). A
+//! message's count is released once its event is stored, and its ack goes into rumqttc's
+//! request channel; an ack that does not fit waits in a small task of its own (the packet
+//! id and topic, never the payload) until the connection task drains the channel. rumqttc
+//! writes one request per poll but reads up to ten messages, so in a storm of messages that
+//! are handled at once (garbage, keep-alives, duplicates) acks lag reads; they are at most
+//! as many as the messages the broker sent ahead. `QoS` 0 messages are counted like the
+//! others (they have no ack). When the
+//! outbox refuses an event the router retries it with back-off and acks nothing meanwhile,
+//! so the hand fills and reading stops.
+//!
+//! The router submits every message it holds at once (each a task of its own that acks
+//! after its event is durable), so the outbox writer commits them as one group instead of
+//! one `fsync` per message; the records' order follows the outbox, not the broker. It sets
+//! a timer only while something is due (a quick result waiting for its full result, a
+//! talking Vzenith camera's silence deadline); idle, it waits for messages alone.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -47,6 +80,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -60,8 +94,13 @@ use crate::{
     DriverStatus, Event, EventSink, PlateEvent, SinkError,
 };
 
-/// Waiting messages above which `QoS` 0 messages are dropped (see the module docs).
-pub const ROUTER_QUEUE: usize = 256;
+/// Messages in hand (read, not yet stored and acked) at which reading from the broker stops
+/// (see the module docs).
+pub const MAX_IN_HAND: usize = 32;
+/// Payload bytes in hand at which reading from the broker stops.
+pub const MAX_IN_HAND_BYTES: usize = 8 * 1024 * 1024;
+/// Packets rumqttc reads per network read (its fixed `max_readb_count`): the hand's overshoot.
+pub const READ_BATCH: usize = 10;
 /// A Vzenith camera that sent nothing for this long is shown as disconnected.
 pub const CAMERA_SILENCE: Duration = Duration::from_secs(30);
 /// A broker session that stayed up this long counts as up: the reconnect back-off starts over.
@@ -268,19 +307,111 @@ impl std::fmt::Debug for Incoming {
     }
 }
 
+/// What the router holds: messages read from the broker whose event is not yet stored and
+/// acknowledged, and their payload bytes (see the module docs).
+#[derive(Debug)]
+pub struct Hand {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+    max_messages: usize,
+    max_bytes: usize,
+    released: tokio::sync::Notify,
+    status: DriverStatus,
+}
+
+impl Hand {
+    /// An empty hand that counts as full at `max_messages` or `max_bytes`; the count is
+    /// shown in `status`.
+    pub fn new(max_messages: usize, max_bytes: usize, status: DriverStatus) -> Arc<Hand> {
+        Arc::new(Hand {
+            messages: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_messages,
+            max_bytes,
+            released: tokio::sync::Notify::new(),
+            status,
+        })
+    }
+
+    /// Count a message of `bytes` payload bytes as held until the token is dropped.
+    pub fn take(self: &Arc<Self>, bytes: usize) -> Held {
+        let n = self.messages.fetch_add(1, Ordering::AcqRel) + 1;
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.status.set_in_hand(n as u64);
+        Held {
+            hand: self.clone(),
+            bytes,
+        }
+    }
+
+    /// Messages in hand.
+    pub fn messages(&self) -> usize {
+        self.messages.load(Ordering::Acquire)
+    }
+
+    /// At or above a limit: read nothing more.
+    pub fn full(&self) -> bool {
+        self.messages.load(Ordering::Acquire) >= self.max_messages
+            || self.bytes.load(Ordering::Acquire) >= self.max_bytes
+    }
+
+    /// Wait until the hand is below both limits.
+    pub async fn room(&self) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.full() {
+                return;
+            }
+            released.await;
+        }
+    }
+}
+
+/// One message counted in a [`Hand`]; dropping it releases the count.
+#[derive(Debug)]
+pub struct Held {
+    hand: Arc<Hand>,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let n = self.hand.messages.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.hand.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.hand.status.set_in_hand(n as u64);
+        self.hand.released.notify_waiters();
+    }
+}
+
 struct RumqttAck {
     client: rumqttc::AsyncClient,
+    /// The PUBLISH without its payload (an ack needs only the packet id).
     publish: rumqttc::Publish,
+    held: Held,
 }
 
 impl Acker for RumqttAck {
     fn ack(self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            if let Err(e) = self.client.ack(&self.publish).await {
-                // The connection is gone: the broker re-delivers, the outbox dedupes.
-                tracing::debug!(error = %e, "MQTT ack not sent");
-            }
-        })
+        let RumqttAck {
+            client,
+            publish,
+            held,
+        } = *self;
+        // Stored: room for the next message.
+        drop(held);
+        // Never wait on the connection task here: it may be paused on a full hand, waiting
+        // for this router to take the next message (module docs).
+        if client.try_ack(&publish).is_err() {
+            tokio::spawn(async move {
+                if let Err(e) = client.ack(&publish).await {
+                    // The connection is gone: the broker re-delivers, the outbox dedupes.
+                    tracing::debug!(error = %e, "MQTT ack not sent");
+                }
+            });
+        }
+        Box::pin(async {})
     }
 }
 
@@ -328,7 +459,12 @@ pub struct Router {
     last_seen: Vec<Option<Instant>>,
     /// Bad inputs that matched no camera.
     unclaimed: DriverStatus,
+    /// Submissions in progress, each acking its messages once its event is durable.
+    jobs: FuturesUnordered<Job>,
 }
+
+/// One submission in progress (see [`Router::next_done`]).
+type Job = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -336,13 +472,17 @@ impl std::fmt::Debug for Router {
             .field("cameras", &self.cameras.len())
             .field("loops", &self.loops.len())
             .field("pending", &self.pending.len())
+            .field("submitting", &self.jobs.len())
             .finish_non_exhaustive()
     }
 }
 
-/// What the router does with an event the gateway did not take.
-enum Outcome {
+/// How a submission ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored (or refused as invalid) and acknowledged.
     Done,
+    /// The gateway is shutting down: not acknowledged (the broker keeps it).
     Shutdown,
 }
 
@@ -371,6 +511,7 @@ impl Router {
             reported_quick: VecDeque::new(),
             last_seen,
             unclaimed: hub,
+            jobs: FuturesUnordered::new(),
         }
     }
 
@@ -399,14 +540,9 @@ impl Router {
         }
     }
 
-    /// Handle one message. Returns `false` when the gateway is shutting down (the message
-    /// is not acked; the broker keeps it).
-    pub async fn handle(
-        &mut self,
-        msg: Incoming,
-        sink: &EventSink,
-        shutdown: &CancellationToken,
-    ) -> bool {
+    /// Handle one message: parse it and start its submission (see [`Router::next_done`]);
+    /// a message that makes no event is acknowledged at once.
+    pub async fn handle(&mut self, msg: Incoming, sink: &EventSink, shutdown: &CancellationToken) {
         let Incoming {
             topic,
             payload,
@@ -417,20 +553,19 @@ impl Router {
             .iter()
             .position(|c| matches!(&c.format, CameraFormat::Json { topic: t } if *t == topic))
         {
-            return self
-                .handle_json(i, &topic, &payload, ack, sink, shutdown)
-                .await;
+            // The payload is dropped once parsed: the event holds the image bytes alone.
+            return self.handle_json(i, &topic, payload, ack, sink, shutdown).await;
         }
-        match vzenith::parse_message(&topic, &payload, true) {
+        let parsed = vzenith::parse_message(&topic, &payload, true);
+        drop(payload);
+        match parsed {
             Ok(VzMessage::Plate(p)) => self.handle_vz_plate(p, ack, sink, shutdown).await,
             Ok(VzMessage::Gpio { sn, source, value }) => {
-                self.handle_gpio(&sn, source, value, ack, sink, shutdown)
-                    .await
+                self.handle_gpio(&sn, source, value, ack, sink, shutdown);
             }
             Ok(VzMessage::KeepAlive { sn } | VzMessage::Other { sn, .. }) => {
                 self.seen(&sn);
                 ack.ack().await;
-                true
             }
             Err(e) => {
                 let status = vzenith::parse_topic(&topic)
@@ -439,9 +574,18 @@ impl Router {
                 Self::bad(status, &topic, &e.to_string());
                 // Never valid: acking stops the broker from re-sending it forever.
                 ack.ack().await;
-                true
             }
         }
+    }
+
+    /// Wait for the next submission to end; `None` when none is in progress.
+    pub async fn next_done(&mut self) -> Option<Outcome> {
+        self.jobs.next().await
+    }
+
+    /// Submissions in progress.
+    pub fn submitting(&self) -> usize {
+        self.jobs.len()
     }
 
     fn seen(&mut self, sn: &str) {
@@ -457,18 +601,20 @@ impl Router {
         &mut self,
         i: usize,
         topic: &str,
-        payload: &[u8],
+        payload: Bytes,
         ack: Box<dyn Acker>,
         sink: &EventSink,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) {
         let cam = &self.cameras[i];
-        let ev = match jsoncam::parse_json_camera(payload) {
+        let parsed = jsoncam::parse_json_camera(&payload);
+        drop(payload);
+        let ev = match parsed {
             Ok(ev) => ev,
             Err(e) => {
                 Self::bad(&cam.status, topic, &e.to_string());
                 ack.ack().await;
-                return true;
+                return;
             }
         };
         let source_key = ev.source_key(&cam.name);
@@ -515,7 +661,7 @@ impl Router {
             &cam.status,
             sink.now_ms(),
         );
-        self.submit_plate(i, plate, vec![ack], sink, shutdown).await
+        self.submit_plate(i, plate, vec![ack], sink, shutdown);
     }
 
     async fn handle_vz_plate(
@@ -524,24 +670,22 @@ impl Router {
         ack: Box<dyn Acker>,
         sink: &EventSink,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) {
         self.seen(&p.sn);
         let Some(cam) = self.vz_camera(&p.sn) else {
             // A camera of another gateway on the same broker: not ours to report.
             ack.ack().await;
-            return true;
+            return;
         };
         if p.lingering {
             tracing::debug!(camera = %self.cameras[cam].name, trigger = p.trigger, "lingering/turn-back trigger: not a pass");
             ack.ack().await;
-            return true;
+            return;
         }
         if p.quick {
             // A newer quick result from the same camera releases the older one first.
             if let Some(old) = self.pending.remove(&p.sn) {
-                if !self.flush_pending(old, sink, shutdown).await {
-                    return false;
-                }
+                self.flush_pending(old, sink, shutdown);
             }
             let deadline = Instant::now() + self.coalesce;
             self.pending.insert(
@@ -553,25 +697,25 @@ impl Router {
                     deadline,
                 },
             );
-            return true;
+            return;
         }
         // A full result: merge with its quick result, if one is waiting.
         let mut acks = vec![ack];
         if let Some(q) = self.pending.remove(&p.sn) {
             if q.plate.plate == p.plate {
                 acks.extend(q.acks);
-            } else if !self.flush_pending(q, sink, shutdown).await {
-                return false;
+            } else {
+                self.flush_pending(q, sink, shutdown);
             }
         } else if self.already_reported(&p.sn, p.plate.as_ref()) {
             tracing::debug!(camera = %self.cameras[cam].name, "full result after its quick result was reported: not a second pass");
             for a in acks {
                 a.ack().await;
             }
-            return true;
+            return;
         }
         let ev = self.vz_event(cam, p, sink.now_ms());
-        self.submit_plate(cam, ev, acks, sink, shutdown).await
+        self.submit_plate(cam, ev, acks, sink, shutdown);
     }
 
     fn already_reported(&mut self, sn: &str, plate: Option<&String>) -> bool {
@@ -599,24 +743,19 @@ impl Router {
         normalise(p.reading(&c.name), c.direction, &c.rules, &c.status, now_ms)
     }
 
-    async fn flush_pending(
-        &mut self,
-        q: Pending,
-        sink: &EventSink,
-        shutdown: &CancellationToken,
-    ) -> bool {
+    fn flush_pending(&mut self, q: Pending, sink: &EventSink, shutdown: &CancellationToken) {
         self.reported_quick
             .push_back((q.plate.sn.clone(), q.plate.plate.clone(), Instant::now()));
         if self.reported_quick.len() > 256 {
             self.reported_quick.pop_front();
         }
         let ev = self.vz_event(q.camera, q.plate, sink.now_ms());
-        self.submit_plate(q.camera, ev, q.acks, sink, shutdown)
-            .await
+        self.submit_plate(q.camera, ev, q.acks, sink, shutdown);
     }
 
-    /// Quick results whose full result did not come in time are reported alone.
-    pub async fn tick(&mut self, sink: &EventSink, shutdown: &CancellationToken) -> bool {
+    /// Quick results whose full result did not come in time are reported alone; a Vzenith
+    /// camera silent for [`CAMERA_SILENCE`] is shown as disconnected.
+    pub fn tick(&mut self, sink: &EventSink, shutdown: &CancellationToken) {
         let now = Instant::now();
         let due: Vec<String> = self
             .pending
@@ -627,19 +766,16 @@ impl Router {
         for sn in due {
             if let Some(q) = self.pending.remove(&sn) {
                 tracing::debug!(sn = %sn, "no full result in time: reporting the quick result");
-                if !self.flush_pending(q, sink, shutdown).await {
-                    return false;
-                }
+                self.flush_pending(q, sink, shutdown);
             }
         }
         for (i, seen) in self.last_seen.iter().enumerate() {
-            if seen.is_some_and(|t| now.duration_since(t) > CAMERA_SILENCE)
+            if seen.is_some_and(|t| now.duration_since(t) >= CAMERA_SILENCE)
                 && self.cameras[i].status.set_connected(false)
             {
                 tracing::warn!(camera = %self.cameras[i].name, "camera silent (no keep_alive) for 30 s");
             }
         }
-        true
     }
 
     /// When the next quick result falls due.
@@ -647,29 +783,49 @@ impl Router {
         self.pending.values().map(|p| p.deadline).min()
     }
 
-    async fn submit_plate(
+    /// When [`Router::tick`] next has something to do: a quick result falling due or a
+    /// talking camera's silence deadline. `None`: nothing (no timer is needed).
+    pub fn next_wake(&self) -> Option<Instant> {
+        let silence = self
+            .last_seen
+            .iter()
+            .zip(&self.cameras)
+            .filter(|(_, c)| c.status.connected())
+            .filter_map(|(t, _)| t.map(|t| t + CAMERA_SILENCE))
+            .min();
+        match (self.next_deadline(), silence) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Start storing a plate event: fetch its snapshot when it has no image, submit it,
+    /// then ack its messages; the router goes on meanwhile (module docs).
+    fn submit_plate(
         &mut self,
         cam: usize,
         mut ev: PlateEvent,
         acks: Vec<Box<dyn Acker>>,
         sink: &EventSink,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) {
         let c = &self.cameras[cam];
-        fill_image(&mut ev, c.snapshot.as_ref()).await;
+        let snapshot = c.snapshot.clone();
         let status = c.status.clone();
-        match submit_until_taken(sink, Event::Plate(ev), &status, shutdown).await {
-            Outcome::Done => {
+        let (sink, shutdown) = (sink.clone(), shutdown.clone());
+        self.jobs.push(Box::pin(async move {
+            fill_image(&mut ev, snapshot.as_ref()).await;
+            let outcome = submit_until_taken(&sink, Event::Plate(ev), &status, &shutdown).await;
+            if outcome == Outcome::Done {
                 for a in acks {
                     a.ack().await;
                 }
-                true
             }
-            Outcome::Shutdown => false,
-        }
+            outcome
+        }));
     }
 
-    async fn handle_gpio(
+    fn handle_gpio(
         &mut self,
         sn: &str,
         source: u32,
@@ -677,7 +833,7 @@ impl Router {
         ack: Box<dyn Acker>,
         sink: &EventSink,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) {
         self.seen(sn);
         let now = Instant::now();
         let mut passes = Vec::new();
@@ -687,21 +843,23 @@ impl Router {
             }
             l.status.set_connected(true);
             if self.edges[i].update(is_closed(value != 0, l.active_low), now) {
-                passes.push(i);
+                let ev = Event::Pass {
+                    loop_name: l.name.clone(),
+                    lane: l.lane,
+                };
+                passes.push((ev, l.status.clone()));
             }
         }
-        for i in passes {
-            let l = &self.loops[i];
-            let ev = Event::Pass {
-                loop_name: l.name.clone(),
-                lane: l.lane,
-            };
-            if let Outcome::Shutdown = submit_until_taken(sink, ev, &l.status, shutdown).await {
-                return false;
+        let (sink, shutdown) = (sink.clone(), shutdown.clone());
+        self.jobs.push(Box::pin(async move {
+            for (ev, status) in passes {
+                if submit_until_taken(&sink, ev, &status, &shutdown).await == Outcome::Shutdown {
+                    return Outcome::Shutdown;
+                }
             }
-        }
-        ack.ack().await;
-        true
+            ack.ack().await;
+            Outcome::Done
+        }));
     }
 }
 
@@ -798,29 +956,32 @@ impl Inbox {
     }
 }
 
-/// Serve the router from its inbox until shutdown or the inbox closes.
+/// Serve the router from its inbox until shutdown or the inbox closes. It wakes for a
+/// message, a submission ending, or [`Router::next_wake`]; with nothing due it sets no timer.
 pub async fn run_router(
     mut router: Router,
     mut rx: Inbox,
     sink: EventSink,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let wake = router.next_wake();
+        let due = async move {
+            match wake {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => {
-                if !router.tick(&sink, &shutdown).await {
+            () = due => router.tick(&sink, &shutdown),
+            Some(outcome) = router.next_done(), if router.submitting() > 0 => {
+                if outcome == Outcome::Shutdown {
                     return;
                 }
             }
             m = rx.recv() => match m {
-                Some(m) => {
-                    if !router.handle(m, &sink, &shutdown).await {
-                        return;
-                    }
-                }
+                Some(m) => router.handle(m, &sink, &shutdown).await,
                 None => return,
             },
         }
@@ -890,23 +1051,45 @@ pub fn options(s: &MqttSettings) -> Result<rumqttc::MqttOptions, MqttError> {
     Ok(o)
 }
 
-/// Poll the broker connection forever: subscribe on every connection, forward messages,
-/// back off after errors (rumqttc would reconnect in a tight loop).
+/// Poll the broker connection forever: subscribe on every connection, forward messages
+/// while the hand has room (module docs), back off after errors (rumqttc would reconnect in
+/// a tight loop).
 async fn run_connection(
     opts: rumqttc::MqttOptions,
     topics: Vec<String>,
     tx: InboxSender,
+    hand: Arc<Hand>,
     status: DriverStatus,
     shutdown: CancellationToken,
 ) {
     let max_packet = opts.max_packet_size();
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 64);
+    // Room for the acks of a full hand (with rumqttc's read batch) and a subscribe.
+    let (client, mut eventloop) =
+        rumqttc::AsyncClient::new(opts, MAX_IN_HAND + READ_BATCH + 16);
     let mut pacer = Pacer::new(max_packet);
     loop {
+        if hand.full() {
+            // Flow control (module docs): read nothing more until the router has stored some.
+            tracing::debug!(
+                in_hand = hand.messages(),
+                "router's hand full: not reading from the broker"
+            );
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = hand.room() => {}
+            }
+            // A PINGRESP we did not read because we stopped reading is not a missing one.
+            eventloop.state.await_pingresp = false;
+        }
         let polled = tokio::select! {
             () = shutdown.cancelled() => break,
             p = eventloop.poll() => p,
         };
+        if let Ok(rumqttc::Event::Incoming(_)) = &polled {
+            // The broker is talking: a PINGRESP still queued behind its messages is not
+            // missing (module docs; rumqttc would drop the connection at its next ping).
+            eventloop.state.await_pingresp = false;
+        }
         match polled {
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ca))) => {
                 pacer.connected();
@@ -931,6 +1114,8 @@ async fn run_connection(
                     tracing::warn!(topic = %p.topic, size = p.payload.len(), max_packet, bad_inputs = n, "MQTT message over max_packet: acknowledged and dropped");
                     pacer.consumed(&mut eventloop.mqtt_options);
                     let c = client.clone();
+                    let mut p = p;
+                    p.payload = Bytes::new();
                     tokio::spawn(async move {
                         if let Err(e) = c.ack(&p).await {
                             tracing::debug!(error = %e, "MQTT ack not sent");
@@ -938,19 +1123,16 @@ async fn run_connection(
                     });
                     continue;
                 }
-                if p.qos == rumqttc::QoS::AtMostOnce && tx.depth() >= ROUTER_QUEUE {
-                    let n = status.bad_input("QoS 0 message dropped: router queue full");
-                    if should_log(n) {
-                        tracing::warn!(topic = %p.topic, waiting = tx.depth(), "QoS 0 message dropped: the router is behind (publish camera messages with QoS 1)");
-                    }
-                    continue;
-                }
+                let held = hand.take(p.payload.len());
+                let mut publish = p;
+                let payload = std::mem::take(&mut publish.payload);
                 let msg = Incoming {
-                    topic: p.topic.clone(),
-                    payload: p.payload.clone(),
+                    topic: publish.topic.clone(),
+                    payload,
                     ack: Box::new(RumqttAck {
                         client: client.clone(),
-                        publish: p,
+                        publish,
+                        held,
                     }),
                 };
                 if !tx.send(msg) {
@@ -992,6 +1174,7 @@ impl Driver for MqttHub {
             // Our own token: when the router ends, the connection task ends with it.
             let local = shutdown.child_token();
             let (tx, rx) = inbox();
+            let hand = Hand::new(MAX_IN_HAND, MAX_IN_HAND_BYTES, self.status.clone());
             let router = Router::new(
                 self.cameras,
                 self.loops,
@@ -1003,6 +1186,7 @@ impl Driver for MqttHub {
                 opts,
                 topics,
                 tx,
+                hand,
                 self.status.clone(),
                 local.clone(),
             ));
@@ -1017,6 +1201,111 @@ impl Driver for MqttHub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct CountAck(Arc<AtomicUsize>);
+
+    impl Acker for CountAck {
+        fn ack(self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            self.0.fetch_add(1, Ordering::AcqRel);
+            Box::pin(async {})
+        }
+    }
+
+    fn json_router() -> Router {
+        let cam = MqttCamera {
+            name: "cam1".into(),
+            direction: Direction::In,
+            format: CameraFormat::Json {
+                topic: "lot/cam1".into(),
+            },
+            snapshot: None,
+            rules: CameraRules::default(),
+            status: DriverStatus::new("cam1", "mqtt"),
+        };
+        Router::new(
+            vec![cam],
+            Vec::new(),
+            chrono_tz::Asia::Shanghai,
+            Duration::from_secs(3),
+            DriverStatus::new("mqtt", "mqtt"),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_router_submits_every_message_it_holds_at_once_and_acks_each_only_once_stored() {
+        let (sink, mut subs) = EventSink::channel(64);
+        let (tx, rx) = inbox();
+        let acks = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let router = tokio::spawn(run_router(json_router(), rx, sink, stop.clone()));
+        let n = 20;
+        for i in 0..n {
+            assert!(tx.send(Incoming {
+                topic: "lot/cam1".into(),
+                payload: Bytes::from(format!(r#"{{"plate":"晋A{i:05}","id":"m{i}"}}"#)),
+                ack: Box::new(CountAck(acks.clone())),
+            }));
+        }
+        // Every message reaches the store before any of them is answered: one group.
+        let mut waiting = Vec::new();
+        for _ in 0..n {
+            waiting.push(subs.recv().await.expect("a submission"));
+        }
+        assert_eq!(acks.load(Ordering::Acquire), 0, "nothing acked before it is stored");
+        for (i, sub) in waiting.into_iter().enumerate() {
+            sub.reply.send(Ok(Accepted::Stored(i as u64))).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while acks.load(Ordering::Acquire) < n && Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(acks.load(Ordering::Acquire), n, "each acked once stored");
+        stop.cancel();
+        router.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_hand_waits_for_a_release_and_counts_its_peak() {
+        let status = DriverStatus::new("mqtt", "mqtt");
+        let hand = Hand::new(2, 1000, status.clone());
+        let a = hand.take(10);
+        assert!(!hand.full());
+        let b = hand.take(10);
+        assert!(hand.full(), "full at the message limit");
+        let waiter = {
+            let hand = hand.clone();
+            tokio::spawn(async move { hand.room().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(a);
+        waiter.await.unwrap();
+        assert!(!hand.full());
+        let big = hand.take(2000);
+        assert!(hand.full(), "full at the byte limit");
+        drop((b, big));
+        assert_eq!(hand.messages(), 0);
+        assert_eq!(status.snapshot().in_hand, 0);
+        assert_eq!(status.snapshot().in_hand_peak, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_router_sets_no_timer() {
+        let mut router = json_router();
+        assert_eq!(router.next_wake(), None, "nothing due: no wakeups");
+        router.last_seen[0] = Some(Instant::now());
+        router.cameras[0].status.set_connected(true);
+        assert_eq!(
+            router.next_wake(),
+            Some(router.last_seen[0].unwrap() + CAMERA_SILENCE),
+            "a talking camera: its silence deadline"
+        );
+        let (sink, _subs) = EventSink::channel(1);
+        tokio::time::advance(CAMERA_SILENCE).await;
+        router.tick(&sink, &CancellationToken::new());
+        assert!(!router.cameras[0].status.connected());
+        assert_eq!(router.next_wake(), None, "silent camera shown: no more wakeups");
+    }
 
     fn opts() -> rumqttc::MqttOptions {
         let mut o = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);

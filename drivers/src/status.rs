@@ -37,6 +37,11 @@ pub struct StatusSnapshot {
     pub clock_wrong: bool,
     /// The last problem, if any (never contains secrets).
     pub last_problem: Option<String>,
+    /// Messages received from the source and not yet stored and acknowledged (the MQTT
+    /// hub's flow control: it stops reading from the broker above its limit).
+    pub in_hand: u64,
+    /// The highest `in_hand` since start.
+    pub in_hand_peak: u64,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +59,8 @@ struct Inner {
     defaulted: AtomicU64,
     clock_wrong: AtomicBool,
     last_problem: Mutex<Option<String>>,
+    in_hand: AtomicU64,
+    in_hand_peak: AtomicU64,
 }
 
 /// A driver's live status. Cheap to clone; all clones share the figures.
@@ -140,6 +147,12 @@ impl DriverStatus {
         *lock(&self.inner.last_problem) = Some(what.chars().take(200).collect());
     }
 
+    /// Record how many messages the driver holds (received, not yet stored and acknowledged).
+    pub fn set_in_hand(&self, n: u64) {
+        self.inner.in_hand.store(n, Ordering::Release);
+        self.inner.in_hand_peak.fetch_max(n, Ordering::AcqRel);
+    }
+
     /// A copy of the figures.
     pub fn snapshot(&self) -> StatusSnapshot {
         let i = &self.inner;
@@ -157,6 +170,8 @@ impl DriverStatus {
             defaulted: i.defaulted.load(Ordering::Acquire),
             clock_wrong: i.clock_wrong.load(Ordering::Acquire),
             last_problem: lock(&i.last_problem).clone(),
+            in_hand: i.in_hand.load(Ordering::Acquire),
+            in_hand_peak: i.in_hand_peak.load(Ordering::Acquire),
         }
     }
 }
