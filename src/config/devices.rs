@@ -1370,8 +1370,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::{from_str, ConfigError};
-    use crate::space::SpaceSource;
+    use crate::config::{from_str, ConfigError, SpaceSource};
 
     const BASE: &str = r#"
 [platform]
