@@ -20,9 +20,8 @@ use serde::Deserialize;
 mod devices;
 mod spans;
 pub use devices::{
-    CameraConfig, CameraSource, Devices, HttpConfig, HttpFormat, LineTerminator, LoopConfig,
-    LoopSource, ModbusMode, ModbusTarget, MqttConfig, MqttFormat, RawCamera, RawHttp, RawLoop,
-    RawMqtt, RegisterKind, SerialEncoding, SerialFraming, StyleValue,
+    CameraConfig, CameraSource, Devices, HttpConfig, LoopConfig, LoopSource, MqttConfig, RawCamera,
+    RawHttp, RawLoop, RawMqtt, StyleValue,
 };
 
 /// A secret string (the platform token). Never printed: `Debug` shows `***`, and it has no
