@@ -20,8 +20,8 @@ use serde::Deserialize;
 mod devices;
 mod spans;
 pub use devices::{
-    CameraConfig, CameraSource, Devices, HttpConfig, LoopConfig, LoopSource, MqttConfig, RawCamera,
-    RawHttp, RawLoop, RawMqtt, StyleValue,
+    CameraConfig, CameraSource, Devices, LoopConfig, LoopSource, MqttConfig, RawCamera, RawHttp,
+    RawLoop, RawMqtt, StyleValue,
 };
 
 /// A secret string (the platform token). Never printed: `Debug` shows `***`, and it has no

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lotlink_drivers::http::{BoundAddr, HttpCamera, HttpListener, HttpSettings, CAMERA_SILENCE};
+use lotlink_drivers::http::{BoundAddr, HttpCamera, HttpListener};
 use lotlink_drivers::loops::{BusTarget, ModbusBus, ModbusPoint};
 use lotlink_drivers::mqtt::{MqttCamera, MqttHub, MqttLoop, MqttSettings};
 use lotlink_drivers::serial::{DetectorLoop, SerialCamera, SerialDetector};
@@ -266,14 +266,7 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
         http = Some(bound.clone());
         drivers.push(Box::new(HttpListener {
             name,
-            settings: HttpSettings {
-                listen: h.listen,
-                max_body: h.max_body,
-                allow: h.allow.clone(),
-                read_timeout: h.read_timeout,
-                max_connections: h.max_connections,
-                silence: CAMERA_SILENCE,
-            },
+            settings: h.clone(),
             cameras: http_cameras,
             tz,
             status,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lotlink_drivers::codec::{LineEnding, LineField, LineFormat, TextEncoding};
-use lotlink_drivers::http::{IpNet, PushFormat};
+use lotlink_drivers::http::{HttpSettings, IpNet, PushFormat, CAMERA_SILENCE};
 use lotlink_drivers::loops::{BusTarget, LoopMode, Register};
 use lotlink_drivers::mqtt::CameraFormat;
 use lotlink_drivers::serial::CameraFraming;
@@ -227,21 +227,6 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
 }
 
-/// Validated `[http]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpConfig {
-    /// Address to bind.
-    pub listen: SocketAddr,
-    /// Largest request body, bytes.
-    pub max_body: usize,
-    /// Allowed client networks; empty = any.
-    pub allow: Vec<IpNet>,
-    /// Time for a request's headers, then for its body.
-    pub read_timeout: Duration,
-    /// Connections served at once.
-    pub max_connections: usize,
-}
-
 /// Where a camera's events come from, in the drivers' own terms (no mirror of them here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CameraSource {
@@ -322,7 +307,7 @@ pub struct LoopConfig {
 pub struct Devices {
     pub mqtt: Option<MqttConfig>,
     /// The camera listener; `Some` when any camera has `driver = "http"`.
-    pub http: Option<HttpConfig>,
+    pub http: Option<HttpSettings>,
     pub cameras: Vec<CameraConfig>,
     pub loops: Vec<LoopConfig>,
 }
@@ -866,7 +851,7 @@ fn validate_http_camera(
     })
 }
 
-fn validate_http(c: &mut Collector, h: &RawHttp) -> Option<HttpConfig> {
+fn validate_http(c: &mut Collector, h: &RawHttp) -> Option<HttpSettings> {
     let listen = match h.listen.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -930,12 +915,13 @@ fn validate_http(c: &mut Collector, h: &RawHttp) -> Option<HttpConfig> {
         4096,
     )
     .and_then(|n| usize::try_from(n).ok());
-    Some(HttpConfig {
+    Some(HttpSettings {
         listen: listen?,
         max_body: max_body?,
         allow,
         read_timeout: read_timeout?,
         max_connections: max_connections?,
+        silence: CAMERA_SILENCE,
     })
 }
 
