@@ -24,12 +24,13 @@ use std::time::Duration;
 
 use lotlink_drivers::{CancellationToken, Driver, EventSink};
 
+use crate::clock::Clock;
 use crate::config::{resolve_token, Config, DataEncoding, TsUnit};
 use crate::hardware::{Hardware, HardwareError};
 use crate::ingest::{Ingest, Naming, SharedNaming, QUEUE_CAPACITY};
 use crate::manage::ManagementState;
 use crate::outbox::{OpenReport, Outbox, OutboxError, OutboxOptions};
-use crate::protocol::{Client, ClientError, Clock};
+use crate::protocol::{Client, ClientError};
 use crate::space::SpaceTracker;
 use crate::status::StatusContext;
 use crate::uploader::{

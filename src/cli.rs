@@ -176,6 +176,8 @@ pub enum CliError {
     Hardware(#[from] hardware::HardwareError),
     #[error(transparent)]
     Daemon(#[from] crate::daemon::DaemonError),
+    #[error(transparent)]
+    Demo(#[from] crate::demo::DemoError),
     #[error("{0}")]
     Other(String),
 }
@@ -279,7 +281,7 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
                 outage: p(&outage)?,
             };
             crate::daemon::private_umask();
-            crate::demo::run(opts, shutdown_signal()).await
+            Ok(crate::demo::run(opts, shutdown_signal()).await?)
         }
     }
 }

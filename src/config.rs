@@ -1,10 +1,14 @@
 //! Configuration: the TOML file as written ([`RawConfig`]), and the validated form the
 //! gateway runs on ([`Config`]).
 //!
+//! [`from_str`] reports **every** problem of a file in one run: each unknown key, value of
+//! the wrong type and missing key (found by deserializing with repairs, see `spans`), then
+//! every value [`validate`] refuses, each naming the file, the line of its key (from the TOML
+//! parser's spans) and the key, and saying what is allowed. No message quotes a secret.
+//!
 //! [`validate`] is a pure function: it reads nothing but the raw struct and returns either a
-//! [`Config`] or **every** problem it found, each naming the key (and, via
-//! [`ConfigErrors::locate`], the file and line) and saying what is allowed.
-//! [`load`] is the only part that touches the disk: it reads the file and the token file.
+//! [`Config`] or every problem it found. [`load`] is the only part that touches the disk: it
+//! reads the file and the token file.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,13 +18,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod devices;
+mod spans;
 pub use devices::{
-    CameraConfig, CameraSource, Devices, HttpConfig, HttpFormat, LineTerminator, LoopConfig,
-    LoopSource, ModbusMode, ModbusTarget, MqttConfig, MqttFormat, RawCamera, RawHttp, RawLoop,
-    RawMqtt, RegisterKind, SerialEncoding, SerialFraming, StyleValue,
+    CameraConfig, CameraSource, Devices, LoopConfig, LoopSource, MqttConfig, RawCamera, RawHttp,
+    RawLoop, RawMqtt, StyleValue,
 };
-
-use crate::space::SpaceSource;
 
 /// A secret string (the platform token). Never printed: `Debug` shows `***`, and it has no
 /// `Display`, so it cannot end up in a log line or an error message by accident.
@@ -341,6 +343,15 @@ pub struct OutboxConfig {
     pub max_disk: u64,
 }
 
+/// What moves the occupied count ([`crate::space`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpaceSource {
+    /// Loop-detector passes.
+    Loops,
+    /// Plate events at the cameras.
+    Plates,
+}
+
 /// Validated `[space]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpaceConfig {
@@ -403,6 +414,21 @@ pub struct Problem {
     pub message: String,
     /// 1-based line in the file, when known.
     pub line: Option<usize>,
+    /// 1-based column (in characters), for the problems the TOML parser finds (syntax,
+    /// unknown keys, wrong types, missing keys).
+    pub column: Option<usize>,
+}
+
+impl Problem {
+    /// A problem with `key`, not yet located in a file.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+            line: None,
+            column: None,
+        }
+    }
 }
 
 /// Everything wrong with a configuration file.
@@ -413,8 +439,6 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Syntax { path: PathBuf, message: String },
     #[error("{}", .0)]
     Invalid(ConfigErrors),
 }
@@ -427,18 +451,20 @@ pub struct ConfigErrors {
 }
 
 impl ConfigErrors {
-    /// Fill in line numbers by finding each key in the file's text.
+    /// Fill in the line of each problem that has none: the line of its key, from the TOML
+    /// parser's spans of `text` (a missing key points at its table).
     #[must_use]
     pub fn locate(mut self, path: &Path, text: &str) -> Self {
         self.path = Some(path.to_path_buf());
+        let spans = spans::Spans::new(text);
         for p in &mut self.problems {
-            // A missing key points at its table.
-            p.line = find_key_line(text, &p.key).or_else(|| {
-                p.key
-                    .rsplit_once('.')
-                    .and_then(|(table, _)| find_key_line(text, table))
-            });
+            if p.line.is_none() {
+                p.line = spans.locate(&p.key).map(|(line, _)| line);
+            }
         }
+        // In file order; problems without a line last.
+        self.problems
+            .sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
         self
     }
 }
@@ -453,59 +479,18 @@ impl fmt::Display for ConfigErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            match p.line {
-                Some(l) => write!(f, "{file}:{l}: {}: {}", p.key, p.message)?,
-                None => write!(f, "{file}: {}: {}", p.key, p.message)?,
+            match (p.line, p.column) {
+                (Some(l), Some(c)) => write!(
+                    f,
+                    "{file}:{l}: {}: {} (line {l}, column {c})",
+                    p.key, p.message
+                )?,
+                (Some(l), None) => write!(f, "{file}:{l}: {}: {}", p.key, p.message)?,
+                (None, _) => write!(f, "{file}: {}: {}", p.key, p.message)?,
             }
         }
         Ok(())
     }
-}
-
-/// Find the line of `section.key` (or `section` alone) in TOML text: good enough for
-/// pointing a person at the right place; `None` when the key is absent (a missing key).
-fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
-    let (section, key) = match dotted.rsplit_once('.') {
-        Some((_, k)) if k.parse::<usize>().is_ok() => (dotted, None),
-        Some((s, k)) => (s, Some(k)),
-        None => (dotted, None),
-    };
-    // `camera.2` is the second `[[camera]]` table.
-    let (section, nth) = match section.rsplit_once('.') {
-        Some((s, n)) if n.parse::<usize>().is_ok() => (s, n.parse::<usize>().unwrap_or(1)),
-        _ => (section, 1),
-    };
-    let mut in_section = false;
-    let mut seen = 0;
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.starts_with('[') {
-            let name = line
-                .split('#')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .trim_matches(|c| c == '[' || c == ']')
-                .trim();
-            in_section = false;
-            if name == section {
-                seen += 1;
-                in_section = seen == nth;
-            }
-            if in_section && key.is_none() {
-                return Some(i + 1);
-            }
-            continue;
-        }
-        if let (true, Some(k)) = (in_section, key) {
-            if let Some((lhs, _)) = line.split_once('=') {
-                if lhs.trim().trim_matches('"') == k {
-                    return Some(i + 1);
-                }
-            }
-        }
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------------------
@@ -558,11 +543,7 @@ struct Collector(Vec<Problem>);
 
 impl Collector {
     fn bad(&mut self, key: &str, message: impl Into<String>) {
-        self.0.push(Problem {
-            key: key.to_string(),
-            message: message.into(),
-            line: None,
-        });
+        self.0.push(Problem::new(key, message));
     }
     fn take<T>(&mut self, key: &str, r: Result<T, String>) -> Option<T> {
         match r {
@@ -910,11 +891,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
         }),
         _ => Err(ConfigErrors {
             path: None,
-            problems: vec![Problem {
-                key: "config".into(),
-                message: "internal: validation incomplete".into(),
-                line: None,
-            }],
+            problems: vec![Problem::new("config", "internal: validation incomplete")],
         }),
     }
 }
@@ -972,20 +949,36 @@ pub fn text_hash(text: &str) -> String {
     hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
 }
 
-/// Parse TOML text into the raw struct. Syntax errors and unknown keys name the line.
-pub fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Syntax {
-        path: path.to_path_buf(),
-        message: e.to_string().trim_end().to_string(),
-    })
-}
-
-/// Parse and validate TOML text (no file access).
+/// Parse and validate TOML text (no file access). On failure the error holds every problem
+/// of the file: syntax, unknown keys, wrong types and missing keys (with line and column),
+/// and every value [`validate`] refuses (with the line of its key).
 pub fn from_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let raw = parse(path, text)?;
-    let mut cfg = validate(&raw).map_err(|e| ConfigError::Invalid(e.locate(path, text)))?;
-    cfg.hash = text_hash(text);
-    Ok(cfg)
+    let (raw, mut problems) = spans::parse_all::<RawConfig>(text);
+    if let Some(raw) = raw {
+        match validate(&raw) {
+            Ok(mut cfg) if problems.is_empty() => {
+                cfg.hash = text_hash(text);
+                return Ok(cfg);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // A key the parse already reported holds a placeholder: say nothing more of it.
+                let semantic: Vec<Problem> = e
+                    .problems
+                    .into_iter()
+                    .filter(|p| !problems.iter().any(|s| spans::covers(&s.key, &p.key)))
+                    .collect();
+                problems.extend(semantic);
+            }
+        }
+    }
+    Err(ConfigError::Invalid(
+        ConfigErrors {
+            path: None,
+            problems,
+        }
+        .locate(path, text),
+    ))
 }
 
 /// Read, parse and validate a configuration file, and check the files it names can be read:
@@ -998,19 +991,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let cfg = from_str(path, &text)?;
     let mut problems = Vec::new();
     if let Err(message) = resolve_token(&cfg.platform.token) {
-        problems.push(Problem {
-            key: "platform.token_file".into(),
-            message,
-            line: None,
-        });
+        problems.push(Problem::new("platform.token_file", message));
     }
     if let Some(ca) = &cfg.platform.ca_file {
-        if let Err(message) = crate::protocol::load_ca_file(ca) {
-            problems.push(Problem {
-                key: "platform.ca_file".into(),
-                message,
-                line: None,
-            });
+        if let Err(message) = crate::tls::load_ca_file(ca) {
+            problems.push(Problem::new("platform.ca_file", message));
         }
     }
     if !problems.is_empty() {

@@ -20,8 +20,18 @@ use lotlink_drivers::{
 use rand::Rng;
 
 use crate::app::{Gateway, RunOptions};
-use crate::cli::CliError;
 use crate::sim::{Mode, PlatformSim, SimConfig};
+
+/// Errors of the demo (its own, so the demo does not depend on the command line above it).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    App(#[from] crate::app::AppError),
+    #[error("{0}")]
+    Other(String),
+}
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -227,8 +237,8 @@ path = "/push/entry2"
 }
 
 /// Run the demo until `shutdown` (or the duration). Exit code 0 when nothing was lost.
-pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Result<i32, CliError> {
-    let other = |e: &dyn std::fmt::Display| CliError::Other(e.to_string());
+pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Result<i32, DemoError> {
+    let other = |e: &dyn std::fmt::Display| DemoError::Other(e.to_string());
     let sim = PlatformSim::start(SimConfig::new("350", "demo-token"))
         .await
         .map_err(|e| other(&e))?;
@@ -303,7 +313,7 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
                 .await
                 .ok()
                 .flatten()
-                .ok_or_else(|| CliError::Other("the camera listener did not start".into()))?;
+                .ok_or_else(|| DemoError::Other("the camera listener did not start".into()))?;
             println!("  camera listener on http://{addr}/push/entry2");
             Some(tokio::spawn(http_camera(
                 format!("http://{addr}/push/entry2"),

@@ -7,20 +7,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lotlink_drivers::codec::{LineEnding, LineField, LineFormat, TextEncoding};
-use lotlink_drivers::http::{
-    BoundAddr, HttpCamera, HttpListener, HttpSettings, PushFormat, CAMERA_SILENCE,
-};
-use lotlink_drivers::loops::{BusTarget, LoopMode, ModbusBus, ModbusPoint, Register};
-use lotlink_drivers::mqtt::{CameraFormat, MqttCamera, MqttHub, MqttLoop, MqttSettings};
-use lotlink_drivers::serial::{CameraFraming, DetectorLoop, SerialCamera, SerialDetector};
+use lotlink_drivers::http::{BoundAddr, HttpCamera, HttpListener};
+use lotlink_drivers::loops::{BusTarget, ModbusBus, ModbusPoint};
+use lotlink_drivers::mqtt::{MqttCamera, MqttHub, MqttLoop, MqttSettings};
+use lotlink_drivers::serial::{DetectorLoop, SerialCamera, SerialDetector};
 use lotlink_drivers::snapshot::Snapshot;
 use lotlink_drivers::{CameraRules, Driver, DriverStatus};
 
-use crate::config::{
-    CameraSource, Config, HttpFormat, LineTerminator, LoopSource, ModbusMode, ModbusTarget,
-    MqttFormat, RegisterKind, SerialEncoding, SerialFraming,
-};
+use crate::config::{CameraSource, Config, LoopSource};
 
 /// How long a Vzenith quick result waits for its full result.
 pub const QUICK_RESULT_WAIT: Duration = Duration::from_secs(3);
@@ -58,15 +52,6 @@ impl std::fmt::Debug for Hardware {
     }
 }
 
-fn register(r: RegisterKind) -> Register {
-    match r {
-        RegisterKind::DiscreteInput => Register::DiscreteInput,
-        RegisterKind::Coil => Register::Coil,
-        RegisterKind::InputRegister => Register::InputRegister,
-        RegisterKind::HoldingRegister => Register::HoldingRegister,
-    }
-}
-
 /// Build every configured driver.
 #[allow(clippy::too_many_lines)]
 pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
@@ -99,12 +84,7 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                 mqtt_cameras.push(MqttCamera {
                     name: cam.name.clone(),
                     direction: cam.direction,
-                    format: match format {
-                        MqttFormat::Vzenith { sn } => CameraFormat::Vzenith { sn: sn.clone() },
-                        MqttFormat::Json { topic } => CameraFormat::Json {
-                            topic: topic.clone(),
-                        },
-                    },
+                    format: format.clone(),
                     snapshot,
                     rules,
                     status,
@@ -121,10 +101,7 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                 http_cameras.push(HttpCamera {
                     name: cam.name.clone(),
                     direction: cam.direction,
-                    format: match format {
-                        HttpFormat::Vzenith => PushFormat::Vzenith,
-                        HttpFormat::Hikvision => PushFormat::Hikvision,
-                    },
+                    format: *format,
                     path: path.clone(),
                     sn: sn.clone(),
                     gate_open: *gate_open,
@@ -137,42 +114,15 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                 port,
                 baud,
                 framing,
-                encoding,
-                fields,
-                separator,
-                terminator,
-                max_line,
             } => {
                 let status = DriverStatus::new(&cam.name, "serial-camera");
                 statuses.push(status.clone());
-                let framing = match framing {
-                    SerialFraming::Vz => CameraFraming::Vz,
-                    SerialFraming::Line => CameraFraming::Line {
-                        encoding: match encoding {
-                            SerialEncoding::Gbk => TextEncoding::Gbk,
-                            SerialEncoding::Utf8 => TextEncoding::Utf8,
-                        },
-                        ending: match terminator {
-                            LineTerminator::Lf => LineEnding::Lf,
-                            LineTerminator::Cr => LineEnding::Cr,
-                        },
-                        max_line: *max_line,
-                        format: LineFormat {
-                            // Validated: every name parses.
-                            fields: fields
-                                .iter()
-                                .filter_map(|f| LineField::parse(f).ok())
-                                .collect(),
-                            separator: separator.clone(),
-                        },
-                    },
-                };
                 drivers.push(Box::new(SerialCamera {
                     name: cam.name.clone(),
                     direction: cam.direction,
                     port: port.clone(),
                     baud: *baud,
-                    framing,
+                    framing: framing.clone(),
                     snapshot,
                     tz,
                     rules,
@@ -183,7 +133,7 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
     }
 
     // Loops: group by bus / port.
-    let mut buses: BTreeMap<String, (ModbusTarget, Vec<ModbusPoint>, Duration, Duration)> =
+    let mut buses: BTreeMap<String, (BusTarget, Vec<ModbusPoint>, Duration, Duration)> =
         BTreeMap::new();
     let mut detectors: BTreeMap<String, (u32, bool, Vec<DetectorLoop>)> = BTreeMap::new();
     for l in &dev.loops {
@@ -199,8 +149,8 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                 timeout,
             } => {
                 let key = match target {
-                    ModbusTarget::Rtu { port, .. } => port.clone(),
-                    ModbusTarget::Tcp { host } => host.clone(),
+                    BusTarget::Rtu { port, .. } => port.clone(),
+                    BusTarget::Tcp { host } => host.clone(),
                 };
                 let entry = buses
                     .entry(key)
@@ -211,15 +161,10 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                     loop_name: l.name.clone(),
                     lane: l.lane,
                     slave: *slave,
-                    register: register(*reg),
+                    register: *reg,
                     address: *address,
                     active_low: *active_low,
-                    mode: match mode {
-                        ModbusMode::Edge => LoopMode::Edge {
-                            min_hold: l.min_hold,
-                        },
-                        ModbusMode::Counter { bits } => LoopMode::Counter { bits: *bits },
-                    },
+                    mode: *mode,
                 });
             }
             LoopSource::Serial {
@@ -268,10 +213,7 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
         statuses.push(status.clone());
         drivers.push(Box::new(ModbusBus {
             name,
-            target: match target {
-                ModbusTarget::Rtu { port, baud } => BusTarget::Rtu { port, baud },
-                ModbusTarget::Tcp { host } => BusTarget::Tcp { host },
-            },
+            target,
             points,
             poll_interval,
             timeout,
@@ -324,14 +266,7 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
         http = Some(bound.clone());
         drivers.push(Box::new(HttpListener {
             name,
-            settings: HttpSettings {
-                listen: h.listen,
-                max_body: h.max_body,
-                allow: h.allow.clone(),
-                read_timeout: h.read_timeout,
-                max_connections: h.max_connections,
-                silence: CAMERA_SILENCE,
-            },
+            settings: h.clone(),
             cameras: http_cameras,
             tz,
             status,

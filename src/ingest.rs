@@ -21,9 +21,10 @@ use lotlink_drivers::{Accepted, Event, PlateEvent, SinkError, Submission};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::imaging::{self, ImageAction};
 use crate::outbox::{ImgName, NewRecord, Outbox, OutboxError, RecordMeta, Submitted};
-use crate::protocol::Clock;
+use crate::record::{append_remark, fit, opt_fit};
 use crate::space::SpaceTracker;
 use crate::summary::Tally;
 
@@ -44,31 +45,6 @@ pub enum IngestError {
     Invalid(String),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
-}
-
-/// Add `extra` to a remark, keeping it within the platform's 255 characters.
-pub fn append_remark(existing: Option<&str>, extra: &str) -> String {
-    let joined = match existing {
-        Some(e) if !e.is_empty() => format!("{e}; {extra}"),
-        _ => extra.to_string(),
-    };
-    joined.chars().take(255).collect()
-}
-
-/// Cut `s` to `max` characters; note it in `notes` when cut.
-fn fit(s: &str, max: usize, field: &str, notes: &mut Vec<String>) -> String {
-    if s.chars().count() > max {
-        notes.push(format!("{field} truncated"));
-        s.chars().take(max).collect()
-    } else {
-        s.to_string()
-    }
-}
-
-fn opt_fit(s: Option<&str>, max: usize, field: &str, notes: &mut Vec<String>) -> Option<String> {
-    s.map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| fit(s, max, field, notes))
 }
 
 /// The settings ingest names records with; changed in place by a config reload.

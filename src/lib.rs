@@ -24,7 +24,9 @@
 )]
 
 pub mod app;
+pub mod atomic_file;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
@@ -35,11 +37,16 @@ pub mod manage;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod record;
 pub mod sim;
 pub mod space;
 pub mod state;
 pub mod status;
 pub mod summary;
+pub mod tls;
 pub mod uploader;
 
 pub use lotlink_drivers as drivers;
+
+#[cfg(test)]
+mod module_graph;

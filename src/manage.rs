@@ -192,35 +192,13 @@ fn hmac_ok(key: &[u8], version: u64, config: &str, given: &str) -> bool {
     mac.verify_slice(&given).is_ok()
 }
 
-/// Write a file so that a crash leaves either the old or the new content: a temp file in
-/// the same directory (mode 0600), fsync, rename over the target, fsync the directory.
+/// Write a file so that a crash leaves either the old or the new content
+/// ([`crate::atomic_file::write`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ManageError> {
-    use std::io::Write;
-    let err = |source| ManageError::File {
+    crate::atomic_file::write(path, bytes).map_err(|source| ManageError::File {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map_or_else(|| "config".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)?;
-    Ok(())
+    })
 }
 
 /// The last-known-good copy of a config file.
@@ -538,11 +516,7 @@ impl Handler {
                 .map_err(|message| {
                     config::ConfigError::Invalid(config::ConfigErrors {
                         path: Some(self.path.clone()),
-                        problems: vec![config::Problem {
-                            key: "platform.token_file".into(),
-                            message,
-                            line: None,
-                        }],
+                        problems: vec![config::Problem::new("platform.token_file", message)],
                     })
                 })
         }) {

@@ -791,7 +791,7 @@ impl Outbox {
     /// When the index was last rebuilt from the log, if within the last hour (Unix ms).
     pub fn rebuilt_recently(&self) -> Option<i64> {
         let t = self.shared().rebuilt_ms.load(Ordering::Relaxed);
-        let age = crate::protocol::Clock::local_ms() - t;
+        let age = crate::clock::Clock::local_ms() - t;
         (t > 0 && age < i64::try_from(REBUILT_REPORTED_FOR.as_millis()).unwrap_or(i64::MAX))
             .then_some(t)
     }

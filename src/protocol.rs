@@ -2,12 +2,17 @@
 //! client that signs every attempt afresh against a clock corrected from the platform's
 //! `Date` header. See `shared/spec/platform-protocol.md` for the contract this follows.
 
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use md5::{Digest, Md5};
 use serde::Deserialize;
+
+// The clock and the CA file reader live in their own leaf modules; also reachable here for
+// the code that names them by their old place (status, metrics, manage, cli, tests/flow.rs).
+pub use crate::clock::Clock;
+pub use crate::tls::load_ca_file;
 
 use crate::config::{
     AuthCase, DataEncoding, DataEncodingSetting, PlatformConfig, Secret, TsUnit, TsUnitSetting,
@@ -219,52 +224,6 @@ pub fn truncate_chars(s: &str, n: usize) -> String {
     }
 }
 
-/// The gateway's clock, corrected by the offset learned from the platform's `Date` headers.
-#[derive(Debug, Default)]
-pub struct Clock {
-    offset_ms: AtomicI64,
-    learned: std::sync::atomic::AtomicBool,
-}
-
-impl Clock {
-    /// Unix milliseconds of the local clock.
-    pub fn local_ms() -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-    }
-    /// Unix milliseconds, corrected towards the platform's clock.
-    pub fn now_ms(&self) -> i64 {
-        Self::local_ms() + self.offset_ms.load(Ordering::Relaxed)
-    }
-    /// The current offset (platform − local), milliseconds.
-    pub fn offset_ms(&self) -> i64 {
-        self.offset_ms.load(Ordering::Relaxed)
-    }
-    /// Whether an offset has been learned since start.
-    pub fn is_learned(&self) -> bool {
-        self.learned.load(Ordering::Relaxed)
-    }
-    /// Learn from a `Date` header seen at local time `local_ms`. The header has one-second
-    /// resolution, so the platform's time is taken as the middle of that second.
-    pub fn learn_from_date(&self, date: &str, local_ms: i64) -> bool {
-        let Ok(t) = httpdate::parse_http_date(date) else {
-            return false;
-        };
-        let Ok(d) = t.duration_since(UNIX_EPOCH) else {
-            return false;
-        };
-        let platform_ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX) + 500;
-        let offset = platform_ms - local_ms;
-        // Within ±1 s is the header's own resolution: keep a zero offset then, so a healthy
-        // clock is not nudged around by rounding.
-        let offset = if offset.abs() <= 1_000 { 0 } else { offset };
-        self.offset_ms.store(offset, Ordering::Relaxed);
-        self.learned.store(true, Ordering::Relaxed);
-        true
-    }
-}
-
 /// Called when `ts_unit = "auto"` settles on a unit, so it can be persisted.
 pub type UnitListener = Arc<dyn Fn(TsUnit) + Send + Sync>;
 
@@ -311,17 +270,6 @@ impl std::fmt::Debug for Client {
 pub enum ClientError {
     #[error("cannot build the HTTP client: {0}")]
     Build(String),
-}
-
-/// The certificates of a PEM file (`[platform] ca_file`); the error names the file.
-pub fn load_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: holds no PEM certificate", path.display()));
-    }
-    Ok(certs)
 }
 
 impl Client {
@@ -808,25 +756,6 @@ mod tests {
         assert!(parse_reply(b"<html>bad gateway</html>").is_none());
         assert!(parse_reply(b"{\"msg\":\"no code\"}").is_none());
         assert!(parse_reply(b"").is_none());
-    }
-
-    #[test]
-    fn the_clock_learns_a_one_hour_offset_from_a_date_header() {
-        let c = Clock::default();
-        let local = Clock::local_ms();
-        let ahead = SystemTime::now() + Duration::from_secs(3600);
-        assert!(c.learn_from_date(&httpdate::fmt_http_date(ahead), local));
-        let off = c.offset_ms();
-        assert!((3_598_000..=3_601_500).contains(&off), "offset {off}");
-        assert!(!c.learn_from_date("yesterday", local));
-    }
-
-    #[test]
-    fn a_date_within_a_second_keeps_a_zero_offset() {
-        let c = Clock::default();
-        let local = Clock::local_ms();
-        c.learn_from_date(&httpdate::fmt_http_date(SystemTime::now()), local);
-        assert_eq!(c.offset_ms(), 0);
     }
 
     #[test]

@@ -9,14 +9,8 @@ use lotlink_drivers::Direction;
 
 use crate::outbox::{Outbox, OutboxError};
 
-/// What moves the occupied count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpaceSource {
-    /// Loop-detector passes.
-    Loops,
-    /// Plate events at the cameras.
-    Plates,
-}
+/// What moves the occupied count (a setting: `[space] source`).
+pub use crate::config::SpaceSource;
 
 /// The persisted state: one value, written in one insert, so the occupied count and the
 /// counter readings it was derived from can never disagree after a crash.

@@ -144,7 +144,7 @@ impl GatewayState {
             message: e.to_string(),
         })?;
         text.push(b'\n');
-        crate::manage::write_atomic(&self.path, &text).map_err(|e| StateError::Write {
+        crate::atomic_file::write(&self.path, &text).map_err(|e| StateError::Write {
             path: self.path.clone(),
             message: e.to_string(),
         })?;

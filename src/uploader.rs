@@ -527,7 +527,7 @@ pub fn shrunk_for_uplink(rec: &StoredRecord, chars: usize) -> Option<StoredRecor
         crate::imaging::b64_len(out.image.len()),
         crate::imaging::b64_len(out.image.len())
     );
-    out.meta.remark = Some(crate::ingest::append_remark(
+    out.meta.remark = Some(crate::record::append_remark(
         rec.meta.remark.as_deref(),
         &note,
     ));
@@ -574,7 +574,7 @@ impl Uploader {
     }
 
     fn note_success(&self, stream: Stream) {
-        let now = crate::protocol::Clock::local_ms();
+        let now = crate::clock::Clock::local_ms();
         let limits = self.sizer.limits();
         let rate = self.sizer.rate().map(|r| r as u64);
         health_mut(&self.health, |h| {
@@ -1079,7 +1079,7 @@ pub async fn heartbeat_loop(
         };
         match r {
             Ok(reply) if reply.is_authenticated() => {
-                let now = crate::protocol::Clock::local_ms();
+                let now = crate::clock::Clock::local_ms();
                 let ok = reply.verdict == Verdict::Success;
                 health_mut(&health, |h| {
                     h.last_reached_ms = Some(now);

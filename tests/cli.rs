@@ -81,6 +81,94 @@ fn check_config_lists_every_problem_with_file_line_and_key_and_exits_1() {
 }
 
 #[test]
+fn check_config_reports_unknown_keys_wrong_types_missing_keys_and_bad_values_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    let text = r#"[platform]
+url = "https://platform.example.cn"
+lot_code = "350"
+token = 9876543210
+tokne = "x"
+max_batch = "100"
+max_body = "2 parsecs"
+timezone = "Mars/Olympus"
+
+[space]
+total = 500
+colour = "red"
+
+[status]
+listen = 9870
+
+[[camera]]
+name = "入口1"
+direction = "sideways"
+driver = "serial"
+port = "/dev/ttyUSB0"
+baud = "fast"
+speed = 3
+
+[[camera]]
+direction = "in"
+driver = "serial"
+port = "/dev/ttyUSB1"
+"#;
+    std::fs::write(&p, text).unwrap();
+    let out = lotlink()
+        .args(["check-config", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        // Wrong types, unknown keys and missing keys, with the parser's line and column...
+        "bad.toml:4: platform.token: wrong type: expected a string, found a whole number (line 4, column 1)",
+        "bad.toml:5: platform.tokne: unknown key; allowed here: url, lot_code, token,",
+        "bad.toml:6: platform.max_batch: wrong type: expected a whole number, found a string",
+        "bad.toml:12: space.colour: unknown key",
+        "bad.toml:15: status.listen: wrong type: expected a string, found a whole number",
+        "bad.toml:22: camera.1.baud: wrong type",
+        "bad.toml:23: camera.1.speed: unknown key",
+        "bad.toml:25: camera.2.name: missing",
+        // ...and in the same run, the values validation refuses, at their key's line.
+        "bad.toml:7: platform.max_body: \"2 parsecs\"",
+        "bad.toml:8: platform.timezone: \"Mars/Olympus\"",
+        "bad.toml:19: camera.1.direction: \"sideways\"",
+    ] {
+        assert!(err.contains(expected), "{expected:?} not in:\n{err}");
+    }
+    // One line per problem: a key reported by the parser is not reported again by
+    // validation (it held a placeholder there).
+    assert_eq!(err.lines().count(), 11, "{err}");
+    // The secret's value is never quoted.
+    assert!(!err.contains("9876543210"), "{err}");
+}
+
+#[test]
+fn check_config_never_quotes_a_malformed_secret_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "[platform]\nurl = \"https://p.example.cn\"\nlot_code = \"350\"\ntoken = \"s3cr3t-t0ken\\q\"\n\n[space]\ntotal = 5\n",
+    )
+    .unwrap();
+    let out = lotlink()
+        .args(["check-config", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:4: syntax: malformed value of `token`"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cr3t"), "{err}");
+}
+
+#[test]
 fn check_config_names_a_missing_file() {
     let out = lotlink()
         .args(["check-config", "--config", "/nonexistent/lotlink.toml"])

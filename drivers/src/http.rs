@@ -138,7 +138,7 @@ pub struct HttpCamera {
 }
 
 /// The listener's settings (`[http]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSettings {
     /// Address to bind.
     pub listen: SocketAddr,

@@ -50,7 +50,7 @@ pub enum StreamEnd {
 }
 
 /// How a serial camera frames its results.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CameraFraming {
     /// Vzenith binary framing with `AlarmInfoPlate` JSON bodies.
     Vz,

@@ -8,7 +8,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lotlink_drivers::http::IpNet;
+use lotlink_drivers::codec::{LineEnding, LineField, LineFormat, TextEncoding};
+use lotlink_drivers::http::{HttpSettings, IpNet, PushFormat, CAMERA_SILENCE};
+use lotlink_drivers::loops::{BusTarget, LoopMode, Register};
+use lotlink_drivers::mqtt::CameraFormat;
+use lotlink_drivers::serial::CameraFraming;
 use lotlink_drivers::{CarStyle, Direction};
 use serde::Deserialize;
 
@@ -223,84 +227,20 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
 }
 
-/// How an MQTT camera talks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MqttFormat {
-    /// Vzenith topics and JSON; `sn` filters to one camera.
-    Vzenith { sn: Option<String> },
-    /// lotlink's simple JSON on one topic.
-    Json { topic: String },
-}
-
-/// What an HTTP camera posts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpFormat {
-    /// Vzenith HTTP push (`AlarmInfoPlate` JSON).
-    Vzenith,
-    /// Hikvision ISAPI (`EventNotificationAlert` XML, multipart with pictures).
-    Hikvision,
-}
-
-/// Validated `[http]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpConfig {
-    /// Address to bind.
-    pub listen: SocketAddr,
-    /// Largest request body, bytes.
-    pub max_body: usize,
-    /// Allowed client networks; empty = any.
-    pub allow: Vec<IpNet>,
-    /// Time for a request's headers, then for its body.
-    pub read_timeout: Duration,
-    /// Connections served at once.
-    pub max_connections: usize,
-}
-
-/// Serial camera framing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SerialFraming {
-    /// One result per text line.
-    Line,
-    /// Vzenith binary framing.
-    Vz,
-}
-
-/// Text encoding on a serial link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SerialEncoding {
-    Gbk,
-    Utf8,
-}
-
-/// Line terminator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineTerminator {
-    /// "\n", with a preceding "\r" stripped (covers CRLF and LF).
-    Lf,
-    /// A lone "\r".
-    Cr,
-}
-
-/// Where a camera's events come from.
+/// Where a camera's events come from, in the drivers' own terms (no mirror of them here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CameraSource {
     /// Over the site MQTT broker.
-    Mqtt(MqttFormat),
+    Mqtt(CameraFormat),
     /// Over a serial port.
     Serial {
         port: String,
         baud: u32,
-        framing: SerialFraming,
-        encoding: SerialEncoding,
-        /// Field names, validated ("direction", "plate", "color", "time", "_").
-        fields: Vec<String>,
-        separator: String,
-        terminator: LineTerminator,
-        max_line: usize,
+        framing: CameraFraming,
     },
     /// POSTs to the `[http]` listener.
     Http {
-        format: HttpFormat,
+        format: PushFormat,
         /// URL path, starts with `/`, unique.
         path: String,
         /// Identity every request must carry (serialno / deviceID / MAC).
@@ -324,39 +264,16 @@ pub struct CameraConfig {
     pub max_camera_skew: Duration,
 }
 
-/// Modbus register kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RegisterKind {
-    DiscreteInput,
-    Coil,
-    InputRegister,
-    HoldingRegister,
-}
-
-/// Modbus loop mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModbusMode {
-    Edge,
-    Counter { bits: u8 },
-}
-
-/// How to reach a Modbus module.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ModbusTarget {
-    Rtu { port: String, baud: u32 },
-    Tcp { host: String },
-}
-
 /// Where a loop's passes come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LoopSource {
     Modbus {
-        target: ModbusTarget,
+        target: BusTarget,
         slave: u8,
-        register: RegisterKind,
+        register: Register,
         address: u16,
         active_low: bool,
-        mode: ModbusMode,
+        mode: LoopMode,
         poll_interval: Duration,
         timeout: Duration,
     },
@@ -390,7 +307,7 @@ pub struct LoopConfig {
 pub struct Devices {
     pub mqtt: Option<MqttConfig>,
     /// The camera listener; `Some` when any camera has `driver = "http"`.
-    pub http: Option<HttpConfig>,
+    pub http: Option<HttpSettings>,
     pub cameras: Vec<CameraConfig>,
     pub loops: Vec<LoopConfig>,
 }
@@ -670,7 +587,7 @@ fn validate_camera(
                         cam.topic.is_some(),
                         "format = \"json\" only (vzenith topics are fixed)",
                     );
-                    Some(CameraSource::Mqtt(MqttFormat::Vzenith {
+                    Some(CameraSource::Mqtt(CameraFormat::Vzenith {
                         sn: cam.sn.clone().filter(|s| !s.is_empty()),
                     }))
                 }
@@ -678,7 +595,7 @@ fn validate_camera(
                     not_for(c, &k("sn"), cam.sn.is_some(), "format = \"vzenith\" only");
                     match cam.topic.as_deref() {
                         Some(t) if !t.is_empty() && !t.contains(['+', '#']) => {
-                            Some(CameraSource::Mqtt(MqttFormat::Json {
+                            Some(CameraSource::Mqtt(CameraFormat::Json {
                                 topic: t.to_string(),
                             }))
                         }
@@ -727,33 +644,33 @@ fn validate_camera(
                 );
             }
             let baud = baud(c, &k("baud"), cam.baud);
-            let framing = choice(
+            let vz = choice(
                 c,
                 &k("framing"),
                 cam.framing.as_deref(),
-                SerialFraming::Line,
-                &[("line", SerialFraming::Line), ("vz", SerialFraming::Vz)],
+                false,
+                &[("line", false), ("vz", true)],
             );
             let encoding = choice(
                 c,
                 &k("encoding"),
                 cam.encoding.as_deref(),
-                SerialEncoding::Gbk,
+                TextEncoding::Gbk,
                 &[
-                    ("gbk", SerialEncoding::Gbk),
-                    ("utf-8", SerialEncoding::Utf8),
-                    ("utf8", SerialEncoding::Utf8),
+                    ("gbk", TextEncoding::Gbk),
+                    ("utf-8", TextEncoding::Utf8),
+                    ("utf8", TextEncoding::Utf8),
                 ],
             );
-            let terminator = choice(
+            let ending = choice(
                 c,
                 &k("line_ending"),
                 cam.line_ending.as_deref(),
-                LineTerminator::Lf,
+                LineEnding::Lf,
                 &[
-                    ("crlf", LineTerminator::Lf),
-                    ("lf", LineTerminator::Lf),
-                    ("cr", LineTerminator::Cr),
+                    ("crlf", LineEnding::Lf),
+                    ("lf", LineEnding::Lf),
+                    ("cr", LineEnding::Cr),
                 ],
             );
             let fields = cam.fields.clone().unwrap_or_else(|| {
@@ -784,23 +701,37 @@ fn validate_camera(
             }
             let max_line = ranged(c, &k("max_line"), cam.max_line, 1024, 16, 65_536)
                 .and_then(|v| usize::try_from(v).ok());
-            match (port, baud, framing, encoding, terminator, max_line) {
+            match (port, baud, vz, encoding, ending, max_line) {
+                (Some(port), Some(baud), Some(true), Some(_), Some(_), Some(_)) => {
+                    Some(CameraSource::Serial {
+                        port,
+                        baud,
+                        framing: CameraFraming::Vz,
+                    })
+                }
                 (
                     Some(port),
                     Some(baud),
-                    Some(framing),
+                    Some(false),
                     Some(encoding),
-                    Some(terminator),
+                    Some(ending),
                     Some(max_line),
                 ) => Some(CameraSource::Serial {
                     port,
                     baud,
-                    framing,
-                    encoding,
-                    fields,
-                    separator,
-                    terminator,
-                    max_line,
+                    framing: CameraFraming::Line {
+                        encoding,
+                        ending,
+                        max_line,
+                        format: LineFormat {
+                            // Checked above: every name parses.
+                            fields: fields
+                                .iter()
+                                .filter_map(|f| LineField::parse(f).ok())
+                                .collect(),
+                            separator,
+                        },
+                    },
                 }),
                 _ => None,
             }
@@ -817,9 +748,9 @@ fn validate_camera(
     let numeric_types = matches!(
         source,
         Some(
-            CameraSource::Mqtt(MqttFormat::Vzenith { .. })
+            CameraSource::Mqtt(CameraFormat::Vzenith { .. })
                 | CameraSource::Serial {
-                    framing: SerialFraming::Vz,
+                    framing: CameraFraming::Vz,
                     ..
                 }
         )
@@ -857,8 +788,8 @@ fn validate_http_camera(
     }
     not_for(c, &k("topic"), cam.topic.is_some(), "mqtt cameras only");
     let format = match cam.format.as_deref() {
-        Some("vzenith") => Some(HttpFormat::Vzenith),
-        Some("hikvision") => Some(HttpFormat::Hikvision),
+        Some("vzenith") => Some(PushFormat::Vzenith),
+        Some("hikvision") => Some(PushFormat::Hikvision),
         Some(other) => {
             c.bad(
                 &k("format"),
@@ -906,7 +837,7 @@ fn validate_http_camera(
         false,
         &[("none", false), ("open", true)],
     );
-    if gate_open == Some(true) && format == Some(HttpFormat::Hikvision) {
+    if gate_open == Some(true) && format == Some(PushFormat::Hikvision) {
         c.bad(
             &k("gate"),
             "format = \"vzenith\" only (a Hikvision camera's barrier is not opened by the reply)",
@@ -920,7 +851,7 @@ fn validate_http_camera(
     })
 }
 
-fn validate_http(c: &mut Collector, h: &RawHttp) -> Option<HttpConfig> {
+fn validate_http(c: &mut Collector, h: &RawHttp) -> Option<HttpSettings> {
     let listen = match h.listen.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
@@ -984,12 +915,13 @@ fn validate_http(c: &mut Collector, h: &RawHttp) -> Option<HttpConfig> {
         4096,
     )
     .and_then(|n| usize::try_from(n).ok());
-    Some(HttpConfig {
+    Some(HttpSettings {
         listen: listen?,
         max_body: max_body?,
         allow,
         read_timeout: read_timeout?,
         max_connections: max_connections?,
+        silence: CAMERA_SILENCE,
     })
 }
 
@@ -1033,7 +965,7 @@ fn validate_loop(c: &mut Collector, i: usize, l: &RawLoop, have_mqtt: bool) -> O
             }
             let target = match (&l.port, &l.host) {
                 (Some(p), None) if !p.is_empty() => {
-                    baud(c, &k("baud"), l.baud).map(|baud| ModbusTarget::Rtu {
+                    baud(c, &k("baud"), l.baud).map(|baud| BusTarget::Rtu {
                         port: p.clone(),
                         baud,
                     })
@@ -1045,7 +977,7 @@ fn validate_loop(c: &mut Collector, i: usize, l: &RawLoop, have_mqtt: bool) -> O
                         l.baud.is_some(),
                         "modbus RTU only (not with `host`)",
                     );
-                    Some(ModbusTarget::Tcp { host: h.clone() })
+                    Some(BusTarget::Tcp { host: h.clone() })
                 }
                 (None, Some(h)) => {
                     c.bad(
@@ -1068,12 +1000,12 @@ fn validate_loop(c: &mut Collector, i: usize, l: &RawLoop, have_mqtt: bool) -> O
                 c,
                 &k("register"),
                 l.register.as_deref(),
-                RegisterKind::DiscreteInput,
+                Register::DiscreteInput,
                 &[
-                    ("discrete_input", RegisterKind::DiscreteInput),
-                    ("coil", RegisterKind::Coil),
-                    ("input_register", RegisterKind::InputRegister),
-                    ("holding_register", RegisterKind::HoldingRegister),
+                    ("discrete_input", Register::DiscreteInput),
+                    ("coil", Register::Coil),
+                    ("input_register", Register::InputRegister),
+                    ("holding_register", Register::HoldingRegister),
                 ],
             );
             let address = match l.address {
@@ -1095,22 +1027,20 @@ fn validate_loop(c: &mut Collector, i: usize, l: &RawLoop, have_mqtt: bool) -> O
                         l.counter_bits.is_some(),
                         "mode = \"counter\" only",
                     );
-                    Some(ModbusMode::Edge)
+                    // The hold time is checked above; without it there is a problem already.
+                    Some(LoopMode::Edge {
+                        min_hold: min_hold.unwrap_or_default(),
+                    })
                 }
                 "counter" => match l.counter_bits.unwrap_or(16) {
                     b @ (16 | 32) => {
-                        if matches!(
-                            register,
-                            Some(RegisterKind::DiscreteInput | RegisterKind::Coil)
-                        ) {
+                        if matches!(register, Some(Register::DiscreteInput | Register::Coil)) {
                             c.bad(
                                 &k("register"),
                                 "mode = \"counter\" reads input_register or holding_register",
                             );
                         }
-                        u8::try_from(b)
-                            .ok()
-                            .map(|bits| ModbusMode::Counter { bits })
+                        u8::try_from(b).ok().map(|bits| LoopMode::Counter { bits })
                     }
                     b => {
                         c.bad(&k("counter_bits"), format!("{b}: allowed are 16, 32"));
@@ -1370,8 +1300,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::{from_str, ConfigError};
-    use crate::space::SpaceSource;
+    use crate::config::{from_str, ConfigError, SpaceSource};
 
     const BASE: &str = r#"
 [platform]
@@ -1469,24 +1398,26 @@ input = 1
         assert_eq!(d.cameras.len(), 3);
         assert_eq!(
             d.cameras[0].source,
-            CameraSource::Mqtt(MqttFormat::Vzenith {
+            CameraSource::Mqtt(CameraFormat::Vzenith {
                 sn: Some("a1b2c3d4-e5f60718".into())
             })
         );
         match &d.cameras[2].source {
             CameraSource::Serial {
                 baud,
-                framing,
-                encoding,
-                separator,
-                terminator,
+                framing:
+                    CameraFraming::Line {
+                        encoding,
+                        ending,
+                        format,
+                        ..
+                    },
                 ..
             } => {
                 assert_eq!(*baud, 9600);
-                assert_eq!(*framing, SerialFraming::Line);
-                assert_eq!(*encoding, SerialEncoding::Gbk);
-                assert_eq!(separator, "|");
-                assert_eq!(*terminator, LineTerminator::Lf);
+                assert_eq!(*encoding, TextEncoding::Gbk);
+                assert_eq!(format.separator, "|");
+                assert_eq!(*ending, LineEnding::Lf);
             }
             other => panic!("{other:?}"),
         }
@@ -1499,11 +1430,11 @@ input = 1
                 target,
                 ..
             } => {
-                assert_eq!(*mode, ModbusMode::Counter { bits: 32 });
-                assert_eq!(*register, RegisterKind::HoldingRegister);
+                assert_eq!(*mode, LoopMode::Counter { bits: 32 });
+                assert_eq!(*register, Register::HoldingRegister);
                 assert_eq!(
                     *target,
-                    ModbusTarget::Tcp {
+                    BusTarget::Tcp {
                         host: "127.0.0.1:502".into()
                     }
                 );
@@ -1731,7 +1662,7 @@ snapshot_url = "http://192.168.1.65/ISAPI/Streaming/channels/1/picture"
         assert_eq!(
             c.devices.cameras[0].source,
             CameraSource::Http {
-                format: HttpFormat::Vzenith,
+                format: PushFormat::Vzenith,
                 path: "/push/entry1".into(),
                 sn: Some("33ae5105-d7732a0d".into()),
                 gate_open: true,
@@ -1740,7 +1671,7 @@ snapshot_url = "http://192.168.1.65/ISAPI/Streaming/channels/1/picture"
         assert_eq!(
             c.devices.cameras[1].source,
             CameraSource::Http {
-                format: HttpFormat::Hikvision,
+                format: PushFormat::Hikvision,
                 path: "/isapi/entry2".into(),
                 sn: None,
                 gate_open: false,

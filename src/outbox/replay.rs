@@ -30,7 +30,7 @@ use super::index::{self, Chunk, Edit, Src};
 use super::segments::{self, Bodies, Head, Item, Kind};
 use super::writer::Books;
 use super::{dead, quota, OpenReport, OutboxError, OutboxOptions, Shared, StoreHealth};
-use crate::protocol::Clock;
+use crate::clock::Clock;
 
 /// `m/format`: the store's layout version (3: the log with marks, dead letters in files).
 pub(super) const K_FORMAT: &[u8] = b"m/format";

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::segments::{self, Kind};
 use super::*;
-use crate::protocol::Clock;
+use crate::clock::Clock;
 
 fn meta(plate: &str) -> RecordMeta {
     RecordMeta {

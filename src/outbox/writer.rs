@@ -40,7 +40,7 @@ use super::{
     dead, decode_record, encode_record, quota, NewRecord, OutboxError, OutboxOptions, Shared,
     StoreHealth, Submitted,
 };
-use crate::protocol::Clock;
+use crate::clock::Clock;
 
 /// Commands waiting for the writer, at most.
 pub(super) const QUEUE: usize = 256;
