@@ -404,7 +404,7 @@ pub(super) fn recover(
                         tracing::warn!(segment = seg, offset = off, bytes = n, "outbox: cut a torn entry off the end of the log (a crash mid-write, before its fsync returned: no source was acknowledged for it)");
                         continue;
                     }
-                    if !applies_from.is_some_and(|f| off >= f) {
+                    if applies_from.is_none_or(|f| off < f) {
                         continue; // indexed already; a damaged record is caught when read
                     }
                     report.damaged_ranges += 1;
