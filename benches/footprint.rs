@@ -282,7 +282,7 @@ macro_rules! wait_until {
 async fn per_event(mnt: &Path, jpeg35: &[u8]) {
     let n = 200usize;
     let sim =
-        lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench-token-0000"))
+        lotlink_sim::PlatformSim::start(lotlink_sim::SimConfig::new("350", "bench-token-0000"))
             .await
             .unwrap();
     let broker = common::devices::Broker::start().await;
@@ -309,7 +309,7 @@ async fn per_event(mnt: &Path, jpeg35: &[u8]) {
     let mut seg_per_event = [0u64; 2];
     for up in [true, false] {
         if !up {
-            sim.set_mode(lotlink::sim::Mode::Refuse);
+            sim.set_mode(lotlink_sim::Mode::Refuse);
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         for (k, image) in [("plain", None), ("image", Some(jpeg35))] {
@@ -403,7 +403,7 @@ async fn per_event(mnt: &Path, jpeg35: &[u8]) {
 /// Idle: one camera connected, the platform up, nothing happening.
 async fn idle(mnt: &Path, secs: u64) {
     let sim =
-        lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench-token-0000"))
+        lotlink_sim::PlatformSim::start(lotlink_sim::SimConfig::new("350", "bench-token-0000"))
             .await
             .unwrap();
     let broker = common::devices::Broker::start().await;
@@ -663,7 +663,7 @@ async fn start_with(mnt: &Path, aged: bool) {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let sim =
-        lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench-token-0000"))
+        lotlink_sim::PlatformSim::start(lotlink_sim::SimConfig::new("350", "bench-token-0000"))
             .await
             .unwrap();
     let port = common::devices::free_port();

@@ -269,7 +269,7 @@ async fn p2(image: &[u8]) {
     let path = dir.path().join("p2");
     let n = 5_000u64;
     fill(&path, n, image).await;
-    let sim = lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench"))
+    let sim = lotlink_sim::PlatformSim::start(lotlink_sim::SimConfig::new("350", "bench"))
         .await
         .unwrap();
     let cfg = config(&sim.url(), &path);
@@ -341,7 +341,7 @@ async fn p5(image: &[u8]) {
         first_read.as_secs_f64()
     );
     result("p5_sled_open", first_read.as_secs_f64(), "s");
-    let sim = lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench"))
+    let sim = lotlink_sim::PlatformSim::start(lotlink_sim::SimConfig::new("350", "bench"))
         .await
         .unwrap();
     // The gateway is the real `lotlink run` binary in a process of its own, so the RSS is
@@ -402,7 +402,7 @@ async fn p5(image: &[u8]) {
             }
         }
     }
-    let before = sim.stats().requests_to(lotlink::sim::Route::CarInOut);
+    let before = sim.stats().requests_to(lotlink_sim::Route::CarInOut);
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace(&path.display().to_string(), &lost.display().to_string());
@@ -410,7 +410,7 @@ async fn p5(image: &[u8]) {
     std::fs::write(&cfg2, text).unwrap();
     let t = Instant::now();
     let mut child = spawn_gateway(&cfg2);
-    while sim.stats().requests_to(lotlink::sim::Route::CarInOut) == before {
+    while sim.stats().requests_to(lotlink_sim::Route::CarInOut) == before {
         tick.tick().await;
     }
     let rebuilt = t.elapsed();
@@ -569,7 +569,7 @@ async fn p4(image: &[u8]) {
 async fn p7() {
     let dir = bench_dir();
     let sim =
-        lotlink::sim::PlatformSim::start(lotlink::sim::SimConfig::new("350", "bench-token-0000"))
+        lotlink_sim::PlatformSim::start(lotlink_sim::SimConfig::new("350", "bench-token-0000"))
             .await
             .unwrap();
     let broker = common::devices::Broker::start().await;

@@ -85,7 +85,8 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         repeat: u32,
     },
-    /// Run the real pipeline against an in-process platform simulator and simulated lanes.
+    /// Run the real pipeline against an in-process platform simulator and simulated lanes
+    /// (builds with the `demo` feature only, the default for `cargo run`; not the .deb).
     Demo {
         /// Stop after this long (e.g. "40s"); default: run until Ctrl-C.
         #[arg(long)]
@@ -176,6 +177,7 @@ pub enum CliError {
     Hardware(#[from] hardware::HardwareError),
     #[error(transparent)]
     Daemon(#[from] crate::daemon::DaemonError),
+    #[cfg(feature = "demo")]
     #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
     #[error("{0}")]
@@ -272,18 +274,46 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
             interval,
             online,
             outage,
-        } => {
-            let p = |s: &str| config::parse_duration(s).map_err(CliError::Other);
-            let opts = crate::demo::DemoOptions {
-                duration: duration.as_deref().map(p).transpose()?,
-                interval: p(&interval)?,
-                online: p(&online)?,
-                outage: p(&outage)?,
-            };
-            crate::daemon::private_umask();
-            Ok(crate::demo::run(opts, shutdown_signal()).await?)
-        }
+        } => demo(duration, interval, online, outage).await,
     }
+}
+
+/// `demo`, in a build with the `demo` feature (the default for `cargo run`).
+#[cfg(feature = "demo")]
+async fn demo(
+    duration: Option<String>,
+    interval: String,
+    online: String,
+    outage: String,
+) -> Result<i32, CliError> {
+    let p = |s: &str| config::parse_duration(s).map_err(CliError::Other);
+    let opts = crate::demo::DemoOptions {
+        duration: duration.as_deref().map(p).transpose()?,
+        interval: p(&interval)?,
+        online: p(&online)?,
+        outage: p(&outage)?,
+    };
+    crate::daemon::private_umask();
+    Ok(crate::demo::run(opts, shutdown_signal()).await?)
+}
+
+/// What `lotlink demo` says in a build without the platform simulator (the packaged binary).
+pub const NO_DEMO: &str = "lotlink demo is not in this build: the packaged lotlink (the .deb, \
+built without default features) leaves the platform simulator out. Run the demo from a source \
+checkout with `cargo run --release -- demo` (the `demo` feature is on by default), or build \
+with `cargo build --release --features demo`.";
+
+/// `demo` in a build without the `demo` feature: say how to get it, exit code 2.
+#[cfg(not(feature = "demo"))]
+#[allow(clippy::unused_async, clippy::needless_pass_by_value)] // same signature as the real one
+async fn demo(
+    _duration: Option<String>,
+    _interval: String,
+    _online: String,
+    _outage: String,
+) -> Result<i32, CliError> {
+    eprintln!("{NO_DEMO}");
+    Ok(2)
 }
 
 /// `shrink`: [`crate::imaging::prepare`] on a file, timed.

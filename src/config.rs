@@ -150,7 +150,8 @@ pub struct RawPlatform {
     /// Largest carInOut request body, e.g. "2MiB".
     #[serde(default = "d_2mib")]
     pub max_body: String,
-    /// Time zone of `inOutTime`, an IANA name.
+    /// Time zone of `inOutTime`, an IANA name among those built in (China's, UTC; see
+    /// `.cargo/config.toml`).
     #[serde(default = "d_tz")]
     pub timezone: String,
     /// PEM file of the CA certificate(s) that sign the platform's HTTPS certificate. When set,
@@ -235,6 +236,18 @@ fn d_2mib() -> String {
 fn d_2gib() -> String {
     "2GiB".into()
 }
+
+/// The time zones built in (chosen at build time, see `.cargo/config.toml`), for the error
+/// message: all of them when there are a few, else an example.
+fn known_time_zones() -> String {
+    let names: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect();
+    if names.len() <= 30 {
+        names.join(", ")
+    } else {
+        format!("{} IANA names such as \"Asia/Shanghai\"", names.len())
+    }
+}
+
 fn d_tz() -> String {
     "Asia/Shanghai".into()
 }
@@ -718,8 +731,9 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
             c.bad(
                 "platform.timezone",
                 format!(
-                    "{:?} is not an IANA time zone name such as \"Asia/Shanghai\"",
-                    p.timezone
+                    "{:?} is not a time zone this build has; it has {}",
+                    p.timezone,
+                    known_time_zones()
                 ),
             );
             None

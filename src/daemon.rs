@@ -96,7 +96,7 @@ fn monotonic_usec() -> Option<i128> {
         };
         #[allow(unsafe_code)]
         // SAFETY: clock_gettime only writes the timespec it is given, which lives here.
-        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
         // `time_t` and `c_long` are i32 on armv7 and i64 elsewhere: widen them either way.
         #[allow(clippy::useless_conversion)]
         (rc == 0).then(|| usec_of(i64::from(ts.tv_sec), i64::from(ts.tv_nsec)))

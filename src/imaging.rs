@@ -903,7 +903,7 @@ fn synth_raster(width: u32, height: u32, seed: u64) -> Raster {
                 let v = 70.0 + 50.0 * depth + blotch;
                 // Dashed lane marking converging to the horizon.
                 let lane_x = wf * (0.5 + 0.35 * depth);
-                let dash = ((yf + lane_phase) / (20.0 + 60.0 * depth)) as u32 % 2 == 0;
+                let dash = (((yf + lane_phase) / (20.0 + 60.0 * depth)) as u32).is_multiple_of(2);
                 if (xf - lane_x).abs() < 2.0 + 10.0 * depth && dash {
                     [215.0, 215.0, 205.0]
                 } else {

@@ -6,7 +6,8 @@
 //!
 //! The binary is thin: `main.rs` parses the command line and calls [`cli`]. Everything runs
 //! in-process with a shutdown future passed in ([`app::run`]), so tests drive the real
-//! pipeline against the in-process platform simulator ([`sim`]).
+//! pipeline against the in-process platform simulator (the `lotlink-sim` crate, a
+//! dev-dependency; the `demo` feature links it into the binary for `lotlink demo`).
 #![warn(clippy::pedantic)]
 // Allowed pedantic lints, each for a reason:
 #![allow(
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod hardware;
 pub mod imaging;
@@ -38,7 +40,6 @@ pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod record;
-pub mod sim;
 pub mod space;
 pub mod state;
 pub mod status;

@@ -412,7 +412,7 @@ impl Pace {
     }
 
     fn ready(&self, now: Instant) -> bool {
-        self.not_before.map_or(true, |t| now >= t)
+        self.not_before.is_none_or(|t| now >= t)
     }
 
     /// A success: returns whether the stream had been failing (logged as its end).

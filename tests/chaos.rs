@@ -48,7 +48,7 @@ use common::gateway::{
 };
 use common::modbus::Module;
 use common::{eventually, LOT, TOKEN};
-use lotlink::sim::{Mode, PlatformSim, Route, Scripted, SimConfig};
+use lotlink_sim::{Mode, PlatformSim, Route, Scripted, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -120,7 +120,7 @@ impl Camera {
     }
 
     async fn publish(&self, n: u64) -> Expect {
-        let direction = if n % 2 == 0 { "in" } else { "out" };
+        let direction = if n.is_multiple_of(2) { "in" } else { "out" };
         let msg = format!(
             r#"{{"plate":"{}","id":"ev-{n}","direction":"{direction}"}}"#,
             plate(n)
@@ -140,7 +140,7 @@ fn serial_plate(n: u64) -> String {
 
 /// A GBK line as the serial camera sends it, with a capture time unique to `n`.
 fn serial_line(n: u64) -> (Vec<u8>, Expect) {
-    let (word, direction) = if n % 2 == 0 {
+    let (word, direction) = if n.is_multiple_of(2) {
         ("IN", "in")
     } else {
         ("OUT", "out")

@@ -44,7 +44,7 @@ use common::gateway::{
     delivered, free_bytes, is_root, missing_tools, path_str, skip_or_fail, tool, write_config,
     Extras, Gateway, CAMERA_TOPIC, MQTT_CAMERA,
 };
-use lotlink::sim::{Mode, PlatformSim};
+use lotlink_sim::{Mode, PlatformSim};
 use serde_json::Value;
 
 /// The tmpfs's size.
@@ -237,7 +237,7 @@ fn plate(n: u64) -> String {
 impl Rig {
     /// Publish event `n` with the picture.
     async fn publish(&self, n: u64) {
-        let direction = if n % 2 == 0 { "in" } else { "out" };
+        let direction = if n.is_multiple_of(2) { "in" } else { "out" };
         self.camera
             .publish(
                 CAMERA_TOPIC,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use lotlink::drivers::{Accepted, SinkError};
-use lotlink::sim::{Mode, Route, Scripted};
+use lotlink_sim::{Mode, Route, Scripted};
 
 const T: Duration = Duration::from_secs(30);
 

@@ -657,13 +657,13 @@ async fn a_result_stored_before_a_sigkill_and_posted_again_after_the_restart_is_
         "stored; log:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    sim.set_mode(lotlink::sim::Mode::Refuse);
+    sim.set_mode(lotlink_sim::Mode::Refuse);
     daemon.0.kill().expect("SIGKILL");
     let _ = daemon.0.wait();
     let _ = posted.await;
 
     // Restarted, the camera posts the same result again: one record at the platform.
-    sim.set_mode(lotlink::sim::Mode::Up);
+    sim.set_mode(lotlink_sim::Mode::Up);
     let _daemon = Daemon::start(&config, &log);
     assert!(up().await, "listening again");
     let (code, reply) = post(&url, "application/json", body).await;

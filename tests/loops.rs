@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::devices::{free_port, require_real};
+use common::devices::free_port;
 use common::modbus::Module;
 use common::{eventually, eventually_async, start_devices_in, DeviceHarness};
 
@@ -15,7 +15,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Start the gateway, retrying while sled still holds the previous run's lock.
 async fn start_in(
-    sim: lotlink::sim::PlatformSim,
+    sim: lotlink_sim::PlatformSim,
     dir: tempfile::TempDir,
     devices: &str,
 ) -> DeviceHarness {
@@ -121,7 +121,7 @@ min_hold = "0s"
 /// Start again on the same directory; sled frees its lock from a background thread, so
 /// the first attempts right after a stop may find it still held.
 async fn restart(
-    sim: lotlink::sim::PlatformSim,
+    sim: lotlink_sim::PlatformSim,
     dir: tempfile::TempDir,
     devices: &str,
 ) -> DeviceHarness {
@@ -209,27 +209,68 @@ async fn a_tcp_counter_wrapping_from_65535_to_3_counts_four_and_a_restart_counts
     server.abort();
 }
 
+/// The pymodbus server, for both API generations of pymodbus 3: up to 3.7 a
+/// `ModbusSlaveContext` that takes `zero_mode`, 3.8 without `zero_mode`, later releases the
+/// same class renamed `ModbusDeviceContext` (and `ModbusServerContext(devices=…)`, so the
+/// store is passed by position), and a block may no longer start at address 0 (3.16: "0 <=
+/// address"), so it starts at 1. Tested with Debian's 3.0.0, pip's 3.8.6 and 3.16.1. Both
+/// sides of the test address register 0x10 through the same server, so pymodbus's address
+/// offset (zero-based or not) does not matter.
 const PYMODBUS_SERVER: &str = r#"
 import sys
-from pymodbus.datastore import ModbusSequentialDataBlock, ModbusSlaveContext, ModbusServerContext
+import pymodbus
+from pymodbus import datastore
 from pymodbus.server import StartTcpServer
 port = int(sys.argv[1])
-block = ModbusSequentialDataBlock(0, [0] * 256)
-store = ModbusSlaveContext(hr=block, zero_mode=True)
-context = ModbusServerContext(slaves=store, single=True)
+Device = getattr(datastore, "ModbusDeviceContext", None) or datastore.ModbusSlaveContext
+block = datastore.ModbusSequentialDataBlock(1, [0] * 256)
+try:
+    store = Device(hr=block, zero_mode=True)
+except TypeError:
+    store = Device(hr=block)
+context = datastore.ModbusServerContext(store, single=True)
+print("pymodbus", pymodbus.__version__, "serving on port", port, flush=True)
 StartTcpServer(context=context, address=("127.0.0.1", port))
 "#;
 
-/// A Python whose pymodbus can run a server: `pymodbus.server` imports serial_asyncio and
-/// pyserial, which Debian's python3-pymodbus only recommends (a fresh CI box without them
-/// failed here, 20 s after the server had died on the import).
-fn python_with_pymodbus() -> Option<&'static str> {
-    ["/usr/bin/python3", "python3"].into_iter().find(|py| {
-        std::process::Command::new(py)
-            .args(["-c", "import pymodbus.server"])
+/// The pymodbus versions [`PYMODBUS_SERVER`] knows.
+const PYMODBUS_ACCEPTED: &str = "pymodbus 3.x (tested: 3.0, 3.8, 3.16)";
+
+/// What a Python says about its pymodbus: the version when `pymodbus.server` imports.
+const PYMODBUS_PROBE: &str = "import pymodbus, pymodbus.server; print(pymodbus.__version__)";
+
+/// A Python whose pymodbus can run [`PYMODBUS_SERVER`], and that pymodbus's version: the one
+/// `LOTLINK_PYTHON` names, else `/usr/bin/python3` (Debian's python3-pymodbus), else the
+/// `python3` on PATH. `pymodbus.server` imports serial_asyncio and pyserial, which Debian's
+/// python3-pymodbus only recommends (a fresh CI box without them failed here, 20 s after the
+/// server had died on the import), so the probe imports it. Err: what each candidate lacked.
+fn python_with_pymodbus() -> Result<(String, String), String> {
+    let candidates = match std::env::var("LOTLINK_PYTHON") {
+        Ok(py) => vec![py],
+        Err(_) => vec!["/usr/bin/python3".to_string(), "python3".to_string()],
+    };
+    let mut why = Vec::new();
+    for py in candidates {
+        match std::process::Command::new(&py)
+            .args(["-c", PYMODBUS_PROBE])
             .output()
-            .is_ok_and(|o| o.status.success())
-    })
+        {
+            Err(e) => why.push(format!("{py}: {e}")),
+            Ok(o) if !o.status.success() => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                let last = err.lines().last().unwrap_or("no output");
+                why.push(format!("{py}: cannot import pymodbus.server ({last})"));
+            }
+            Ok(o) => {
+                let version = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                if version.starts_with("3.") {
+                    return Ok((py, version));
+                }
+                why.push(format!("{py}: pymodbus {version}, not 3.x"));
+            }
+        }
+    }
+    Err(why.join("; "))
 }
 
 struct Kill(std::process::Child);
@@ -242,32 +283,58 @@ impl Drop for Kill {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pymodbus_as_an_independent_peer_agrees_on_counter_wrap_around() {
-    let Some(py) = python_with_pymodbus() else {
-        assert!(
-            !require_real(),
-            "LOTLINK_REQUIRE_REAL=1 but pymodbus with its server is missing (apt-get install python3-pymodbus python3-serial-asyncio)"
-        );
-        eprintln!(
-            "skipped: pymodbus not installed (apt-get install python3-pymodbus python3-serial-asyncio)"
-        );
-        return;
+    const TEST: &str = "pymodbus_as_an_independent_peer_agrees_on_counter_wrap_around";
+    let (py, version) = match python_with_pymodbus() {
+        Ok(found) => found,
+        Err(why) => {
+            common::gateway::skip_or_fail(
+                TEST,
+                &format!(
+                    "it needs {PYMODBUS_ACCEPTED} with its server, found none ({why}); \
+                     apt-get install python3-pymodbus python3-serial-asyncio, \
+                     or set LOTLINK_PYTHON to a python that has it"
+                ),
+            );
+            return;
+        }
     };
     let port = free_port();
-    let _server = Kill(
-        std::process::Command::new(py)
+    let logs = tempfile::tempdir().expect("tempdir");
+    let stderr_path = logs.path().join("pymodbus.stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let server = std::sync::Mutex::new(Kill(
+        std::process::Command::new(&py)
             .args(["-c", PYMODBUS_SERVER, &port.to_string()])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("pymodbus server starts"),
-    );
+    ));
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    // Our own writer: the test plays the vehicles by writing the counter register.
-    let writer = eventually_async(WAIT, || async move {
-        tokio_modbus::client::tcp::connect(addr).await.is_ok()
+    // Our own writer: the test plays the vehicles by writing the counter register. Stop
+    // waiting as soon as the server has died.
+    let exited = || {
+        server
+            .lock()
+            .expect("server lock")
+            .0
+            .try_wait()
+            .ok()
+            .flatten()
+    };
+    let listening = eventually_async(WAIT, || {
+        let dead = exited().is_some();
+        async move { dead || tokio_modbus::client::tcp::connect(addr).await.is_ok() }
     })
-    .await;
-    assert!(writer, "pymodbus listening");
+    .await
+        && exited().is_none();
+    assert!(
+        listening,
+        "the pymodbus server ({py}, pymodbus {version}) did not listen on {addr}: {}; \
+         its stderr:\n{}\n(this test supports {PYMODBUS_ACCEPTED}; LOTLINK_PYTHON picks the python)",
+        exited().map_or_else(|| format!("still running after {WAIT:?}"), |s| format!("it exited, {s}")),
+        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+    );
     let mut ctx = tokio_modbus::client::tcp::connect(addr)
         .await
         .expect("connect");

@@ -66,7 +66,7 @@ use common::gateway::{
     CAMERA_TOPIC, MQTT_CAMERA,
 };
 use lotlink::drivers::CancellationToken;
-use lotlink::sim::{Mode, PlatformSim};
+use lotlink_sim::{Mode, PlatformSim};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -329,7 +329,7 @@ impl Pictures {
 }
 
 fn event_json(n: u64, image: &str) -> String {
-    let direction = if n % 2 == 0 { "in" } else { "out" };
+    let direction = if n.is_multiple_of(2) { "in" } else { "out" };
     format!(
         r#"{{"plate":"{}","id":"pc-{n}","direction":"{direction}","image":"{image}"}}"#,
         plate(n)

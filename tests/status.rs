@@ -183,7 +183,7 @@ async fn the_operator_cli_reads_status_and_handles_dead_letters_and_the_space_co
 async fn a_status_token_guards_every_route_and_the_page_shows_the_outbox_depth_in_chromium() {
     const STATUS_TOKEN: &str = "status-token-0123456789";
     let sim = common::sim().await;
-    sim.set_mode(lotlink::sim::Mode::Refuse);
+    sim.set_mode(lotlink_sim::Mode::Refuse);
     let dir = tempfile::tempdir().expect("tempdir");
     let text = common::config_text(&sim.url(), &dir.path().join("outbox"), "").replace(
         "listen = \"127.0.0.1:0\"",

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::devices::{free_port, Broker, Publisher};
 use common::{eventually, lotlink_command, sim, start_devices, LOT, TOKEN};
-use lotlink::sim::Route;
+use lotlink_sim::Route;
 use tokio::net::{TcpListener, TcpStream};
 
 /// A CA-less self-signed certificate for 127.0.0.1 and localhost, written as PEM.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use lotlink::drivers::Accepted;
-use lotlink::sim::{Mode, Route, Scripted, SimConfig, TsUnit};
+use lotlink_sim::{Mode, Route, Scripted, SimConfig, TsUnit};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -186,11 +186,11 @@ async fn a_batch_refused_with_1004_for_one_known_record_still_delivers_the_99_ne
     assert_eq!(sim.records().len(), 100);
 }
 
-fn body_for(sim: &lotlink::sim::PlatformSim, recs: &[lotlink::outbox::StoredRecord]) -> String {
+fn body_for(sim: &lotlink_sim::PlatformSim, recs: &[lotlink::outbox::StoredRecord]) -> String {
     let ts = sim.now_ms().to_string();
     format!(
         "{{\"cmd\":\"carInOut\",\"lotCode\":\"{LOT}\",\"ts\":\"{ts}\",\"auth\":\"{}\",\"data\":{}}}",
-        lotlink::sim::sign("carInOut", LOT, &ts, TOKEN),
+        lotlink_sim::sign("carInOut", LOT, &ts, TOKEN),
         lotlink::uploader::records_json(recs)
     )
 }
@@ -320,7 +320,7 @@ async fn platform_down_for_a_while_then_back_delivers_every_record_once() {
 async fn with_the_platform_clock_an_hour_ahead_uploads_succeed_after_the_first_answer() {
     let mut cfg = SimConfig::new(LOT, TOKEN);
     cfg.skew_ms = 3_600_000;
-    let sim = lotlink::sim::PlatformSim::start(cfg).await.unwrap();
+    let sim = lotlink_sim::PlatformSim::start(cfg).await.unwrap();
     let h = start_with(sim, "").await;
     submit_n(&h, 3, "H").await;
     assert!(h.sim.wait_for_records(3, T).await);
@@ -333,7 +333,7 @@ async fn with_the_platform_clock_an_hour_ahead_uploads_succeed_after_the_first_a
 async fn ts_unit_auto_settles_on_seconds_when_the_platform_wants_seconds_and_remembers_it() {
     let mut cfg = SimConfig::new(LOT, TOKEN);
     cfg.ts_unit = TsUnit::S;
-    let sim = lotlink::sim::PlatformSim::start(cfg).await.unwrap();
+    let sim = lotlink_sim::PlatformSim::start(cfg).await.unwrap();
     let h = start_with(sim, "ts_unit = \"auto\"").await;
     submit_n(&h, 1, "S").await;
     assert!(h.sim.wait_for_records(1, T).await);

@@ -345,7 +345,7 @@ impl Pass<'_> {
                     tracing::warn!(segment = seg, offset = off, bytes = n, "outbox: cut a torn entry off the end of the log (a crash mid-write, before its fsync returned: no source was acknowledged for it)");
                     return Ok(());
                 }
-                if !self.applies_from.is_some_and(|f| off >= f) {
+                if self.applies_from.is_none_or(|f| off < f) {
                     return Ok(()); // indexed already; a damaged record is caught when read
                 }
                 self.report.damaged_ranges += 1;

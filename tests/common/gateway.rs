@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use lotlink::sim::PlatformSim;
+use lotlink_sim::PlatformSim;
 use serde_json::Value;
 
 use super::devices::{free_port, Broker};

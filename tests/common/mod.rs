@@ -16,7 +16,7 @@ use lotlink::drivers::{
     PlateEvent, SinkError,
 };
 use lotlink::outbox::{ImgName, NewRecord, RecordMeta};
-use lotlink::sim::{PlatformSim, SimConfig};
+use lotlink_sim::{PlatformSim, SimConfig};
 use tokio::sync::{mpsc, oneshot};
 
 pub const LOT: &str = "350";

@@ -217,10 +217,10 @@ pub async fn drain_backlog(
     deadline: Duration,
 ) -> Drain {
     let window = lotlink::protocol::TS_WINDOW / scale;
-    let mut cfg = lotlink::sim::SimConfig::new(super::LOT, super::TOKEN);
+    let mut cfg = lotlink_sim::SimConfig::new(super::LOT, super::TOKEN);
     cfg.window = window;
-    let sim = lotlink::sim::PlatformSim::start(cfg).await.expect("sim");
-    sim.set_mode(lotlink::sim::Mode::Refuse);
+    let sim = lotlink_sim::PlatformSim::start(cfg).await.expect("sim");
+    sim.set_mode(lotlink_sim::Mode::Refuse);
     let link = Throttle::start(sim.local_addr(), bits_per_s * u64::from(scale)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let timeout_ms = window.as_millis();
@@ -253,7 +253,7 @@ pub async fn drain_backlog(
     }
     let up_before = link.up.moved.load(Ordering::Relaxed);
     let t = std::time::Instant::now();
-    sim.set_mode(lotlink::sim::Mode::Up);
+    sim.set_mode(lotlink_sim::Mode::Up);
     sim.wait_for_records(records, deadline).await;
     let elapsed = t.elapsed();
     let stats = sim.stats();
@@ -282,7 +282,7 @@ pub async fn drain_backlog(
         batch_sizes: stats.batch_sizes.clone(),
         bytes_up: link.up.moved.load(Ordering::Relaxed) - up_before,
         image_chars,
-        requests: stats.requests_to(lotlink::sim::Route::CarInOut),
+        requests: stats.requests_to(lotlink_sim::Route::CarInOut),
         dead,
         shrunk,
     };

@@ -1,5 +1,5 @@
 //! An in-process simulator of the city platform 并州行, used by `lotlink demo` and by the
-//! end-to-end tests.
+//! end-to-end tests and benchmarks.
 //!
 //! [`PlatformSim::start`] binds a real HTTP/1.1 server on `127.0.0.1` (ephemeral port) that
 //! answers the three platform routes (`/park/heartbeat`, `/dataSync/parkSpace`,
