@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod fleet;
 pub mod hardware;
 pub mod imaging;
 pub mod ingest;
