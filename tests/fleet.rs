@@ -4,7 +4,8 @@
 //! captured for one lot and replayed onto another refused, secrets over a plain-text broker
 //! refused, `--revert` back to the local file; and a gateway without a push key that
 //! publishes its status but refuses pushes. The README's "Operating a fleet" runs the same
-//! commands.
+//! commands (`cargo test --test fleet -- --nocapture` shows what the operator sees).
+#![cfg(unix)]
 
 mod common;
 
@@ -127,6 +128,12 @@ async fn lot_router(sims: &HashMap<String, PlatformSim>) -> String {
                         async move {
                             let path = req.uri().path().trim_start_matches('/').to_string();
                             let (lot, rest) = path.split_once('/').unwrap_or((&path, ""));
+                            let content_type = req
+                                .headers()
+                                .get("content-type")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("application/json")
+                                .to_string();
                             let body = req
                                 .into_body()
                                 .collect()
@@ -136,7 +143,7 @@ async fn lot_router(sims: &HashMap<String, PlatformSim>) -> String {
                             let (status, bytes) = match routes.get(lot) {
                                 Some(base) => match http
                                     .post(format!("{base}/{rest}"))
-                                    .header("content-type", "application/json")
+                                    .header("content-type", content_type)
                                     .body(body)
                                     .send()
                                     .await
@@ -227,6 +234,8 @@ async fn an_operator_pushes_to_three_gateways_lists_the_fleet_and_a_push_replaye
         let local = gw.join("lotlink.toml");
         let text = fleet_config(&router, dir.path(), &broker, 100).replace("{lot_code}", lot);
         std::fs::write(&local, &text).expect("config");
+        std::fs::set_permissions(&local, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
         daemons.insert(lot, Daemon::start(&local, &gw.join("daemon.log")));
         locals.insert(lot, (local, text));
     }
@@ -234,10 +243,14 @@ async fn an_operator_pushes_to_three_gateways_lists_the_fleet_and_a_push_replaye
         std::fs::read_to_string(dir.path().join(lot).join("daemon.log")).unwrap_or_default()
     };
     for lot in LOTS {
-        obs.wait_status(lot, "online and the platform reached", |s| {
-            s["online"] == true && s["last_platform_success_ms"].is_i64()
-        })
-        .await;
+        obs.wait_status(lot, "online", |s| s["online"] == true)
+            .await;
+        let sim = &sims[lot];
+        assert!(
+            eventually_async(WAIT, || async { sim.stats().heartbeats_ok > 0 }).await,
+            "{lot} reaches its platform through the router:\n{}",
+            log_of(lot)
+        );
     }
 
     // 1. One file, three lots (two by --lot, one from --lots-file): each outcome on its line.
@@ -263,6 +276,7 @@ async fn an_operator_pushes_to_three_gateways_lists_the_fleet_and_a_push_replaye
         &path_arg(&new),
     ]))
     .await;
+    eprintln!("$ lotlink push … --lot TY0350 --lot TY0351 --lots-file lots.txt new.toml\n{out}{err}(exit {code})");
     assert_eq!(
         code,
         0,
@@ -319,6 +333,7 @@ async fn an_operator_pushes_to_three_gateways_lists_the_fleet_and_a_push_replaye
         assert!(r.get("oldest_pending_s").is_some(), "{r}");
     }
     let (code, table, _) = lotlink(args(&["fleet", "--broker", &broker_url])).await;
+    eprintln!("$ lotlink fleet --broker {broker_url}\n{table}(exit {code})");
     assert_eq!(code, 1);
     let offline = table
         .lines()
@@ -389,6 +404,7 @@ async fn an_operator_pushes_to_three_gateways_lists_the_fleet_and_a_push_replaye
         "an answer to the replay"
     );
     let r = obs.last("lotlink/TY0351/config/result");
+    eprintln!("the TY0350 push replayed onto lotlink/TY0351/config/set: {r}");
     assert_eq!(r["outcome"], "rejected", "{r}");
     assert!(r["reason"].as_str().unwrap_or("").contains("hmac"), "{r}");
     let b = std::fs::read_to_string(pushed_path(&locals["TY0351"].0)).expect("pushed");
