@@ -710,6 +710,13 @@ impl Handler {
                 )
             }
         };
+        if key.expose().len() < 16 {
+            return PushResult::new(
+                hint,
+                "rejected",
+                "the push key ([management] hmac_key_file) is shorter than 16 characters",
+            );
+        }
         let target = PushTarget {
             lot_code: &current.platform.lot_code,
             prefix: &m.topic_prefix,

@@ -257,6 +257,23 @@ async fn config_push_applies_rejects_rolls_back_and_reports_every_outcome() {
         "the old platform is used again"
     );
 
+    // 7. Back to the local file on the box: delete the pushed file and reload (SIGHUP).
+    std::fs::remove_file(&pushed).expect("remove the pushed file");
+    let _ = Command::new("kill")
+        .args(["-HUP", &daemon.0.id().to_string()])
+        .status();
+    let local = config.display().to_string();
+    assert!(
+        eventually_async(WAIT, || async {
+            status().await.is_some_and(|s| {
+                s["spaces"]["total"] == 100 && s["management"]["config_file"] == local.as_str()
+            })
+        })
+        .await,
+        "the local file is in effect again; log:\n{}",
+        read_log()
+    );
+
     // A clean stop says offline on the retained status.
     let _ = Command::new("kill")
         .args(["-TERM", &daemon.0.id().to_string()])
