@@ -85,6 +85,12 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         repeat: u32,
     },
+    /// Push a config to one or many gateways over the site broker and print each outcome
+    /// (exit 0 applied/unchanged, 1 rejected/rolled back, 2 no answer in time).
+    Push(crate::fleet::PushArgs),
+    /// List the gateways on the site broker from their retained status (exit 1 if one is
+    /// offline or stale).
+    Fleet(crate::fleet::FleetArgs),
     /// Run the real pipeline against an in-process platform simulator and simulated lanes
     /// (builds with the `demo` feature only, the default for `cargo run`; not the .deb).
     Demo {
@@ -171,6 +177,8 @@ pub enum SendWhat {
 pub enum CliError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     #[error(transparent)]
     App(#[from] app::AppError),
     #[error(transparent)]
@@ -268,6 +276,8 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
             operator::space_set(&config, occupied).await
         }
         Command::Outbox(OutboxCommand::Aside { config }) => outbox_aside(&config),
+        Command::Push(args) => Ok(crate::fleet::push(args).await?),
+        Command::Fleet(args) => Ok(crate::fleet::fleet(args).await?),
         Command::Shrink { file, out, repeat } => shrink(file.as_deref(), out.as_deref(), repeat),
         Command::Demo {
             duration,
@@ -471,7 +481,8 @@ mod operator {
     }
 
     fn address(path: &Path) -> Result<Target, CliError> {
-        let cfg = config::load(path)?;
+        // The config in effect: a pushed one may have moved the status address.
+        let cfg = crate::manage::load_in_effect(path)?.config;
         let mut addr = cfg.status.listen;
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -550,6 +561,9 @@ mod operator {
             show(&v, "config_hash")
         );
         let mgmt = &v["management"];
+        if let Some(file) = mgmt["config_file"].as_str() {
+            println!("config file in effect: {file}");
+        }
         if mgmt["enabled"] == true {
             let last = &mgmt["last_result"];
             println!(

@@ -93,9 +93,19 @@ pub struct RawManagement {
     pub enabled: Option<bool>,
     /// Topic prefix; `{lot_code}` is replaced. Default "lotlink/{lot_code}".
     pub topic_prefix: Option<String>,
-    /// Key of the HMAC-SHA256 a pushed config must carry. Without it, any push that is
-    /// valid and newer is applied (the broker's ACL is then the only guard).
+    /// Key of the HMAC-SHA256 every pushed config must carry (at least 16 characters).
+    /// Without a key (this or `hmac_key_file`) the gateway publishes its status but refuses
+    /// every push. At most one of `hmac_key` and `hmac_key_file`.
     pub hmac_key: Option<Secret>,
+    /// A file holding the push key (first line, surrounding whitespace trimmed); read at
+    /// each push. Unlike `hmac_key` it is not a secret in the config text, so a pushed
+    /// config may carry it over a plain `mqtt://` broker.
+    pub hmac_key_file: Option<PathBuf>,
+    /// Accept a pushed config that carries a secret (`platform.token`, `mqtt.password`,
+    /// `management.hmac_key`) over a plain `mqtt://` broker. Default false: such a push is
+    /// rejected (use `token_file` / `hmac_key_file`, or `mqtts://`). Only the running
+    /// config's setting counts.
+    pub allow_plaintext_secrets: Option<bool>,
     /// How long a pushed config is watched before it counts as good, e.g. "60s".
     #[serde(default = "d_60s")]
     pub watch: String,
@@ -107,6 +117,8 @@ impl Default for RawManagement {
             enabled: None,
             topic_prefix: None,
             hmac_key: None,
+            hmac_key_file: None,
+            allow_plaintext_secrets: None,
             watch: d_60s(),
         }
     }
@@ -385,8 +397,11 @@ pub struct StatusConfig {
 pub struct ManagementConfig {
     /// Topic prefix, `{lot_code}` replaced, no trailing `/`.
     pub topic_prefix: String,
-    /// HMAC key of pushed configs.
-    pub hmac_key: Option<Secret>,
+    /// Key of the HMAC of pushed configs: inline or a file (read at each push). `None`:
+    /// every push is refused.
+    pub hmac_key: Option<TokenSource>,
+    /// Accept pushed secrets over a plain-text broker.
+    pub allow_plaintext_secrets: bool,
     /// Watch window after a pushed config is applied.
     pub watch: Duration,
 }
@@ -941,6 +956,17 @@ fn validate_management(
     if m.hmac_key.as_ref().is_some_and(|k| k.expose().len() < 16) {
         c.bad("management.hmac_key", "must be at least 16 characters");
     }
+    if m.hmac_key.is_some() && m.hmac_key_file.is_some() {
+        c.bad(
+            "management.hmac_key_file",
+            "give at most one of hmac_key and hmac_key_file",
+        );
+    }
+    let hmac_key = match (&m.hmac_key, &m.hmac_key_file) {
+        (Some(k), _) => Some(TokenSource::Inline(k.clone())),
+        (None, Some(f)) => Some(TokenSource::File(f.clone())),
+        (None, None) => None,
+    };
     let watch = c.duration_in(
         "management.watch",
         &m.watch,
@@ -950,7 +976,8 @@ fn validate_management(
     match (enabled, watch) {
         (true, Some(watch)) => Some(ManagementConfig {
             topic_prefix: prefix,
-            hmac_key: m.hmac_key.clone(),
+            hmac_key,
+            allow_plaintext_secrets: m.allow_plaintext_secrets.unwrap_or(false),
             watch,
         }),
         _ => None,
@@ -1217,6 +1244,44 @@ total = -1
             .to_string();
         assert!(err.contains("tokne"), "{err}");
         assert!(err.contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_secret_line_is_reported_by_line_without_its_value() {
+        let secret = "s3cret-value-0123";
+        for (line, text) in [
+            (
+                5,
+                GOOD.replace("token = \"test-token\"", &format!("token = \"{secret}")),
+            ),
+            (
+                5,
+                GOOD.replace("token = \"test-token\"", &format!("token = {secret}")),
+            ),
+            (
+                5,
+                GOOD.replace("token = \"test-token\"", &format!("token = '{secret}' x")),
+            ),
+            (
+                15,
+                format!("{GOOD}\n[mqtt]\nurl = \"mqtt://h\"\npassword = \"{secret}"),
+            ),
+        ] {
+            let err = from_str(Path::new("t.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains(secret), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+            assert!(err.contains("t.toml"), "{err}");
+            assert!(err.contains(&format!("line {line},")), "{err}");
+        }
+        // A syntax error elsewhere in a file with a secret: the line is not quoted either.
+        let text = format!("{GOOD}\nbroken = = 1\n");
+        let err = from_str(Path::new("t.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("test-token"), "{err}");
+        assert!(err.contains("line 13,"), "{err}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ use sd_notify::NotifyState;
 use tokio::sync::{mpsc, watch};
 
 use crate::app::{AppError, DriverFactory, Gateway, RunOptions};
-use crate::config::{self, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::hardware;
 use crate::manage::{Control, ManagementState, Manager};
 use crate::outbox::{Outbox, OutboxError, OutboxOptions};
@@ -296,8 +296,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     private_umask();
-    let cfg = config::load(path)?;
-    check_permissions(path);
+    let effect = crate::manage::load_in_effect(path)?;
+    log_in_effect(path, &effect);
+    let cfg = effect.config;
+    check_permissions(&effect.file);
     let saved = Arc::new(GatewayState::load(&state::path_for(path))?);
     check_outbox_move(&saved, &cfg.outbox.path, options.abandon_old_outbox).await?;
     make_private(&cfg.outbox.path);
@@ -305,6 +307,7 @@ pub async fn run(
     let hw = factory(&cfg)?;
     tracing::info!(drivers = ?hw, "drivers configured");
     let state = Arc::new(ManagementState::default());
+    state.set_config_file(&effect.file);
     let opts = RunOptions {
         driver_status: hw.statuses,
         driver_factory: Some(factory),
@@ -320,6 +323,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(1);
     let (config_tx, config_rx) = watch::channel(cfg.clone());
+    let mgmt = state.clone();
     let manager = Manager {
         path: path.to_path_buf(),
         state,
@@ -339,7 +343,7 @@ pub async fn run(
         )
     };
     notify(&[NotifyState::Ready]);
-    tracing::info!(config = %path.display(), hash = %cfg.hash, "lotlink running");
+    tracing::info!(config = %effect.file.display(), hash = %cfg.hash, "lotlink running");
 
     let mut watchdog_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
@@ -353,7 +357,7 @@ pub async fn run(
             () = &mut shutdown => break,
             Some(()) = hup.recv() => {
                 notify_reloading();
-                reload_file(&mut gw, path, &config_tx).await;
+                reload_file(&mut gw, path, &config_tx, &mgmt).await;
                 notify(&[NotifyState::Ready]);
             }
             Some(Control::Apply { cfg, reply }) = control_rx.recv() => {
@@ -413,9 +417,29 @@ fn hangups() -> mpsc::Receiver<()> {
     rx
 }
 
-/// Re-read the file and apply it, or log why not.
-async fn reload_file(gw: &mut Gateway, path: &Path, config_tx: &watch::Sender<Config>) {
-    match config::load(path) {
+/// Say which config file is in effect (the pushed one, or the local one), and why a pushed
+/// file that exists is not.
+fn log_in_effect(local: &Path, effect: &crate::manage::InEffect) {
+    if let Some(problem) = &effect.pushed_problem {
+        tracing::error!(pushed = %crate::manage::pushed_path(local).display(), local = %local.display(), problem = %problem, "the pushed config file cannot be used: running on the local file (push a fixed config, or delete the pushed file)");
+    } else if effect.file != local {
+        tracing::info!(config = %effect.file.display(), local = %local.display(), "config in effect: the pushed file; the local file is not read while it exists (back to it: `lotlink push --revert`, or delete the pushed file and reload)");
+    } else {
+        tracing::info!(config = %local.display(), "config in effect: the local file");
+    }
+}
+
+/// Re-read the config in effect and apply it, or log why not.
+async fn reload_file(
+    gw: &mut Gateway,
+    path: &Path,
+    config_tx: &watch::Sender<Config>,
+    mgmt: &ManagementState,
+) {
+    match crate::manage::load_in_effect(path).map(|e| {
+        log_in_effect(path, &e);
+        (e.config, e.file)
+    }) {
         Err(ConfigError::Invalid(errs)) => {
             for line in errs.to_string().lines() {
                 tracing::error!(problem = %line, "config reload refused; still running on the previous config");
@@ -424,14 +448,18 @@ async fn reload_file(gw: &mut Gateway, path: &Path, config_tx: &watch::Sender<Co
         Err(e) => {
             tracing::error!(error = %e, "config reload refused; still running on the previous config");
         }
-        Ok(cfg) => {
-            check_permissions(path);
+        Ok((cfg, file)) => {
+            check_permissions(&file);
             let hash = cfg.hash.clone();
             match gw.reload(cfg).await {
                 Ok(parts) if parts.is_empty() => {
+                    mgmt.set_config_file(&file);
                     tracing::info!(hash = %hash, "config reloaded: nothing changed");
                 }
-                Ok(parts) => tracing::info!(hash = %hash, parts = ?parts, "config reloaded"),
+                Ok(parts) => {
+                    mgmt.set_config_file(&file);
+                    tracing::info!(hash = %hash, parts = ?parts, "config reloaded");
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "config reload failed; still running on the previous config");
                 }

@@ -32,6 +32,7 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod fleet;
 pub mod hardware;
 pub mod imaging;
 pub mod ingest;

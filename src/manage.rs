@@ -4,33 +4,53 @@
 //!
 //! | topic | direction | what |
 //! |---|---|---|
-//! | `{prefix}/config/set` | in, QoS 1 | `{"version": u64, "config": "<TOML>", "hmac": "<hex>"}` |
+//! | `{prefix}/config/set` | in, QoS 1 | `{"version": u64, "config": "<TOML>", "hmac": "<hex>"}`, or `{"version", "revert": true, "hmac"}` |
 //! | `{prefix}/config/result` | out, QoS 1 | `{"version", "outcome": "applied"\|"rejected"\|"rolled_back"\|"unchanged", "reason"}` |
-//! | `{prefix}/status` | out, QoS 1, retained | `{"online": true, "version", "config_version", "config_hash", "outbox_depth", "last_platform_success_ms"}` every minute; the last will is `{"online": false}` (retained) |
+//! | `{prefix}/status` | out, QoS 1, retained | `{"online": true, "lot_code", "version", "config_version", "config_hash", "config_file", "outbox_depth", "oldest_pending_s", "last_platform_success_ms", "sent_at_ms"}` every minute; the last will is `{"online": false}` (retained), a clean stop publishes the full status with `"online": false` |
+//!
+//! **Where a pushed config goes.** Never into the local config file (`/etc/lotlink/lotlink.toml`
+//! is a dpkg conffile: a daemon-written file there makes the next package upgrade stop at a
+//! conffile prompt). A pushed config is written to [`pushed_path`] beside the gateway state
+//! file (`/etc/lotlink/lotlink.pushed.toml`), and while that file exists it is the config in
+//! effect ([`load_in_effect`]: at start, on SIGHUP, and for the operator commands); the local
+//! file is then not read. The way back to the local file: a signed `revert` push
+//! (`lotlink push --revert`), or delete the pushed file and `systemctl reload lotlink`.
+//! Which file is in effect is logged at start and on reload and shown by `/status`
+//! (`management.config_file`) and in the retained status.
 //!
 //! A push is handled in this order, and the first failing step decides the outcome:
-//! 1. JSON with a `version` and a `config` string, else **rejected**.
-//! 2. With `hmac_key` set: `hmac` must be the hex HMAC-SHA256, under that key, of the
-//!    version's decimal digits followed by the config text (`"7" ‖ "[platform]…"`), else
-//!    **rejected** (the key is never logged or echoed).
-//! 3. `version` must be greater than the last version accepted (kept in the gateway state
+//! 1. JSON with a `version`, and a `config` string unless `revert`, else **rejected**.
+//! 2. The gateway must have a push key (`[management] hmac_key_file` or `hmac_key`), else
+//!    **rejected**: without one the gateway publishes its status but refuses every push.
+//! 3. `hmac` must be the hex HMAC-SHA256, under that key, of [`mac_input`]:
+//!    `"lotlink-push/2\n" ‖ action ‖ "\n" ‖ lot_code ‖ "\n" ‖ topic_prefix ‖ "\n" ‖ version
+//!    ‖ "\n" ‖ config text` (action `set` or `revert`; for `revert` the text is empty; the
+//!    lot code and prefix are the gateway's own), else **rejected**: a push made for one lot
+//!    is refused by every other (the key is never logged or echoed).
+//! 4. `version` must be greater than the last version accepted (kept in the gateway state
 //!    file beside the config, [`crate::state`], so it survives restarts and a new outbox
 //!    path), else **rejected** as a replay. A version that was rolled back stays used: push
 //!    the fix with a new number.
-//! 4. The text must validate exactly as `lotlink check-config` would, else **rejected**
-//!    with every problem.
-//! 5. `[outbox] path` must be the running one, else **rejected**: moving the store would
+//! 5. The text must validate exactly as `lotlink check-config` would, else **rejected**
+//!    with every problem (a secret's value is never quoted). For `revert` the local file
+//!    must. A pushed config must keep a push key (else the gateway could never be pushed
+//!    to again), and over a plain `mqtt://` broker it may not carry a secret
+//!    (`platform.token`, `mqtt.password`, `management.hmac_key`: use `token_file` /
+//!    `hmac_key_file`) unless the running config says `allow_plaintext_secrets = true`.
+//! 6. `[outbox] path` must be the running one, else **rejected**: moving the store would
 //!    leave its pending records behind, so only a local edit and a restart may (the start
 //!    then checks the old directory, see [`crate::daemon`]).
-//! 6. The same settings as now (whatever the spacing and comments): **unchanged**.
-//! 7. Otherwise the running file is copied to `<file>.last-good`, the new text is written
-//!    atomically (temp file, fsync, rename, fsync of the directory), and the gateway
-//!    applies it ([`crate::app::Gateway::reload`]: only changed parts restart). For
+//! 7. The same settings as now (whatever the spacing and comments): **unchanged** (a
+//!    `revert` still removes the pushed file).
+//! 8. Otherwise the pushed file is written atomically (temp file, fsync, rename, fsync of
+//!    the directory; removed for `revert`), and the gateway applies the config
+//!    ([`crate::app::Gateway::reload`]: only changed parts restart). For
 //!    `watch` (60 s by default) the manager then watches: if the platform answered within
 //!    the last 3 heartbeats before the push but gives no authenticated answer (a success,
 //!    or e.g. a heartbeat answered `1005`) with the new settings during the window, or the
-//!    management broker connection is down at its end,
-//!    the last-good file is written back and applied: **rolled_back**. Else **applied**.
+//!    management broker connection is down at its end, the previous pushed file is written
+//!    back (or removed, if there was none) and the previous config applied:
+//!    **rolled_back**. Else **applied**.
 //!
 //! Pushes are handled one at a time, in arrival order; the broker keeps the rest (QoS 1,
 //! persistent session). The queue between the broker connection and the handler holds 8;
@@ -48,7 +68,7 @@ use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{self, Config, ManagementConfig, MqttConfig};
+use crate::config::{self, Config, ConfigError, ManagementConfig, MqttConfig, TokenSource};
 use crate::outbox::Outbox;
 use crate::protocol::Clock;
 use crate::state::{GatewayState, StateError};
@@ -77,6 +97,7 @@ pub struct ManagementState {
     connected: AtomicBool,
     enabled: AtomicBool,
     last_result: Mutex<Option<Value>>,
+    config_file: Mutex<Option<PathBuf>>,
 }
 
 impl ManagementState {
@@ -88,12 +109,27 @@ impl ManagementState {
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
+    /// The config file in effect (the pushed one or the local one).
+    pub fn config_file(&self) -> Option<PathBuf> {
+        self.config_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+    /// Record the config file in effect.
+    pub fn set_config_file(&self, path: &Path) {
+        *self
+            .config_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(path.to_path_buf());
+    }
     /// For `/status`.
     pub fn to_json(&self) -> Value {
         json!({
             "enabled": self.enabled.load(Ordering::Relaxed),
             "connected": self.connected(),
             "config_version": self.config_version(),
+            "config_file": self.config_file().map(|p| p.display().to_string()),
             "last_result": self.last_result.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
         })
     }
@@ -138,15 +174,41 @@ impl PushResult {
 pub struct Push {
     /// Must be greater than the applied version.
     pub version: u64,
-    /// The whole TOML file.
-    pub config: String,
-    /// Hex HMAC-SHA256 of the decimal version followed by the text.
+    /// The whole TOML file (absent for a revert).
+    #[serde(default)]
+    pub config: Option<String>,
+    /// Go back to the local config file (remove the pushed one).
+    #[serde(default)]
+    pub revert: bool,
+    /// Hex HMAC-SHA256 of [`mac_input`].
     pub hmac: Option<String>,
 }
 
-/// Parse a push message and check its HMAC when a key is set. Pure; the error is the
+/// What a push is bound to: the receiving gateway's lot code and topic prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct PushTarget<'a> {
+    /// `[platform] lot_code`.
+    pub lot_code: &'a str,
+    /// `[management] topic_prefix`, `{lot_code}` replaced.
+    pub prefix: &'a str,
+}
+
+/// The bytes a push's HMAC covers: `"lotlink-push/2\n{action}\n{lot_code}\n{prefix}\n{version}\n"`
+/// then the config text (empty for a revert); action is `set` or `revert`.
+pub fn mac_input(target: PushTarget<'_>, version: u64, revert: bool, config: &str) -> Vec<u8> {
+    let action = if revert { "revert" } else { "set" };
+    let mut m = format!(
+        "lotlink-push/2\n{action}\n{}\n{}\n{version}\n",
+        target.lot_code, target.prefix
+    )
+    .into_bytes();
+    m.extend_from_slice(config.as_bytes());
+    m
+}
+
+/// Parse a push message and check its HMAC under `key` for `target`. Pure; the error is the
 /// `rejected` result to publish. Fed arbitrary bytes by the fuzz target `config_push`.
-pub fn parse_push(msg: &[u8], key: Option<&config::Secret>) -> Result<Push, PushResult> {
+pub fn parse_push(msg: &[u8], key: &[u8], target: PushTarget<'_>) -> Result<Push, PushResult> {
     let push: Push = serde_json::from_slice(msg).map_err(|e| {
         PushResult::new(
             0,
@@ -154,42 +216,153 @@ pub fn parse_push(msg: &[u8], key: Option<&config::Secret>) -> Result<Push, Push
             format!("not a config push ({{\"version\", \"config\", \"hmac\"}}): {e}"),
         )
     })?;
-    if let Some(key) = key {
-        let ok = push
-            .hmac
-            .as_deref()
-            .is_some_and(|h| hmac_ok(key.expose().as_bytes(), push.version, &push.config, h));
-        if !ok {
-            return Err(PushResult::new(
-                push.version,
-                "rejected",
-                "bad or missing hmac",
-            ));
-        }
+    if push.config.is_none() && !push.revert {
+        return Err(PushResult::new(
+            push.version,
+            "rejected",
+            "no \"config\" (and not a \"revert\")",
+        ));
+    }
+    let text = if push.revert {
+        ""
+    } else {
+        push.config.as_deref().unwrap_or("")
+    };
+    let ok = push
+        .hmac
+        .as_deref()
+        .is_some_and(|h| hmac_ok(key, &mac_input(target, push.version, push.revert, text), h));
+    if !ok {
+        return Err(PushResult::new(
+            push.version,
+            "rejected",
+            format!(
+                "bad or missing hmac (a push is signed for one lot: lot code {}, topic prefix {})",
+                target.lot_code, target.prefix
+            ),
+        ));
     }
     Ok(push)
 }
 
-/// The hex HMAC-SHA256 a push must carry: over the version's decimal digits, then the text.
-pub fn push_hmac(key: &[u8], version: u64, config: &str) -> String {
+/// The hex HMAC-SHA256 a push must carry, over [`mac_input`].
+pub fn push_hmac(
+    key: &[u8],
+    target: PushTarget<'_>,
+    version: u64,
+    revert: bool,
+    config: &str,
+) -> String {
     let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
         return String::new();
     };
-    mac.update(version.to_string().as_bytes());
-    mac.update(config.as_bytes());
+    mac.update(&mac_input(target, version, revert, config));
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn hmac_ok(key: &[u8], version: u64, config: &str, given: &str) -> bool {
+fn hmac_ok(key: &[u8], input: &[u8], given: &str) -> bool {
     let Ok(given) = hex::decode(given.trim()) else {
         return false;
     };
     let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
         return false;
     };
-    mac.update(version.to_string().as_bytes());
-    mac.update(config.as_bytes());
+    mac.update(input);
     mac.verify_slice(&given).is_ok()
+}
+
+/// The pushed config file of the local config file `local`: beside it and the gateway
+/// state file, `<stem>.pushed.toml` (`/etc/lotlink/lotlink.pushed.toml`). Not a conffile.
+pub fn pushed_path(local: &Path) -> PathBuf {
+    let stem = local
+        .file_stem()
+        .map_or_else(|| "lotlink".into(), |s| s.to_string_lossy().into_owned());
+    local.with_file_name(format!("{stem}.pushed.toml"))
+}
+
+/// The config in effect, and where it came from.
+#[derive(Debug)]
+pub struct InEffect {
+    /// The validated config.
+    pub config: Config,
+    /// The file it was read from: [`pushed_path`] when that exists (and is valid), else
+    /// the local file.
+    pub file: PathBuf,
+    /// The pushed file exists but could not be used (the local file is in effect): why.
+    pub pushed_problem: Option<String>,
+}
+
+/// Load the config in effect for the local file `local`: the pushed file when it exists,
+/// else the local file. A pushed file that no longer loads (e.g. its `token_file` is gone)
+/// falls back to the local file, with the reason in [`InEffect::pushed_problem`].
+pub fn load_in_effect(local: &Path) -> Result<InEffect, ConfigError> {
+    let pushed = pushed_path(local);
+    let mut pushed_problem = None;
+    if pushed.exists() {
+        match config::load(&pushed) {
+            Ok(config) => {
+                return Ok(InEffect {
+                    config,
+                    file: pushed,
+                    pushed_problem: None,
+                })
+            }
+            Err(e) => pushed_problem = Some(e.to_string()),
+        }
+    }
+    Ok(InEffect {
+        config: config::load(local)?,
+        file: local.to_path_buf(),
+        pushed_problem,
+    })
+}
+
+/// The secrets a config carries in its text (not as file references).
+fn inline_secrets(cfg: &Config) -> Vec<&'static str> {
+    let mut found = Vec::new();
+    if matches!(cfg.platform.token, TokenSource::Inline(_)) {
+        found.push("platform.token");
+    }
+    if cfg
+        .devices
+        .mqtt
+        .as_ref()
+        .is_some_and(|m| m.password.is_some())
+    {
+        found.push("mqtt.password");
+    }
+    if cfg
+        .management
+        .as_ref()
+        .is_some_and(|m| matches!(m.hmac_key, Some(TokenSource::Inline(_))))
+    {
+        found.push("management.hmac_key");
+    }
+    found
+}
+
+/// Why a pushed config may not be taken as it is (`None`: it may), given the running one.
+fn push_policy(running: &Config, pushed: &Config) -> Option<String> {
+    let plain = running.devices.mqtt.as_ref().is_some_and(|b| !b.tls);
+    let allow = running
+        .management
+        .as_ref()
+        .is_some_and(|m| m.allow_plaintext_secrets);
+    let secrets = inline_secrets(pushed);
+    if plain && !allow && !secrets.is_empty() {
+        return Some(format!(
+            "the pushed config carries secrets ({}) over a plain-text mqtt:// broker: use token_file / hmac_key_file references, an mqtts:// broker, or set [management] allow_plaintext_secrets = true in the running config",
+            secrets.join(", ")
+        ));
+    }
+    if pushed
+        .management
+        .as_ref()
+        .is_some_and(|m| m.hmac_key.is_none())
+    {
+        return Some("the pushed config has no [management] hmac_key_file (or hmac_key): the gateway would refuse every later push".into());
+    }
+    None
 }
 
 /// Write a file so that a crash leaves either the old or the new content
@@ -201,16 +374,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ManageError> {
     })
 }
 
-/// The last-known-good copy of a config file.
-pub fn last_good_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".last-good");
-    PathBuf::from(s)
-}
-
 /// The push handler and broker session. Started by the daemon when a config file is in use.
 pub struct Manager {
-    /// The config file pushes are written to.
+    /// The local config file (pushes go to its [`pushed_path`]).
     pub path: PathBuf,
     /// Shared with `/status`.
     pub state: Arc<ManagementState>,
@@ -236,7 +402,7 @@ impl Manager {
         self.state.config_version.store(version, Ordering::Relaxed);
         let (push_tx, push_rx) = mpsc::channel::<Vec<u8>>(PUSH_QUEUE);
         // Results and status go out through whichever session is connected; unbounded but
-        // tiny: one message per push and per minute.
+        // tiny: two messages per push (result, then a fresh status), each handled in turn.
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(String, Value, bool)>();
         let handler =
             tokio::spawn(Handler::from(&self).run(push_rx, out_tx.clone(), shutdown.clone()));
@@ -283,20 +449,25 @@ impl Manager {
         self.state.connected.store(false, Ordering::Relaxed);
     }
 
-    fn status_message(&self) -> Value {
+    fn status_message(&self, online: bool) -> Value {
         let cfg = self.config.borrow().clone();
         let last = self
             .health
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .last_success_ms;
+        let now = Clock::local_ms();
         json!({
-            "online": true,
+            "online": online,
+            "lot_code": cfg.platform.lot_code,
             "version": env!("CARGO_PKG_VERSION"),
             "config_version": self.state.config_version(),
             "config_hash": cfg.hash,
+            "config_file": self.state.config_file().map(|p| p.display().to_string()),
             "outbox_depth": self.outbox.len(),
+            "oldest_pending_s": self.outbox.oldest_submitted_ms().map(|t| (now - t).max(0) / 1000),
             "last_platform_success_ms": last,
+            "sent_at_ms": now,
         })
     }
 
@@ -336,6 +507,9 @@ impl Manager {
             true,
         ));
         let set_topic = format!("{}/config/set", m.topic_prefix);
+        if m.hmac_key.is_none() {
+            tracing::warn!(prefix = %m.topic_prefix, "no [management] hmac_key_file (or hmac_key): the status is published but every config push is refused");
+        }
         let mut pacer = lotlink_drivers::mqtt::Pacer::new(settings.max_packet);
         let (client, mut events) = AsyncClient::new(opts, 16);
         let mut tick = tokio::time::interval(STATUS_EVERY);
@@ -344,11 +518,13 @@ impl Manager {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {
                     if self.state.connected() {
-                        let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status_message().to_string());
+                        let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status_message(true).to_string());
                     }
                 }
                 Some((suffix, v, retain)) = out_rx.recv(), if self.state.connected() => {
                     let topic = format!("{}/{suffix}", m.topic_prefix);
+                    // `null` on `status`: the status as of now (after a push).
+                    let v = if v.is_null() { self.status_message(true) } else { v };
                     if let Err(e) = client.publish(topic, QoS::AtLeastOnce, retain, v.to_string()).await {
                         tracing::warn!(error = %e, "management publish failed");
                     }
@@ -359,7 +535,7 @@ impl Manager {
                         self.state.connected.store(true, Ordering::Relaxed);
                         tracing::info!(prefix = %m.topic_prefix, "management connected to the broker");
                         let _ = client.try_subscribe(&set_topic, QoS::AtLeastOnce);
-                        let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status_message().to_string());
+                        let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status_message(true).to_string());
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) if pacer.oversized(p.payload.len()) => {
                         // Acknowledged on receipt (automatic acks): refused, never re-sent.
@@ -370,7 +546,7 @@ impl Manager {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) if p.topic == set_topic => {
                         if push_tx.try_send(p.payload.to_vec()).is_err() {
-                            let r = PushResult::new(0, "rejected", "busy: earlier pushes are still being handled; send again later");
+                            let r = PushResult::new(version_hint(&p.payload), "rejected", "busy: earlier pushes are still being handled; send again later");
                             let _ = client.try_publish(format!("{}/config/result", m.topic_prefix), QoS::AtLeastOnce, false, r.to_json().to_string());
                         }
                     }
@@ -397,7 +573,7 @@ impl Manager {
                     &status_topic,
                     QoS::AtLeastOnce,
                     true,
-                    json!({"online": false}).to_string(),
+                    self.status_message(false).to_string(),
                 )
                 .await;
             let _ = client.disconnect().await;
@@ -464,6 +640,8 @@ impl Handler {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r.to_json());
             let _ = out.send(("config/result".into(), r.to_json(), false));
+            // The retained status with the new version and file at once, not within a minute.
+            let _ = out.send(("status".into(), Value::Null, true));
         }
     }
 
@@ -493,11 +671,35 @@ impl Handler {
 
     async fn handle(&self, msg: &[u8], shutdown: &CancellationToken) -> PushResult {
         let current = self.config.borrow().clone();
-        let key = current
-            .management
-            .as_ref()
-            .and_then(|m| m.hmac_key.as_ref());
-        let push = match parse_push(msg, key) {
+        let hint = version_hint(msg);
+        let Some(m) = current.management.as_ref() else {
+            return PushResult::new(hint, "rejected", "management is off");
+        };
+        let Some(key) = m.hmac_key.as_ref() else {
+            return PushResult::new(hint, "rejected", NO_KEY);
+        };
+        let key = match config::resolve_token(key) {
+            Ok(k) => k,
+            Err(e) => {
+                return PushResult::new(
+                    hint,
+                    "rejected",
+                    format!("cannot read the push key ([management] hmac_key_file): {e}"),
+                )
+            }
+        };
+        if key.expose().len() < 16 {
+            return PushResult::new(
+                hint,
+                "rejected",
+                "the push key ([management] hmac_key_file) is shorter than 16 characters",
+            );
+        }
+        let target = PushTarget {
+            lot_code: &current.platform.lot_code,
+            prefix: &m.topic_prefix,
+        };
+        let push = match parse_push(msg, key.expose().as_bytes(), target) {
             Ok(p) => p,
             Err(rejected) => return rejected,
         };
@@ -510,18 +712,39 @@ impl Handler {
                 format!("version {v} is not newer than {applied} (replay)"),
             );
         }
-        let new = match config::from_str(&self.path, &push.config).and_then(|c| {
-            config::resolve_token(&c.platform.token)
-                .map(|_| c)
-                .map_err(|message| {
-                    config::ConfigError::Invalid(config::ConfigErrors {
-                        path: Some(self.path.clone()),
-                        problems: vec![config::Problem::new("platform.token_file", message)],
+        let pushed = pushed_path(&self.path);
+        let had_pushed = pushed.exists();
+        // What the push asks for: a config and the pushed file's new text (`None`: remove it).
+        let (new, new_text) = if push.revert {
+            match config::load(&self.path) {
+                Ok(c) => (c, None),
+                Err(e) => {
+                    return PushResult::new(
+                        v,
+                        "rejected",
+                        format!("revert: the local config file is not valid: {e}"),
+                    )
+                }
+            }
+        } else {
+            let text = push.config.unwrap_or_default();
+            let new = match config::from_str(&pushed, &text).and_then(|c| {
+                config::resolve_token(&c.platform.token)
+                    .map(|_| c)
+                    .map_err(|message| {
+                        ConfigError::Invalid(config::ConfigErrors {
+                            path: Some(pushed.clone()),
+                            problems: vec![config::Problem::new("platform.token_file", message)],
+                        })
                     })
-                })
-        }) {
-            Ok(c) => c,
-            Err(e) => return PushResult::new(v, "rejected", format!("invalid config: {e}")),
+            }) {
+                Ok(c) => c,
+                Err(e) => return PushResult::new(v, "rejected", format!("invalid config: {e}")),
+            };
+            if let Some(reason) = push_policy(&current, &new) {
+                return PushResult::new(v, "rejected", reason);
+            }
+            (new, Some(text))
         };
         if let Some(reason) = outbox_move(&current, &new) {
             return PushResult::new(v, "rejected", reason);
@@ -532,27 +755,48 @@ impl Handler {
         let mut same = new.clone();
         same.hash.clone_from(&current.hash);
         if same == current {
-            return PushResult::new(v, "unchanged", "same settings as running");
-        }
-        let old_text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) => {
+            if new_text.is_none() && had_pushed {
+                if let Err(e) = std::fs::remove_file(&pushed) {
+                    return PushResult::new(
+                        v,
+                        "rejected",
+                        format!("{}: cannot remove: {e}", pushed.display()),
+                    );
+                }
+                self.state.set_config_file(&self.path);
                 return PushResult::new(
                     v,
-                    "rejected",
+                    "unchanged",
                     format!(
-                        "{}: cannot read the running config: {e}",
+                        "same settings as running; the local file {} is in effect again",
                         self.path.display()
                     ),
-                )
+                );
             }
+            return PushResult::new(v, "unchanged", "same settings as running");
+        }
+        let old_text = if had_pushed {
+            match std::fs::read_to_string(&pushed) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    return PushResult::new(
+                        v,
+                        "rejected",
+                        format!("{}: cannot read the pushed config: {e}", pushed.display()),
+                    )
+                }
+            }
+        } else {
+            None
         };
-        let last_good = last_good_path(&self.path);
-        if let Err(e) = write_atomic(&last_good, old_text.as_bytes())
-            .and_then(|()| write_atomic(&self.path, push.config.as_bytes()))
-        {
+        if let Err(e) = set_pushed(&pushed, new_text.as_deref()) {
             return PushResult::new(v, "rejected", format!("cannot write: {e}"));
         }
+        let in_effect = if new_text.is_some() {
+            pushed.clone()
+        } else {
+            self.path.clone()
+        };
         let window =
             i64::try_from(current.platform.heartbeat_interval.as_millis() * 3).unwrap_or(i64::MAX);
         let reachable_before = self.platform_ok_since(Clock::local_ms() - window);
@@ -565,7 +809,8 @@ impl Handler {
         let problem = match self.apply(new).await {
             Err(e) => Some(format!("could not apply: {e}")),
             Ok(parts) => {
-                tracing::info!(version = v, parts = ?parts, watch_s = watch.as_secs(), "pushed config applied; watching it");
+                self.state.set_config_file(&in_effect);
+                tracing::info!(version = v, parts = ?parts, file = %in_effect.display(), watch_s = watch.as_secs(), "pushed config applied; watching it");
                 tokio::select! {
                     () = shutdown.cancelled() => return PushResult::new(v, "applied", "applied; shut down before the watch ended"),
                     () = tokio::time::sleep(watch) => {}
@@ -585,27 +830,25 @@ impl Handler {
         let Some(problem) = problem else {
             return PushResult::new(v, "applied", "platform and broker reachable");
         };
-        // Roll back to the last-known-good file.
-        let restored = write_atomic(&self.path, old_text.as_bytes())
-            .map_err(|e| e.to_string())
-            .and_then(|()| config::from_str(&self.path, &old_text).map_err(|e| e.to_string()));
-        match restored {
-            Ok(old) => match self.apply(old).await {
-                Ok(_) => PushResult::new(v, "rolled_back", problem),
-                Err(e) => PushResult::new(
-                    v,
-                    "rolled_back",
-                    format!("{problem}; the last-good file is back but applying it failed: {e}"),
-                ),
-            },
-            Err(e) => {
-                tracing::error!(error = %e, path = %self.path.display(), "could not restore the last-good config; the pushed one stays");
-                PushResult::new(
-                    v,
-                    "rolled_back",
-                    format!("{problem}; restoring failed: {e}"),
-                )
+        // Roll back: the previous pushed file (or none), and the config that ran before.
+        let was = if old_text.is_some() {
+            pushed.clone()
+        } else {
+            self.path.clone()
+        };
+        if let Err(e) = set_pushed(&pushed, old_text.as_deref()) {
+            tracing::error!(error = %e, path = %pushed.display(), "could not restore the previous pushed config file; it is in effect at the next start");
+        }
+        match self.apply(current).await {
+            Ok(_) => {
+                self.state.set_config_file(&was);
+                PushResult::new(v, "rolled_back", problem)
             }
+            Err(e) => PushResult::new(
+                v,
+                "rolled_back",
+                format!("{problem}; the previous file is back but applying it failed: {e}"),
+            ),
         }
     }
 
@@ -613,6 +856,34 @@ impl Handler {
         self.saved.set_last_push_version(v)?;
         self.state.config_version.store(v, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Why a gateway without a push key refuses a push.
+const NO_KEY: &str = "this gateway has no push key: set [management] hmac_key_file (or hmac_key) in its local config file; until then it publishes its status but refuses every config push";
+
+/// The `version` of a push message, 0 when it has none (for results of pushes refused
+/// before they are parsed as a whole).
+fn version_hint(msg: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct VersionOnly {
+        version: u64,
+    }
+    serde_json::from_slice::<VersionOnly>(msg).map_or(0, |v| v.version)
+}
+
+/// Write the pushed file (`Some`) or remove it (`None`; already gone is fine).
+fn set_pushed(path: &Path, text: Option<&str>) -> Result<(), ManageError> {
+    match text {
+        Some(t) => write_atomic(path, t.as_bytes()),
+        None => match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ManageError::File {
+                path: path.to_path_buf(),
+                source,
+            }),
+        },
     }
 }
 
@@ -653,16 +924,92 @@ mod tests {
     }
 
     #[test]
-    fn the_hmac_covers_the_version_and_the_text() {
+    fn the_hmac_binds_the_lot_the_prefix_the_action_the_version_and_the_text() {
         let key = b"0123456789abcdef";
-        let h = push_hmac(key, 7, "[platform]\n");
+        let a = PushTarget {
+            lot_code: "TY0350",
+            prefix: "lotlink/TY0350",
+        };
+        let text = "[platform]\n";
+        let h = push_hmac(key, a, 7, false, text);
         assert_eq!(h.len(), 64);
-        assert!(hmac_ok(key, 7, "[platform]\n", &h));
-        assert!(hmac_ok(key, 7, "[platform]\n", &h.to_uppercase()));
-        assert!(!hmac_ok(key, 8, "[platform]\n", &h), "another version");
-        assert!(!hmac_ok(key, 7, "[platform] \n", &h), "another text");
-        assert!(!hmac_ok(b"another-key-0000", 7, "[platform]\n", &h));
-        assert!(!hmac_ok(key, 7, "[platform]\n", "not hex"));
+        let ok = |t: PushTarget<'_>, v: u64, revert: bool, text: &str, h: &str| {
+            hmac_ok(key, &mac_input(t, v, revert, text), h)
+        };
+        assert!(ok(a, 7, false, text, &h));
+        assert!(ok(a, 7, false, text, &h.to_uppercase()));
+        assert!(!ok(a, 8, false, text, &h), "another version");
+        assert!(!ok(a, 7, false, "[platform] \n", &h), "another text");
+        assert!(!ok(a, 7, true, text, &h), "a revert");
+        let b = PushTarget {
+            lot_code: "TY0351",
+            prefix: "lotlink/TY0351",
+        };
+        assert!(!ok(b, 7, false, text, &h), "another lot");
+        let other_prefix = PushTarget {
+            lot_code: "TY0350",
+            prefix: "site2/TY0350",
+        };
+        assert!(!ok(other_prefix, 7, false, text, &h), "another prefix");
+        assert!(!hmac_ok(
+            b"another-key-0000",
+            &mac_input(a, 7, false, text),
+            &h
+        ));
+        assert!(!ok(a, 7, false, text, "not hex"));
+        assert_eq!(
+            mac_input(a, 7, false, text),
+            b"lotlink-push/2\nset\nTY0350\nlotlink/TY0350\n7\n[platform]\n".to_vec(),
+            "the MAC input the README documents"
+        );
+        // A push signed for lot A is rejected by lot B.
+        let msg = json!({"version": 7, "config": text, "hmac": h}).to_string();
+        assert!(parse_push(msg.as_bytes(), key, a).is_ok());
+        let r = parse_push(msg.as_bytes(), key, b).err().expect("refused");
+        assert_eq!((r.version, r.outcome), (7, "rejected"));
+        assert!(r.reason.contains("TY0351"), "{}", r.reason);
+    }
+
+    #[test]
+    fn secrets_in_a_pushed_config_need_a_tls_broker_or_the_running_configs_consent() {
+        let text = |extra: &str, token: &str, url: &str| {
+            format!(
+                "[platform]\nurl = \"http://127.0.0.1:1\"\nlot_code = \"350\"\n{token}\n\n[space]\ntotal = 10\n\n[mqtt]\nurl = \"{url}\"\n\n[management]\nhmac_key_file = \"/etc/lotlink/push.key\"\n{extra}\n"
+            )
+        };
+        let cfg = |t: String| config::from_str(Path::new("t.toml"), &t).expect("valid");
+        let inline = "token = \"a-real-token-0123\"";
+        let by_file = "token_file = \"/etc/lotlink/token\"";
+        let plain = cfg(text("", by_file, "mqtt://127.0.0.1:1883"));
+        let why =
+            push_policy(&plain, &cfg(text("", inline, "mqtt://127.0.0.1:1883"))).expect("refused");
+        assert!(
+            why.contains("platform.token") && why.contains("plain"),
+            "{why}"
+        );
+        assert!(!why.contains("a-real-token"), "{why}");
+        assert_eq!(
+            push_policy(&plain, &cfg(text("", by_file, "mqtt://127.0.0.1:1883"))),
+            None
+        );
+        let allowed = cfg(text(
+            "allow_plaintext_secrets = true",
+            by_file,
+            "mqtt://127.0.0.1:1883",
+        ));
+        assert_eq!(
+            push_policy(&allowed, &cfg(text("", inline, "mqtt://127.0.0.1:1883"))),
+            None
+        );
+        let tls = cfg(text("", by_file, "mqtts://127.0.0.1:8883"));
+        assert_eq!(
+            push_policy(&tls, &cfg(text("", inline, "mqtts://127.0.0.1:8883"))),
+            None
+        );
+        let keyless = text("", by_file, "mqtt://127.0.0.1:1883")
+            .replace("hmac_key_file = \"/etc/lotlink/push.key\"", "");
+        let why = push_policy(&plain, &cfg(keyless)).expect("refused");
+        assert!(why.contains("hmac_key_file"), "{why}");
     }
 
     #[test]
@@ -681,8 +1028,9 @@ mod tests {
             assert_eq!(mode, 0o600);
         }
         assert_eq!(
-            last_good_path(&p),
-            dir.path().join("lotlink.toml.last-good")
+            pushed_path(&p),
+            dir.path().join("lotlink.pushed.toml"),
+            "beside the local file and its state file, never the local file itself"
         );
     }
 }

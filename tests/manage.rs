@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::devices::{free_port, Broker};
 use common::Daemon;
 use common::{eventually_async, LOT};
-use lotlink::manage::push_hmac;
+use lotlink::manage::{push_hmac, pushed_path, PushTarget};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -83,7 +83,7 @@ impl Operator {
         let msg = json!({
             "version": version,
             "config": config,
-            "hmac": push_hmac(key.as_bytes(), version, config),
+            "hmac": push_hmac(key.as_bytes(), PushTarget { lot_code: LOT, prefix: &format!("lotlink/{LOT}") }, version, false, config),
         });
         self.client
             .publish(
@@ -105,7 +105,8 @@ impl Operator {
 }
 
 /// A managed gateway's config: platform at `url`, the outbox at `outbox`, status on `port`,
-/// management through `broker` with [`KEY`] and a 3 s watch.
+/// management through `broker` with [`KEY`] and a 3 s watch. The token and key are inline
+/// and the broker is plain `mqtt://`, so the config says `allow_plaintext_secrets`.
 fn managed_config(url: &str, outbox: &Path, total: u32, port: u16, broker: &Broker) -> String {
     common::config_text(url, outbox, "heartbeat_interval = \"1s\"")
         .replace(
@@ -114,7 +115,7 @@ fn managed_config(url: &str, outbox: &Path, total: u32, port: u16, broker: &Brok
         )
         .replace("total = 100", &format!("total = {total}"))
         + &format!(
-            "\n[mqtt]\nurl = \"{}\"\nclient_id = \"lotlink-mgmt-test-{port}\"\n\n[management]\nhmac_key = \"{KEY}\"\nwatch = \"3s\"\n",
+            "\n[mqtt]\nurl = \"{}\"\nclient_id = \"lotlink-mgmt-test-{port}\"\n\n[management]\nhmac_key = \"{KEY}\"\nallow_plaintext_secrets = true\nwatch = \"3s\"\n",
             broker.url()
         )
 }
@@ -175,20 +176,24 @@ async fn config_push_applies_rejects_rolls_back_and_reports_every_outcome() {
     assert_eq!(online["config_version"], 0);
     assert_eq!(online["outbox_depth"], 0);
 
-    // 1. A good, newer, signed config: applied (after the watch window), file written.
+    // 1. A good, newer, signed config: applied (after the watch window), written to the
+    // pushed file; the local file (a dpkg conffile) is never touched.
+    let pushed = pushed_path(&config);
     let v1 = text_for(&sim.url(), 150);
     op.push(1, &v1, KEY).await;
     let r = op.result(WAIT).await;
     assert_eq!(r["version"], 1);
     assert_eq!(r["outcome"], "applied", "{r}; log:\n{}", read_log());
-    assert_eq!(std::fs::read_to_string(&config).expect("config"), v1);
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("lotlink.toml.last-good")).expect("last good"),
-        original
-    );
+    assert_eq!(std::fs::read_to_string(&pushed).expect("pushed file"), v1);
+    assert_eq!(std::fs::read_to_string(&config).expect("config"), original);
     let s = status().await.expect("status");
     assert_eq!(s["spaces"]["total"], 150);
     assert_eq!(s["management"]["config_version"], 1);
+    assert_eq!(
+        s["management"]["config_file"],
+        pushed.display().to_string(),
+        "the status says which file is in effect"
+    );
 
     // 2. Signed with another key: rejected, nothing changes.
     op.push(2, &text_for(&sim.url(), 170), "not-the-key-0000000")
@@ -241,14 +246,32 @@ async fn config_push_applies_rejects_rolls_back_and_reports_every_outcome() {
         pushed_at.elapsed()
     );
     assert_eq!(
-        std::fs::read_to_string(&config).expect("config"),
+        std::fs::read_to_string(&pushed).expect("pushed file"),
         v1,
-        "the last-known-good file is back"
+        "the previous pushed file is back"
     );
+    assert_eq!(std::fs::read_to_string(&config).expect("config"), original);
     let before = sim.stats().heartbeats_ok;
     assert!(
         eventually_async(WAIT, || async { sim.stats().heartbeats_ok > before }).await,
         "the old platform is used again"
+    );
+
+    // 7. Back to the local file on the box: delete the pushed file and reload (SIGHUP).
+    std::fs::remove_file(&pushed).expect("remove the pushed file");
+    let _ = Command::new("kill")
+        .args(["-HUP", &daemon.0.id().to_string()])
+        .status();
+    let local = config.display().to_string();
+    assert!(
+        eventually_async(WAIT, || async {
+            status().await.is_some_and(|s| {
+                s["spaces"]["total"] == 100 && s["management"]["config_file"] == local.as_str()
+            })
+        })
+        .await,
+        "the local file is in effect again; log:\n{}",
+        read_log()
     );
 
     // A clean stop says offline on the retained status.
@@ -303,6 +326,7 @@ async fn a_push_that_moves_the_outbox_is_rejected_with_the_reason_and_changes_no
         original,
         "the file is not touched"
     );
+    assert!(!pushed_path(&config).exists(), "no pushed file is written");
     assert!(!moved.exists(), "no store is made at the pushed path");
     let s = status_at(port).await.expect("status");
     assert_eq!(s["spaces"]["total"], 100, "nothing of the push applied");
@@ -403,7 +427,7 @@ async fn an_oversized_push_is_rejected_and_the_next_push_still_applies() {
             )
             .replace("total = 100", &format!("total = {total}"))
             + &format!(
-                "\n[mqtt]\nurl = \"{}\"\nclient_id = \"lotlink-big-{port}\"\nmax_packet = \"64KiB\"\n\n[management]\nhmac_key = \"{KEY}\"\nwatch = \"3s\"\n",
+                "\n[mqtt]\nurl = \"{}\"\nclient_id = \"lotlink-big-{port}\"\nmax_packet = \"64KiB\"\n\n[management]\nhmac_key = \"{KEY}\"\nallow_plaintext_secrets = true\nwatch = \"3s\"\n",
                 broker.url()
             )
     };
