@@ -297,6 +297,7 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     private_umask();
     let cfg = config::load(path)?;
+    crate::logging::apply_config(cfg.log_level);
     check_permissions(path);
     let saved = Arc::new(GatewayState::load(&state::path_for(path))?);
     check_outbox_move(&saved, &cfg.outbox.path, options.abandon_old_outbox).await?;
@@ -328,6 +329,7 @@ pub async fn run(
         health: gw.health.clone(),
         control: control_tx,
         config: config_rx,
+        status: gw.status_view(),
     };
     let manager = tokio::spawn(manager.run(stop.clone()));
 
@@ -358,7 +360,11 @@ pub async fn run(
             }
             Some(Control::Apply { cfg, reply }) = control_rx.recv() => {
                 notify_reloading();
+                let level = cfg.log_level;
                 let r = gw.reload(*cfg).await.map_err(|e| e.to_string());
+                if r.is_ok() {
+                    crate::logging::apply_config(level);
+                }
                 let _ = config_tx.send(gw.config().clone());
                 let _ = reply.send(r);
                 notify(&[NotifyState::Ready]);
@@ -426,6 +432,7 @@ async fn reload_file(gw: &mut Gateway, path: &Path, config_tx: &watch::Sender<Co
         }
         Ok(cfg) => {
             check_permissions(path);
+            crate::logging::apply_config(cfg.log_level);
             let hash = cfg.hash.clone();
             match gw.reload(cfg).await {
                 Ok(parts) if parts.is_empty() => {

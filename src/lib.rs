@@ -31,14 +31,17 @@ pub mod demo;
 pub mod hardware;
 pub mod imaging;
 pub mod ingest;
+pub mod logging;
 pub mod manage;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod sim;
+pub mod snapshot;
 pub mod space;
 pub mod state;
 pub mod status;
+pub mod telemetry;
 pub mod uploader;
 
 pub use lotlink_drivers as drivers;

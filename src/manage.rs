@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `{prefix}/config/set` | in, QoS 1 | `{"version": u64, "config": "<TOML>", "hmac": "<hex>"}` |
 //! | `{prefix}/config/result` | out, QoS 1 | `{"version", "outcome": "applied"\|"rejected"\|"rolled_back"\|"unchanged", "reason"}` |
-//! | `{prefix}/status` | out, QoS 1, retained | `{"online": true, "version", "config_version", "config_hash", "outbox_depth", "last_platform_success_ms"}` every minute; the last will is `{"online": false}` (retained) |
+//! | `{prefix}/status` | out, QoS 1, retained | `{"online": true, "version", "config_version", "config_hash", "outbox_depth", "last_platform_success_ms", "oldest_pending_s", "platform_reachable", "healthy", "problems", "taken_ms"}` every minute, rendered from the same [`crate::snapshot::Snapshot`] as `/status`; the last will is `{"online": false}` (retained) |
 //!
 //! A push is handled in this order, and the first failing step decides the outcome:
 //! 1. JSON with a `version` and a `config` string, else **rejected**.
@@ -88,14 +88,20 @@ impl ManagementState {
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
-    /// For `/status`.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "enabled": self.enabled.load(Ordering::Relaxed),
-            "connected": self.connected(),
-            "config_version": self.config_version(),
-            "last_result": self.last_result.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
-        })
+}
+
+impl crate::snapshot::ManagementSource for ManagementState {
+    fn view(&self) -> crate::snapshot::ManagementView {
+        crate::snapshot::ManagementView {
+            enabled: self.enabled.load(Ordering::Relaxed),
+            connected: self.connected(),
+            config_version: self.config_version(),
+            last_result: self
+                .last_result
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        }
     }
 }
 
@@ -246,6 +252,8 @@ pub struct Manager {
     pub control: mpsc::Sender<Control>,
     /// The config the gateway runs on now (the supervisor sends every change).
     pub config: watch::Receiver<Config>,
+    /// What the status views read: the retained status renders a snapshot of it.
+    pub status: watch::Receiver<Arc<crate::status::StatusContext>>,
 }
 
 type Outgoing = mpsc::UnboundedSender<(String, Value, bool)>;
@@ -305,21 +313,10 @@ impl Manager {
         self.state.connected.store(false, Ordering::Relaxed);
     }
 
+    /// The retained status: a [`crate::snapshot::Snapshot`], as every status view.
     fn status_message(&self) -> Value {
-        let cfg = self.config.borrow().clone();
-        let last = self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .last_success_ms;
-        json!({
-            "online": true,
-            "version": env!("CARGO_PKG_VERSION"),
-            "config_version": self.state.config_version(),
-            "config_hash": cfg.hash,
-            "outbox_depth": self.outbox.len(),
-            "last_platform_success_ms": last,
-        })
+        let ctx = self.status.borrow().clone();
+        crate::snapshot::Snapshot::take(&ctx).retained_status()
     }
 
     /// One broker session until `stop`: subscribe, publish the retained status every
@@ -360,6 +357,11 @@ impl Manager {
         let set_topic = format!("{}/config/set", m.topic_prefix);
         let mut pacer = lotlink_drivers::mqtt::Pacer::new(settings.max_packet);
         let (client, mut events) = AsyncClient::new(opts, 16);
+        let mut outage = lotlink_drivers::Outage::new(
+            format!("management broker {}:{}", b.host, b.port),
+            "unreachable",
+            "connected again",
+        );
         let mut tick = tokio::time::interval(STATUS_EVERY);
         loop {
             tokio::select! {
@@ -379,7 +381,9 @@ impl Manager {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         pacer.connected();
                         self.state.connected.store(true, Ordering::Relaxed);
-                        tracing::info!(prefix = %m.topic_prefix, "management connected to the broker");
+                        if outage.recovered().is_none() {
+                            tracing::info!(prefix = %m.topic_prefix, "management connected to the broker");
+                        }
                         let _ = client.try_subscribe(&set_topic, QoS::AtLeastOnce);
                         let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status_message().to_string());
                     }
@@ -398,11 +402,8 @@ impl Manager {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        if self.state.connected.swap(false, Ordering::Relaxed) {
-                            tracing::warn!(error = %e, "management broker connection lost");
-                        } else {
-                            tracing::debug!(error = %e, "management broker not reachable");
-                        }
+                        self.state.connected.store(false, Ordering::Relaxed);
+                        outage.failed(&e);
                         let wait = pacer.failed(&e, &mut events.mqtt_options, "management");
                         tokio::select! {
                             () = stop.cancelled() => break,
