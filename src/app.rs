@@ -316,7 +316,10 @@ impl Gateway {
             started_ms,
             config_hash: cfg.hash.clone(),
             token: cfg.status.token.clone(),
-            management: opts.management.clone(),
+            management: opts
+                .management
+                .clone()
+                .map(|m| m as Arc<dyn crate::snapshot::ManagementSource>),
         };
         let (status_ctx, ctx_rx) = tokio::sync::watch::channel(Arc::new(ctx));
         let status = Part::spawn(|stop| crate::status::serve(listener, ctx_rx, stop));
@@ -477,22 +480,26 @@ impl Gateway {
             started_ms: self.started_ms,
             config_hash: new.hash.clone(),
             token: new.status.token.clone(),
-            management: self.opts.management.clone(),
+            management: self
+                .opts
+                .management
+                .clone()
+                .map(|m| m as Arc<dyn crate::snapshot::ManagementSource>),
         });
         if let Some(listener) = listener {
             // A new address (bound above): serve there, then close the old one.
-            let (tx, rx) = tokio::sync::watch::channel(ctx);
+            self.status_ctx.send_replace(ctx);
+            let rx = self.status_ctx.subscribe();
             self.status_addr = listener.local_addr().unwrap_or(new.status.listen);
             let old = std::mem::replace(
                 &mut self.status,
                 Part::spawn(|stop| crate::status::serve(listener, rx, stop)),
             );
             old.stop().await;
-            self.status_ctx = tx;
             tracing::info!(listen = %self.status_addr, "status endpoint moved");
         } else {
             // Same address: the routes read the new context (token included) from now on.
-            let _ = self.status_ctx.send(ctx);
+            self.status_ctx.send_replace(ctx);
         }
         if status {
             changed.push("status");
@@ -502,6 +509,12 @@ impl Gateway {
         }
         self.cfg = new;
         Ok(changed)
+    }
+
+    /// What the status views read, kept current across reloads (the retained MQTT status
+    /// takes its [`crate::snapshot::Snapshot`] from it).
+    pub fn status_view(&self) -> tokio::sync::watch::Receiver<Arc<StatusContext>> {
+        self.status_ctx.subscribe()
     }
 
     /// Stop the drivers only (ingest and uploader keep going, e.g. to drain the outbox).

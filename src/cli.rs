@@ -10,7 +10,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::app;
 use crate::config::{self, ConfigError};
 use crate::hardware;
-use crate::outbox::{Outbox, OutboxOptions};
 use crate::protocol::{Client, Clock, Cmd};
 
 /// Where the daemon's config lives by default.
@@ -19,10 +18,36 @@ pub const DEFAULT_CONFIG: &str = "/etc/lotlink/lotlink.toml";
 /// lotlink: parking-lot edge gateway for the 并州行 platform.
 #[derive(Debug, Parser)]
 #[command(name = "lotlink", version, about)]
+#[command(after_help = EXIT_CODES)]
 pub struct Cli {
+    /// More log output: -v debug, -vv trace (instead of `[log] level`; RUST_LOG wins over both).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output: -q warnings and errors only, -qq errors only.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub quiet: u8,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The exit codes, as `--help` and the man page list them.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (status --check: healthy)
+  1  failure: the command did not do what was asked (status --check: degraded)
+  2  usage error: unknown command or option, bad value
+  3  the daemon is not running (nothing answers at its status address)
+
+The config file is -c/--config, else $LOTLINK_CONFIG, else /etc/lotlink/lotlink.toml.";
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the command failed (or `status --check`: degraded).
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: a usage error (clap uses it for bad command lines too).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: the daemon is not running.
+pub const EXIT_NOT_RUNNING: i32 = 3;
 
 /// What to do.
 #[derive(Debug, Subcommand)]
@@ -30,7 +55,7 @@ pub enum Command {
     /// Run the gateway (the daemon).
     Run {
         /// Configuration file.
-        #[arg(long, default_value = DEFAULT_CONFIG)]
+        #[arg(short = 'c', long, env = "LOTLINK_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// After a local change of `[outbox] path`: start on the new path even though the
         /// old store still holds pending records. They stay on disk, untouched, and are NOT
@@ -41,7 +66,7 @@ pub enum Command {
     /// Validate a configuration file: prints "ok" or every problem; exit 0 or 1.
     CheckConfig {
         /// Configuration file.
-        #[arg(long, default_value = DEFAULT_CONFIG)]
+        #[arg(short = 'c', long, env = "LOTLINK_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Send one signed request and print the platform's answer (a connectivity test).
@@ -49,9 +74,10 @@ pub enum Command {
         /// Which request.
         what: SendWhat,
         /// Configuration file.
-        #[arg(long, default_value = DEFAULT_CONFIG)]
+        #[arg(short = 'c', long, env = "LOTLINK_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// For `space`: the free spaces to report (default: from the outbox's occupied count).
+        /// For `space`: the free spaces to report (default: the running daemon's count; exit 3
+        /// when it is not running).
         #[arg(long)]
         surplus: Option<u64>,
     },
@@ -60,8 +86,16 @@ pub enum Command {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        /// For monitoring scripts: print the problems (if any) and exit 0 when healthy,
+        /// 1 when degraded, 3 when the daemon is not running.
+        #[arg(long)]
+        check: bool,
+        /// The daemon's status address (default: `[status] listen` of the config, or
+        /// http://127.0.0.1:9870 when the config cannot be read, e.g. as a non-root user).
+        #[arg(long)]
+        url: Option<String>,
         /// Configuration file (for the status address).
-        #[arg(long, default_value = DEFAULT_CONFIG)]
+        #[arg(short = 'c', long, env = "LOTLINK_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Dead letters of the running daemon.
@@ -91,6 +125,13 @@ pub enum Command {
     /// List the gateways on the site broker from their retained status (exit 1 if one is
     /// offline or stale).
     Fleet(crate::fleet::FleetArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout.
+    Man,
     /// Run the real pipeline against an in-process platform simulator and simulated lanes
     /// (builds with the `demo` feature only, the default for `cargo run`; not the .deb).
     Demo {
@@ -116,7 +157,7 @@ pub enum OutboxCommand {
     /// ranges, a whole store whose log could not be read. Reads only; never creates the store.
     Aside {
         /// Configuration file (for `[outbox] path`).
-        #[arg(long, default_value = DEFAULT_CONFIG)]
+        #[arg(short = 'c', long, env = "LOTLINK_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }
@@ -127,7 +168,7 @@ pub enum DeadCommand {
     /// List the dead letters (records the platform refused for good).
     List {
         /// Configuration file (for the status address).
-        #[arg(long, default_value = DEFAULT_CONFIG)]
+        #[arg(short = 'c', long, env = "LOTLINK_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Put a dead letter (or `all`) back into the outbox for upload.
@@ -135,7 +176,7 @@ pub enum DeadCommand {
         /// A dead letter id, or `all`.
         which: String,
         /// Configuration file (for the status address).
-        #[arg(long, default_value = DEFAULT_CONFIG)]
+        #[arg(short = 'c', long, env = "LOTLINK_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Delete a dead letter for good.
@@ -146,7 +187,7 @@ pub enum DeadCommand {
         #[arg(long)]
         yes: bool,
         /// Configuration file (for the status address).
-        #[arg(long, default_value = DEFAULT_CONFIG)]
+        #[arg(short = 'c', long, env = "LOTLINK_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }
@@ -160,7 +201,7 @@ pub enum SpaceCommand {
         #[arg(long)]
         occupied: u64,
         /// Configuration file (for the status address).
-        #[arg(long, default_value = DEFAULT_CONFIG)]
+        #[arg(short = 'c', long, env = "LOTLINK_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }
@@ -265,12 +306,22 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
             what,
             config,
             surplus,
-        } => {
-            // `send space` may open (and so create) the outbox: keep its files private.
-            crate::daemon::private_umask();
-            send(what, &config, surplus).await
+        } => send(what, &config, surplus).await,
+        Command::Status {
+            json,
+            check,
+            url,
+            config,
+        } => operator::status(&config, url.as_deref(), json, check).await,
+        Command::Completions { shell } => {
+            print!("{}", completions(shell));
+            Ok(EXIT_OK)
         }
-        Command::Status { json, config } => operator::status(&config, json).await,
+        Command::Man => {
+            std::io::Write::write_all(&mut std::io::stdout(), &man_page())
+                .map_err(|e| CliError::Other(format!("stdout: {e}")))?;
+            Ok(EXIT_OK)
+        }
         Command::Dead(cmd) => operator::dead(cmd).await,
         Command::Space(SpaceCommand::Set { occupied, config }) => {
             operator::space_set(&config, occupied).await
@@ -324,6 +375,24 @@ async fn demo(
 ) -> Result<i32, CliError> {
     eprintln!("{NO_DEMO}");
     Ok(2)
+}
+
+/// The completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "lotlink", &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The man page, roff.
+pub fn man_page() -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = clap_mangen::Man::new(Cli::command()).render(&mut out);
+    out
 }
 
 /// `shrink`: [`crate::imaging::prepare`] on a file, timed.
@@ -402,30 +471,15 @@ async fn send(
             let total = u64::from(cfg.space.total);
             let surplus = match surplus {
                 Some(s) => s,
-                None => {
-                    let path = cfg.outbox.path.clone();
-                    let occupied = tokio::task::spawn_blocking(move || {
-                        Outbox::open(
-                            &path,
-                            OutboxOptions {
-                                cache_capacity: 1 << 20,
-                                ..OutboxOptions::default()
-                            },
-                        )
-                        .ok()
-                        .and_then(|(ob, _)| ob.settings().space_occupied().ok().flatten())
-                    })
-                    .await
-                    .map_err(|e| CliError::Other(e.to_string()))?;
-                    match occupied {
-                        Some(o) => total.saturating_sub(o),
-                        None => {
-                            return Err(CliError::Other(
-                                "cannot read the occupied count from the outbox (is the daemon running?); pass --surplus N".into(),
-                            ))
-                        }
+                // Asked of the running daemon: an operator command never opens (and so
+                // never creates) the outbox, which the service owns.
+                None => match operator::daemon_free(path).await? {
+                    Ok(free) => free,
+                    Err(code) => {
+                        eprintln!("cannot learn the free spaces from the daemon; pass --surplus N");
+                        return Ok(code);
                     }
-                }
+                },
             };
             if surplus > total {
                 return Err(CliError::Other(format!(
@@ -468,42 +522,78 @@ mod operator {
 
     use serde_json::{json, Value};
 
-    use super::{CliError, DeadCommand};
+    use super::{CliError, DeadCommand, EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK};
     use crate::config;
 
-    /// Exit code when the daemon is not running.
-    pub const NOT_RUNNING: i32 = 2;
-
     /// Where the daemon's status endpoint is, and the bearer token it wants.
-    struct Target {
-        addr: SocketAddr,
+    pub struct Target {
+        base: String,
         token: Option<config::Secret>,
     }
 
-    fn address(path: &Path) -> Result<Target, CliError> {
+    /// The status address `[status] listen` has by default.
+    pub const DEFAULT_STATUS: &str = "127.0.0.1:9870";
+
+    /// From `--url`, else the config's `[status]`; a config that cannot be read (a user
+    /// who may not read /etc/lotlink) falls back to the default address, saying so.
+    pub fn address(path: &Path, url: Option<&str>) -> Result<Target, CliError> {
         // The config in effect: a pushed one may have moved the status address.
-        let cfg = crate::manage::load_in_effect(path)?.config;
-        let mut addr = cfg.status.listen;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        Ok(Target {
-            addr,
-            token: cfg.status.token,
-        })
+        let cfg = match crate::manage::load_in_effect(path) {
+            Ok(effect) => Some(effect.config),
+            Err(config::ConfigError::Read { .. }) if url.is_some() => None,
+            Err(e @ config::ConfigError::Read { .. }) => {
+                eprintln!(
+                    "{e}; trying the default status address {DEFAULT_STATUS} (or give --url)"
+                );
+                None
+            }
+            Err(e) if url.is_some() => {
+                eprintln!("note: {e}");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let token = cfg
+            .as_ref()
+            .and_then(|c| c.status.token.clone())
+            .or_else(|| {
+                std::env::var("LOTLINK_STATUS_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .map(config::Secret::new)
+            });
+        let base = match (url, &cfg) {
+            (Some(u), _) => {
+                let u = u.trim_end_matches('/');
+                if u.contains("://") {
+                    u.to_string()
+                } else {
+                    format!("http://{u}")
+                }
+            }
+            (None, Some(cfg)) => {
+                let mut addr: SocketAddr = cfg.status.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{addr}")
+            }
+            (None, None) => format!("http://{DEFAULT_STATUS}"),
+        };
+        Ok(Target { base, token })
     }
 
     /// GET or POST; `Err(code)` when the daemon cannot be reached or refused.
-    async fn call(target: &Target, path: &str, body: Option<Value>) -> Result<Value, i32> {
-        let addr = target.addr;
+    pub async fn call(target: &Target, path: &str, body: Option<Value>) -> Result<Value, i32> {
         let client = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|e| {
                 eprintln!("http client: {e}");
-                1
+                EXIT_FAILED
             })?;
-        let url = format!("http://{addr}{path}");
+        let base = &target.base;
+        let url = format!("{base}{path}");
         let mut req = match body {
             Some(b) => client.post(&url).json(&b),
             None => client.get(&url),
@@ -514,24 +604,25 @@ mod operator {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) if e.is_connect() => {
-                eprintln!("lotlink is not running (nothing answers at {addr}, the [status] listen address)");
-                return Err(NOT_RUNNING);
+                eprintln!("lotlink is not running (nothing answers at {base}, the [status] listen address)");
+                return Err(EXIT_NOT_RUNNING);
             }
             Err(e) => {
-                eprintln!("{addr}: {}", e.without_url());
-                return Err(1);
+                eprintln!("{base}: {}", e.without_url());
+                return Err(EXIT_FAILED);
             }
         };
         let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        let text = resp.text().await.unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status.is_success() {
             Ok(v)
         } else {
-            eprintln!(
-                "{status}: {}",
-                v["error"].as_str().unwrap_or("request refused")
-            );
-            Err(1)
+            let why = v["error"]
+                .as_str()
+                .map_or_else(|| text.trim().to_string(), str::to_string);
+            eprintln!("{status}: {why}");
+            Err(EXIT_FAILED)
         }
     }
 
@@ -543,30 +634,165 @@ mod operator {
         }
     }
 
-    pub async fn status(path: &Path, raw: bool) -> Result<i32, CliError> {
-        let addr = address(path)?;
-        let v = match call(&addr, "/status", None).await {
+    /// "12:04:31, 8 s ago" (local time; the date too when not today).
+    pub fn when(ms: Option<i64>, now_ms: i64) -> String {
+        use chrono::TimeZone;
+        let Some(ms) = ms.filter(|m| *m > 0) else {
+            return "never".into();
+        };
+        let Some(t) = chrono::Local.timestamp_millis_opt(ms).single() else {
+            return "-".into();
+        };
+        let now = chrono::Local
+            .timestamp_millis_opt(now_ms)
+            .single()
+            .unwrap_or(t);
+        let clock = if t.date_naive() == now.date_naive() {
+            t.format("%H:%M:%S").to_string()
+        } else {
+            t.format("%Y-%m-%d %H:%M:%S").to_string()
+        };
+        format!("{clock}, {}", ago(now_ms - ms))
+    }
+
+    /// "8 s ago", "37 min ago", "3 h 12 min ago" ("in the future" for a clock ahead).
+    pub fn ago(ms: i64) -> String {
+        if ms < 0 {
+            return "in the future".into();
+        }
+        let d = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        format!("{} ago", lotlink_drivers::outage::human_duration(d))
+    }
+
+    /// A duration in seconds as people say it.
+    fn secs(v: &Value) -> String {
+        v.as_u64().map_or_else(
+            || "-".into(),
+            |s| lotlink_drivers::outage::human_duration(std::time::Duration::from_secs(s)),
+        )
+    }
+
+    /// Bytes as B, KiB, MiB or GiB.
+    pub fn size(v: &Value) -> String {
+        let Some(b) = v.as_u64() else {
+            return "-".into();
+        };
+        let f = b as f64;
+        if b < 1024 {
+            format!("{b} B")
+        } else if b < 1 << 20 {
+            format!("{:.1} KiB", f / 1024.0)
+        } else if b < 1 << 30 {
+            format!("{:.1} MiB", f / f64::from(1u32 << 20))
+        } else {
+            format!("{:.2} GiB", f / f64::from(1u32 << 30))
+        }
+    }
+
+    /// `text` padded with spaces to `width` terminal columns (CJK characters take two).
+    pub fn pad(text: &str, width: usize) -> String {
+        let w = unicode_width::UnicodeWidthStr::width(text);
+        format!("{text}{}", " ".repeat(width.saturating_sub(w)))
+    }
+
+    /// Rows as columns aligned by display width; the last column is not padded.
+    pub fn table(rows: &[Vec<String>]) -> String {
+        let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| {
+                rows.iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|t| unicode_width::UnicodeWidthStr::width(t.as_str()))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for r in rows {
+            let mut line = String::new();
+            for (i, cell) in r.iter().enumerate() {
+                if i + 1 == r.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&pad(cell, widths[i]));
+                    line.push_str("  ");
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
+    pub async fn status(
+        path: &Path,
+        url: Option<&str>,
+        raw: bool,
+        check: bool,
+    ) -> Result<i32, CliError> {
+        let target = address(path, url)?;
+        let v = match call(&target, "/status", None).await {
             Ok(v) => v,
             Err(code) => return Ok(code),
         };
+        let healthy = v["healthy"].as_bool().unwrap_or(false);
+        let code = if healthy { EXIT_OK } else { EXIT_FAILED };
+        if check {
+            if healthy {
+                println!("ok");
+            } else {
+                for p in v["problems"].as_array().map_or(&[][..], Vec::as_slice) {
+                    println!("{}", p.as_str().unwrap_or_default());
+                }
+            }
+            return Ok(code);
+        }
         if raw {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            return Ok(0);
+            return Ok(EXIT_OK);
         }
+        print!("{}", render_status(&v));
+        Ok(EXIT_OK)
+    }
+
+    /// The human form of a `/status` document.
+    pub fn render_status(v: &Value) -> String {
+        use std::fmt::Write as _;
+        let now = v["taken_ms"]
+            .as_i64()
+            .unwrap_or_else(crate::protocol::Clock::local_ms);
         let (p, o, s) = (&v["platform"], &v["outbox"], &v["spaces"]);
-        println!(
-            "lotlink {}  up {} s  config {}",
-            show(&v, "version"),
-            show(&v, "uptime_s"),
-            show(&v, "config_hash")
+        let mut out = format!(
+            "lotlink {}  up {}  config {}\n",
+            show(v, "version"),
+            secs(&v["uptime_s"]),
+            show(v, "config_hash")
         );
+        if v["healthy"] == true {
+            out.push_str("health     ok\n");
+        } else {
+            for (i, prob) in v["problems"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .enumerate()
+            {
+                let label = if i == 0 {
+                    "health     degraded: "
+                } else {
+                    "                     "
+                };
+                let _ = writeln!(out, "{label}{}", prob.as_str().unwrap_or_default());
+            }
+        }
         let mgmt = &v["management"];
         if let Some(file) = mgmt["config_file"].as_str() {
-            println!("config file in effect: {file}");
+            let _ = writeln!(out, "config file in effect: {file}");
         }
         if mgmt["enabled"] == true {
             let last = &mgmt["last_result"];
-            println!(
+            let _ = writeln!(
+                out,
                 "management connected {}  config version {}  last push {}",
                 show(mgmt, "connected"),
                 show(mgmt, "config_version"),
@@ -582,75 +808,120 @@ mod operator {
                 }
             );
         }
-        println!(
-            "platform   last success {}  last error {}  fault {}  clock offset {} ms  ts {}  delivered {}",
-            show(p, "last_success_ms"),
-            if p["last_error"].is_null() { "-".to_string() } else { format!("{} {}", show(&p["last_error"], "code"), show(&p["last_error"], "message")) },
-            show(p, "fault"),
-            show(p, "clock_offset_ms"),
-            show(p, "ts_unit"),
-            show(p, "delivered"),
-        );
-        println!(
-            "outbox     pending {}  oldest {} s  bytes {}  on disk {}  dead letters {}",
-            show(o, "pending"),
-            show(o, "oldest_age_s"),
-            show(o, "bytes"),
-            show(o, "size_on_disk"),
-            show(o, "dead_letters")
-        );
-        println!(
-            "spaces     total {}  occupied {}  free {}",
-            show(s, "total"),
-            show(s, "occupied"),
-            show(s, "free")
-        );
-        println!(
-            "{:<40} {:<16} {:<10} {:>11} {:>8} {:>8}  last problem",
-            "driver", "kind", "connected", "last heard", "events", "bad"
-        );
-        let now_ms = crate::protocol::Clock::local_ms();
+        let reach = if p["reachable"] == true {
+            "reachable"
+        } else {
+            "NOT reachable"
+        };
+        let mut rows = vec![
+            vec![
+                "platform".to_string(),
+                reach.to_string(),
+                format!("last success {}", when(p["last_success_ms"].as_i64(), now)),
+                format!("delivered {}", show(p, "delivered")),
+            ],
+            vec![
+                String::new(),
+                format!("clock offset {} ms", show(p, "clock_offset_ms")),
+                format!(
+                    "last error {}",
+                    if p["last_error"].is_null() {
+                        "-".to_string()
+                    } else {
+                        format!(
+                            "{} {}",
+                            show(&p["last_error"], "code"),
+                            show(&p["last_error"], "message")
+                        )
+                    }
+                ),
+                format!("fault {}", show(p, "fault")),
+            ],
+            vec![
+                "outbox".to_string(),
+                format!("pending {}", show(o, "pending")),
+                format!(
+                    "oldest {}",
+                    o["oldest_age_s"]
+                        .as_i64()
+                        .map_or_else(|| "-".into(), |s| ago(s * 1000))
+                ),
+                format!(
+                    "records {}  on disk {}  dead letters {}",
+                    size(&o["bytes"]),
+                    size(&o["size_on_disk"]),
+                    show(o, "dead_letters")
+                ),
+            ],
+            vec![
+                "spaces".to_string(),
+                format!("free {}", show(s, "free")),
+                format!("occupied {}", show(s, "occupied")),
+                format!("total {}", show(s, "total")),
+            ],
+        ];
+        out.push_str(&table(&rows));
+        out.push('\n');
+        rows = vec![vec![
+            "driver".into(),
+            "kind".into(),
+            "state".into(),
+            "last heard".into(),
+            "events".into(),
+            "bad".into(),
+            "last problem".into(),
+        ]];
         for d in v["drivers"].as_array().map_or(&[][..], Vec::as_slice) {
-            let heard = match d["last_heard_ms"].as_i64() {
-                Some(ms) if ms > 0 => format!("{} s ago", (now_ms - ms).max(0) / 1000),
-                _ => "never".to_string(),
-            };
-            println!(
-                "{:<40} {:<16} {:<10} {:>11} {:>8} {:>8}  {}",
+            rows.push(vec![
                 show(d, "name"),
                 show(d, "kind"),
-                show(d, "connected"),
-                heard,
+                if d["connected"] == true {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+                .into(),
+                when(d["last_heard_ms"].as_i64(), now),
                 show(d, "events"),
                 show(d, "bad_inputs"),
-                show(d, "last_problem")
-            );
+                show(d, "last_problem"),
+            ]);
         }
-        Ok(0)
+        out.push_str(&table(&rows));
+        out
     }
 
     pub async fn dead(cmd: DeadCommand) -> Result<i32, CliError> {
         match cmd {
             DeadCommand::List { config } => {
-                let addr = address(&config)?;
+                let addr = address(&config, None)?;
                 match call(&addr, "/api/dead", None).await {
                     Ok(v) => {
                         let list = v.as_array().map_or(&[][..], Vec::as_slice);
                         if list.is_empty() {
                             println!("no dead letters");
+                            return Ok(EXIT_OK);
                         }
+                        let mut rows = vec![vec![
+                            "id".to_string(),
+                            "plate".into(),
+                            "dir".into(),
+                            "time".into(),
+                            "lane".into(),
+                            "reason".into(),
+                        ]];
                         for d in list {
-                            println!(
-                                "{:>8}  {:<10} {:<4} {}  {}  reason: {}",
+                            rows.push(vec![
                                 show(d, "id"),
                                 show(d, "carNo"),
                                 show(d, "inOutType"),
                                 show(d, "inOutTime"),
                                 show(d, "nodeName"),
-                                show(d, "reason")
-                            );
+                                show(d, "reason"),
+                            ]);
                         }
-                        Ok(0)
+                        print!("{}", table(&rows));
+                        Ok(EXIT_OK)
                     }
                     Err(code) => Ok(code),
                 }
@@ -662,37 +933,36 @@ mod operator {
                     match which.parse::<u64>() {
                         Ok(id) => json!({ "id": id }),
                         Err(_) => {
-                            return Err(CliError::Other(format!(
-                                "{which:?}: give a dead letter id or `all`"
-                            )))
+                            eprintln!("{which:?}: give a dead letter id or `all`");
+                            return Ok(super::EXIT_USAGE);
                         }
                     }
                 };
-                let addr = address(&config)?;
+                let addr = address(&config, None)?;
                 match call(&addr, "/api/dead/retry", Some(body)).await {
                     Ok(v) => {
                         let n = v["retried"].as_array().map_or(0, Vec::len);
                         println!("{n} dead letter(s) put back for upload");
-                        Ok(0)
+                        Ok(EXIT_OK)
                     }
                     Err(code) => Ok(code),
                 }
             }
             DeadCommand::Drop { id, yes, config } => {
-                let addr = address(&config)?;
+                let addr = address(&config, None)?;
                 if !yes {
                     eprint!("drop dead letter {id} for good? [y/N] ");
                     let mut answer = String::new();
                     let _ = std::io::stdin().read_line(&mut answer);
                     if !matches!(answer.trim(), "y" | "Y" | "yes") {
                         eprintln!("not dropped");
-                        return Ok(1);
+                        return Ok(EXIT_FAILED);
                     }
                 }
                 match call(&addr, "/api/dead/drop", Some(json!({ "id": id }))).await {
                     Ok(_) => {
                         println!("dead letter {id} dropped");
-                        Ok(0)
+                        Ok(EXIT_OK)
                     }
                     Err(code) => Ok(code),
                 }
@@ -701,7 +971,7 @@ mod operator {
     }
 
     pub async fn space_set(path: &Path, occupied: u64) -> Result<i32, CliError> {
-        let addr = address(path)?;
+        let addr = address(path, None)?;
         match call(&addr, "/api/space", Some(json!({ "occupied": occupied }))).await {
             Ok(v) => {
                 println!(
@@ -710,9 +980,54 @@ mod operator {
                     show(&v, "total"),
                     show(&v, "free")
                 );
-                Ok(0)
+                Ok(EXIT_OK)
             }
             Err(code) => Ok(code),
+        }
+    }
+
+    /// The free spaces the running daemon counts (for `send space` without `--surplus`).
+    pub async fn daemon_free(path: &Path) -> Result<Result<u64, i32>, CliError> {
+        let target = address(path, None)?;
+        Ok(match call(&target, "/status", None).await {
+            Ok(v) => v["spaces"]["free"].as_u64().ok_or(EXIT_FAILED),
+            Err(code) => Err(code),
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn columns_line_up_by_display_width_with_chinese_names() {
+            let t = table(&[
+                vec!["driver".into(), "kind".into()],
+                vec!["出口1".into(), "serial".into()],
+                vec!["entry".into(), "mqtt".into()],
+            ]);
+            let lines: Vec<&str> = t.lines().collect();
+            let col = |l: &str| {
+                let i = l
+                    .find("serial")
+                    .or_else(|| l.find("mqtt"))
+                    .or_else(|| l.find("kind"));
+                unicode_width::UnicodeWidthStr::width(&l[..i.unwrap_or(0)])
+            };
+            assert_eq!(col(lines[0]), col(lines[1]), "{t}");
+            assert_eq!(col(lines[1]), col(lines[2]), "{t}");
+        }
+
+        #[test]
+        fn sizes_and_ages_read_as_people_say_them() {
+            assert_eq!(size(&json!(512)), "512 B");
+            assert_eq!(size(&json!(1536)), "1.5 KiB");
+            assert_eq!(size(&json!(5 * 1024 * 1024)), "5.0 MiB");
+            assert_eq!(ago(8_000), "8 s ago");
+            assert_eq!(ago(37 * 60_000), "37 min ago");
+            let now = chrono::Local::now().timestamp_millis();
+            assert!(when(Some(now - 8_000), now).ends_with(", 8 s ago"));
+            assert_eq!(when(None, now), "never");
         }
     }
 }

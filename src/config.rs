@@ -83,6 +83,49 @@ pub struct RawConfig {
     pub loops: Vec<RawLoop>,
     /// Remote management over the site broker (config push, retained status).
     pub management: Option<RawManagement>,
+    /// The log.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// How much to log: "error", "warn", "info" (default), "debug" or "trace". Applied at
+    /// start and on every reload; `RUST_LOG` and `-v`/`-q` override it.
+    #[serde(default)]
+    pub level: LogLevel,
+}
+
+/// A log level (`[log] level`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Data loss and faults an operator must fix.
+    Error,
+    /// Also lasting faults that come back by themselves.
+    Warn,
+    /// Also state changes and periodic summaries (the default).
+    #[default]
+    Info,
+    /// Also every attempt and request.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The name, as in the config file and `RUST_LOG`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 /// `[management]`: config push and the retained status topic, over the `[mqtt]` broker.
@@ -425,6 +468,8 @@ pub struct Config {
     pub devices: Devices,
     /// Remote management; `None` when off (or no broker).
     pub management: Option<ManagementConfig>,
+    /// `[log] level`.
+    pub log_level: LogLevel,
     /// First 16 hex digits of the SHA-256 of the file's text ("" when built without text).
     pub hash: String,
 }
@@ -916,6 +961,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
             },
             devices,
             management,
+            log_level: raw.log.level,
             hash: String::new(),
         }),
         _ => Err(ConfigErrors {

@@ -299,6 +299,7 @@ pub async fn run(
     let effect = crate::manage::load_in_effect(path)?;
     log_in_effect(path, &effect);
     let cfg = effect.config;
+    crate::logging::apply_config(cfg.log_level);
     check_permissions(&effect.file);
     let saved = Arc::new(GatewayState::load(&state::path_for(path))?);
     check_outbox_move(&saved, &cfg.outbox.path, options.abandon_old_outbox).await?;
@@ -332,6 +333,7 @@ pub async fn run(
         health: gw.health.clone(),
         control: control_tx,
         config: config_rx,
+        status: gw.status_view(),
     };
     let manager = tokio::spawn(manager.run(stop.clone()));
 
@@ -362,7 +364,11 @@ pub async fn run(
             }
             Some(Control::Apply { cfg, reply }) = control_rx.recv() => {
                 notify_reloading();
+                let level = cfg.log_level;
                 let r = gw.reload(*cfg).await.map_err(|e| e.to_string());
+                if r.is_ok() {
+                    crate::logging::apply_config(level);
+                }
                 let _ = config_tx.send(gw.config().clone());
                 let _ = reply.send(r);
                 notify(&[NotifyState::Ready]);
@@ -450,6 +456,7 @@ async fn reload_file(
         }
         Ok((cfg, file)) => {
             check_permissions(&file);
+            crate::logging::apply_config(cfg.log_level);
             let hash = cfg.hash.clone();
             match gw.reload(cfg).await {
                 Ok(parts) if parts.is_empty() => {

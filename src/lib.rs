@@ -36,15 +36,18 @@ pub mod fleet;
 pub mod hardware;
 pub mod imaging;
 pub mod ingest;
+pub mod logging;
 pub mod manage;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod record;
+pub mod snapshot;
 pub mod space;
 pub mod state;
 pub mod status;
 pub mod summary;
+pub mod telemetry;
 pub mod tls;
 pub mod uploader;
 

@@ -1,4 +1,5 @@
-//! The `lotlink` binary: parse the command line, set up logging and TLS, call the library.
+//! The `lotlink` binary: parse the command line, set up logging ([`lotlink::logging`]) and
+//! TLS, call the library.
 
 use clap::Parser;
 
@@ -8,54 +9,19 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = lotlink::cli::Cli::parse();
     let default_level = match cli.command {
-        lotlink::cli::Command::Demo { .. } => "warn",
-        _ => "info",
+        lotlink::cli::Command::Demo { .. } => lotlink::config::LogLevel::Warn,
+        _ => lotlink::config::LogLevel::Info,
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    // Started by systemd with the journal on stderr: log to journald with structured fields
-    // (PRIORITY, the span and event fields as FIELD=value); anywhere else, text on stderr.
-    let journal = stderr_is_journal()
-        .then(|| tracing_journald::layer().ok())
-        .flatten();
-    {
-        use tracing_subscriber::layer::SubscriberExt;
-        use tracing_subscriber::util::SubscriberInitExt;
-        let registry = tracing_subscriber::registry().with(filter);
-        match journal {
-            Some(j) => registry
-                .with(j.with_syslog_identifier("lotlink".into()))
-                .init(),
-            None => registry
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-                .init(),
-        }
-    }
+    lotlink::logging::init(
+        lotlink::logging::level_from_flags(cli.verbose, cli.quiet),
+        default_level,
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let code = rt.block_on(lotlink::cli::execute(cli))?;
     drop(rt);
     std::process::exit(code);
-}
-
-/// Whether stderr is the journal stream systemd connected (`JOURNAL_STREAM` names its
-/// device and inode; a shell that merely inherited the variable does not match).
-fn stderr_is_journal() -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
-            return false;
-        };
-        let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
-            return false;
-        };
-        std::fs::metadata("/proc/self/fd/2")
-            .is_ok_and(|m| dev.parse::<u64>() == Ok(m.dev()) && ino.parse::<u64>() == Ok(m.ino()))
-    }
-    #[cfg(not(unix))]
-    false
 }
 
 /// glibc raises its mmap threshold each time a large block is freed, so after a while the

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `{prefix}/config/set` | in, QoS 1 | `{"version": u64, "config": "<TOML>", "hmac": "<hex>"}`, or `{"version", "revert": true, "hmac"}` |
 //! | `{prefix}/config/result` | out, QoS 1 | `{"version", "outcome": "applied"\|"rejected"\|"rolled_back"\|"unchanged", "reason"}` |
-//! | `{prefix}/status` | out, QoS 1, retained | `{"online": true, "lot_code", "version", "config_version", "config_hash", "config_file", "outbox_depth", "oldest_pending_s", "last_platform_success_ms", "sent_at_ms"}` every minute; the last will is `{"online": false}` (retained), a clean stop publishes the full status with `"online": false` |
+//! | `{prefix}/status` | out, QoS 1, retained | `{"online": true, "lot_code", "version", "config_version", "config_hash", "config_file", "outbox_depth", "oldest_pending_s", "last_platform_success_ms", "platform_reachable", "healthy", "problems", "taken_ms", "sent_at_ms"}` every minute and after each push, rendered from the same [`crate::snapshot::Snapshot`] as `/status`; the last will is `{"online": false}` (retained), a clean stop publishes the full status with `"online": false` |
 //!
 //! **Where a pushed config goes.** Never into the local config file (`/etc/lotlink/lotlink.toml`
 //! is a dpkg conffile: a daemon-written file there makes the next package upgrade stop at a
@@ -123,15 +123,21 @@ impl ManagementState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(path.to_path_buf());
     }
-    /// For `/status`.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "enabled": self.enabled.load(Ordering::Relaxed),
-            "connected": self.connected(),
-            "config_version": self.config_version(),
-            "config_file": self.config_file().map(|p| p.display().to_string()),
-            "last_result": self.last_result.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
-        })
+}
+
+impl crate::snapshot::ManagementSource for ManagementState {
+    fn view(&self) -> crate::snapshot::ManagementView {
+        crate::snapshot::ManagementView {
+            enabled: self.enabled.load(Ordering::Relaxed),
+            connected: self.connected(),
+            config_version: self.config_version(),
+            config_file: self.config_file().map(|p| p.display().to_string()),
+            last_result: self
+                .last_result
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        }
     }
 }
 
@@ -390,6 +396,8 @@ pub struct Manager {
     pub control: mpsc::Sender<Control>,
     /// The config the gateway runs on now (the supervisor sends every change).
     pub config: watch::Receiver<Config>,
+    /// What the status views read: the retained status renders a snapshot of it.
+    pub status: watch::Receiver<Arc<crate::status::StatusContext>>,
 }
 
 type Outgoing = mpsc::UnboundedSender<(String, Value, bool)>;
@@ -449,26 +457,16 @@ impl Manager {
         self.state.connected.store(false, Ordering::Relaxed);
     }
 
+    /// The retained status: a [`crate::snapshot::Snapshot`], as every status view, with what
+    /// only the manager knows (the lot, the config file in effect, online or stopping).
     fn status_message(&self, online: bool) -> Value {
-        let cfg = self.config.borrow().clone();
-        let last = self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .last_success_ms;
-        let now = Clock::local_ms();
-        json!({
-            "online": online,
-            "lot_code": cfg.platform.lot_code,
-            "version": env!("CARGO_PKG_VERSION"),
-            "config_version": self.state.config_version(),
-            "config_hash": cfg.hash,
-            "config_file": self.state.config_file().map(|p| p.display().to_string()),
-            "outbox_depth": self.outbox.len(),
-            "oldest_pending_s": self.outbox.oldest_submitted_ms().map(|t| (now - t).max(0) / 1000),
-            "last_platform_success_ms": last,
-            "sent_at_ms": now,
-        })
+        let ctx = self.status.borrow().clone();
+        let mut v = crate::snapshot::Snapshot::take(&ctx).retained_status();
+        v["online"] = json!(online);
+        v["lot_code"] = json!(self.config.borrow().platform.lot_code);
+        v["config_file"] = json!(self.state.config_file().map(|p| p.display().to_string()));
+        v["sent_at_ms"] = v["taken_ms"].clone();
+        v
     }
 
     /// One broker session until `stop`: subscribe, publish the retained status every
@@ -512,6 +510,11 @@ impl Manager {
         }
         let mut pacer = lotlink_drivers::mqtt::Pacer::new(settings.max_packet);
         let (client, mut events) = AsyncClient::new(opts, 16);
+        let mut outage = lotlink_drivers::Outage::new(
+            format!("management broker {}:{}", b.host, b.port),
+            "unreachable",
+            "connected again",
+        );
         let mut tick = tokio::time::interval(STATUS_EVERY);
         loop {
             tokio::select! {
@@ -533,7 +536,9 @@ impl Manager {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         pacer.connected();
                         self.state.connected.store(true, Ordering::Relaxed);
-                        tracing::info!(prefix = %m.topic_prefix, "management connected to the broker");
+                        if outage.recovered().is_none() {
+                            tracing::info!(prefix = %m.topic_prefix, "management connected to the broker");
+                        }
                         let _ = client.try_subscribe(&set_topic, QoS::AtLeastOnce);
                         let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, self.status_message(true).to_string());
                     }
@@ -552,11 +557,8 @@ impl Manager {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        if self.state.connected.swap(false, Ordering::Relaxed) {
-                            tracing::warn!(error = %e, "management broker connection lost");
-                        } else {
-                            tracing::debug!(error = %e, "management broker not reachable");
-                        }
+                        self.state.connected.store(false, Ordering::Relaxed);
+                        outage.failed(&e);
                         let wait = pacer.failed(&e, &mut events.mqtt_options, "management");
                         tokio::select! {
                             () = stop.cancelled() => break,

@@ -89,6 +89,19 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The name `/metrics` uses as a request's `outcome`.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Verdict::Success => "success",
+            Verdict::Exists => "exists",
+            Verdict::Malformed => "malformed",
+            Verdict::Business => "business",
+            Verdict::Transient => "transient",
+            Verdict::AuthFailed => "auth_failed",
+            Verdict::Fault => "fault",
+        }
+    }
+
     /// Classify a `code` (already a string).
     pub fn of_code(code: &str) -> Verdict {
         match code.trim() {
@@ -445,7 +458,25 @@ impl Client {
     }
 
     /// One attempt: sign with a fresh ts, post, learn the clock, parse the answer.
+    /// One HTTP request, counted and timed for `/metrics`.
     async fn attempt(
+        &self,
+        cmd: Cmd,
+        data: Option<&str>,
+        unit: TsUnit,
+        encoding: DataEncoding,
+    ) -> Result<Reply, CallError> {
+        let started = std::time::Instant::now();
+        let r = self.attempt_untimed(cmd, data, unit, encoding).await;
+        let outcome = match &r {
+            Ok(reply) => reply.verdict.as_label(),
+            Err(e) => e.kind(),
+        };
+        crate::telemetry::platform_request(cmd.name(), outcome, started.elapsed());
+        r
+    }
+
+    async fn attempt_untimed(
         &self,
         cmd: Cmd,
         data: Option<&str>,

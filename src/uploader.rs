@@ -85,7 +85,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
+use lotlink_drivers::{Outage, Severity};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -133,35 +133,8 @@ fn bump(l: &Liveness) {
     l.store(liveness_now(), std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Exponential back-off with full jitter.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    failures: u32,
-    base: Duration,
-}
-
-impl Backoff {
-    /// Fresh, with the given base.
-    pub fn new(base: Duration) -> Self {
-        Backoff { failures: 0, base }
-    }
-    /// The next delay: uniform in `0..=min(cap, base·2^n)`.
-    pub fn next(&mut self, cap: Duration) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << self.failures.min(20));
-        self.failures = self.failures.saturating_add(1);
-        let top = exp.min(cap);
-        let ms = u64::try_from(top.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::thread_rng().gen_range(0..=ms))
-    }
-    /// Consecutive failures so far.
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-    /// Back to the start after a success.
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
+/// The back-off every retry loop of the gateway shares (here: full jitter).
+pub use lotlink_drivers::Backoff;
 
 /// One of the uploader's three independent streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +212,94 @@ pub type Health = Arc<Mutex<PlatformHealth>>;
 pub fn health_mut<R>(h: &Health, f: impl FnOnce(&mut PlatformHealth) -> R) -> R {
     let mut g = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     f(&mut g)
+}
+
+/// How the log tells the platform's lasting faults: one [`Outage`] for "unreachable" (no
+/// answer at all, whichever stream saw it), and per stream one for answers with a transient
+/// error code and one for faults an operator must fix (logged as errors). Shared by the
+/// heartbeat loop and the upload loop, so an outage is one start line, a few summaries and
+/// one end line however many requests fail.
+#[derive(Debug)]
+pub struct PlatformLog {
+    unreachable: Outage,
+    store: Outage,
+    erring: [Outage; 3],
+    refusing: [Outage; 3],
+}
+
+/// Shared handle on the [`PlatformLog`].
+pub type SharedPlatformLog = Arc<Mutex<PlatformLog>>;
+
+impl Default for PlatformLog {
+    fn default() -> Self {
+        let per_stream = |down: &'static str, up: &'static str, severity: Severity| {
+            [Stream::Heartbeat, Stream::Space, Stream::Records].map(|s| {
+                Outage::new(format!("platform ({})", s.name()), down, up).severity(severity)
+            })
+        };
+        PlatformLog {
+            unreachable: Outage::new("platform", "unreachable", "reachable again"),
+            store: Outage::new("outbox", "cannot be read for upload", "readable again"),
+            erring: per_stream("answers with errors", "accepts requests again", Severity::Warn),
+            refusing: per_stream(
+                "refuses the gateway's requests: an operator must fix the configuration; data is kept",
+                "accepts the gateway's requests again",
+                Severity::Error,
+            ),
+        }
+    }
+}
+
+impl PlatformLog {
+    /// No answer (a transport error).
+    pub fn unreachable(&mut self, reason: &dyn std::fmt::Display, pending: Option<u64>) {
+        self.unreachable.failed_with(reason, &pending_text(pending));
+    }
+
+    /// An authenticated answer with an error code; `fault`: an operator must act.
+    pub fn refused(
+        &mut self,
+        stream: Stream,
+        fault: bool,
+        reason: &dyn std::fmt::Display,
+        pending: Option<u64>,
+    ) {
+        self.unreachable.recovered();
+        let o = if fault {
+            &mut self.refusing[stream as usize]
+        } else {
+            &mut self.erring[stream as usize]
+        };
+        o.failed_with(reason, &pending_text(pending));
+    }
+
+    /// An authenticated answer (a heartbeat answered with a command code counts).
+    pub fn reached(&mut self) {
+        self.unreachable.recovered();
+    }
+
+    /// A success on `stream`.
+    pub fn accepted(&mut self, stream: Stream) {
+        self.unreachable.recovered();
+        self.erring[stream as usize].recovered();
+        self.refusing[stream as usize].recovered();
+        self.store.recovered();
+    }
+}
+
+fn pending_text(pending: Option<u64>) -> String {
+    pending.map_or_else(String::new, |n| format!("{n} pending"))
+}
+
+fn plog_mut<R>(l: &SharedPlatformLog, f: impl FnOnce(&mut PlatformLog) -> R) -> R {
+    let mut g = l.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(&mut g)
+}
+
+/// Whether a failure's code is a platform answer code (digits) rather than a transport
+/// error kind ("timeout", "connect", …).
+fn is_answer_code(code: &str) -> bool {
+    !code.is_empty() && code.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Upload settings.
@@ -406,7 +467,7 @@ impl Pace {
     fn new(stream: Stream, base: Duration) -> Self {
         Pace {
             stream,
-            backoff: Backoff::new(base),
+            backoff: Backoff::new(base, BACKOFF_CAP).with_full_jitter(),
             not_before: None,
         }
     }
@@ -415,24 +476,20 @@ impl Pace {
         self.not_before.is_none_or(|t| now >= t)
     }
 
-    /// A success: returns whether the stream had been failing (logged as its end).
-    fn succeeded(&mut self) -> bool {
+    /// A success: returns whether the stream had been failing (the log says so through
+    /// the [`PlatformLog`]).
+    fn succeeded(&mut self, log: &SharedPlatformLog) -> bool {
         self.not_before = None;
         let failures = self.backoff.failures();
         self.backoff.reset();
-        if failures > 0 {
-            tracing::info!(
-                stream = self.stream.name(),
-                failures,
-                "platform accepts this stream again"
-            );
-        }
+        plog_mut(log, |l| l.accepted(self.stream));
         failures > 0
     }
 }
 
 /// The uploader.
 pub struct Uploader {
+    log: SharedPlatformLog,
     client: Arc<Client>,
     outbox: Outbox,
     settings: UploadSettings,
@@ -563,6 +620,7 @@ impl Uploader {
             sizer,
             refusals: Refusals::default(),
             liveness: Liveness::default(),
+            log: Arc::new(Mutex::new(PlatformLog::default())),
         }
     }
 
@@ -604,6 +662,7 @@ impl Uploader {
             self.client.clone(),
             self.settings.heartbeat_interval,
             self.health.clone(),
+            self.log.clone(),
             shutdown.clone(),
         );
         let up = self.data_loop(shutdown);
@@ -630,20 +689,23 @@ impl Uploader {
             ),
         };
         self.note_error(stream, &code, &msg, fault);
-        let d = pace.backoff.next(cap);
+        let d = pace.backoff.next_capped(cap);
         pace.not_before = Some(Instant::now() + d);
         let n = pace.backoff.failures();
         let retry_in_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        // A lasting fault: logged when it starts and then at 2, 4, 8, … failures.
-        if n.is_power_of_two() {
-            if fault {
-                tracing::error!(stream = stream.name(), code = %code, error = %msg, failures = n, retry_in_ms, pending = self.outbox.len(), "platform refuses the gateway's requests: an operator must fix the configuration; data is kept");
+        tracing::debug!(stream = stream.name(), code = %code, error = %msg, failures = n, retry_in_ms, "upload failed");
+        // A lasting fault: logged when it starts, summarised, and when it ends.
+        let pending = self.outbox.len();
+        let reason = format!("{code}: {msg}");
+        plog_mut(&self.log, |l| {
+            if code == "store" {
+                l.store.failed_with(&msg, &pending_text(Some(pending)));
+            } else if fault || is_answer_code(&code) {
+                l.refused(stream, fault, &reason, Some(pending));
             } else {
-                tracing::warn!(stream = stream.name(), code = %code, error = %msg, failures = n, retry_in_ms, pending = self.outbox.len(), "upload failed; will retry");
+                l.unreachable(&format_args!("{}: {reason}", stream.name()), Some(pending));
             }
-        } else {
-            tracing::debug!(stream = stream.name(), code = %code, error = %msg, failures = n, retry_in_ms, "upload failed again");
-        }
+        });
     }
 
     async fn data_loop(mut self, shutdown: CancellationToken) {
@@ -661,7 +723,7 @@ impl Uploader {
                     Ok(sent) => {
                         if sent {
                             space_due = false;
-                            space.succeeded();
+                            space.succeeded(&self.log);
                         }
                     }
                     Err(stop) => self.failed(&mut space, stop),
@@ -672,7 +734,7 @@ impl Uploader {
                     Ok(true) => {
                         // The first success after a failure: a reconnect, so the space
                         // report goes out again.
-                        if records.succeeded() {
+                        if records.succeeded(&self.log) {
                             space_due = true;
                         }
                         busy = true;
@@ -1063,11 +1125,11 @@ pub async fn heartbeat_loop(
     client: Arc<Client>,
     interval: Duration,
     health: Health,
+    log: SharedPlatformLog,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failures = 0u32;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -1092,10 +1154,7 @@ pub async fn heartbeat_loop(
                     }
                     h.set_fault(Stream::Heartbeat, None);
                 });
-                if failures > 0 {
-                    tracing::info!(failures, "heartbeats answered again");
-                }
-                failures = 0;
+                plog_mut(&log, |l| l.accepted(Stream::Heartbeat));
                 if ok {
                     tracing::debug!(offset_ms = client.clock().offset_ms(), "heartbeat ok");
                 } else {
@@ -1105,7 +1164,6 @@ pub async fn heartbeat_loop(
                 }
             }
             Ok(reply) => {
-                failures += 1;
                 health_mut(&health, |h| {
                     h.last_error = Some((reply.code.clone(), reply.msg.clone()));
                     h.set_fault(
@@ -1113,18 +1171,24 @@ pub async fn heartbeat_loop(
                         Some(format!("heartbeat: {}: {}", reply.code, reply.msg)),
                     );
                 });
-                if failures.is_power_of_two() {
-                    tracing::warn!(code = %reply.code, msg = %reply.msg, failures, "heartbeat refused");
-                }
+                tracing::debug!(code = %reply.code, msg = %reply.msg, "heartbeat refused");
+                plog_mut(&log, |l| {
+                    l.refused(
+                        Stream::Heartbeat,
+                        true,
+                        &format_args!("{}: {}", reply.code, reply.msg),
+                        None,
+                    );
+                });
             }
             Err(e) => {
-                failures += 1;
                 health_mut(&health, |h| {
                     h.last_error = Some((e.kind().to_string(), e.to_string()));
                 });
-                if failures.is_power_of_two() {
-                    tracing::warn!(error = %e, failures, "heartbeat failed");
-                }
+                tracing::debug!(error = %e, "heartbeat failed");
+                plog_mut(&log, |l| {
+                    l.unreachable(&format_args!("heartbeat: {e}"), None);
+                });
             }
         }
     }
@@ -1144,10 +1208,10 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_its_cap_with_full_jitter() {
-        let mut b = Backoff::new(Duration::from_secs(1));
+        let mut b = Backoff::new(Duration::from_secs(1), BACKOFF_CAP).with_full_jitter();
         let mut max_seen = Duration::ZERO;
         for _ in 0..200 {
-            let d = b.next(BACKOFF_CAP);
+            let d = b.next_delay();
             assert!(d <= BACKOFF_CAP);
             max_seen = max_seen.max(d);
         }
@@ -1157,8 +1221,8 @@ mod tests {
         );
         b.reset();
         for _ in 0..50 {
-            let mut fresh = Backoff::new(Duration::from_secs(1));
-            assert!(fresh.next(BACKOFF_CAP) <= Duration::from_secs(1));
+            let mut fresh = Backoff::new(Duration::from_secs(1), BACKOFF_CAP).with_full_jitter();
+            assert!(fresh.next_delay() <= Duration::from_secs(1));
         }
     }
 }

@@ -291,3 +291,110 @@ fn shrink_says_what_the_gateway_would_do_with_an_image_and_writes_the_result() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("placeholder"), "{text}");
 }
+
+/// `send space` without `--surplus` asks the daemon; with none running it exits 3 and,
+/// above all, does not create the outbox (run as root before the first start, a created
+/// outbox would be root's and the service could not open it).
+#[tokio::test]
+async fn send_space_without_a_daemon_exits_3_and_never_creates_the_outbox() {
+    let sim = common::sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("ob");
+    let cfg = dir.path().join("c.toml");
+    // A status port nothing listens on.
+    let text = common::config_text(&sim.url(), &outbox, "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{}\"", common::devices::free_port()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = tokio::process::Command::from(common::lotlink_command())
+        .args(["send", "space", "-c"])
+        .arg(&cfg)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("not running") && stderr.contains("--surplus"),
+        "{stderr}"
+    );
+    assert!(
+        !outbox.exists(),
+        "the outbox was created by an operator command"
+    );
+    assert!(sim.space_reports().is_empty());
+}
+
+/// The config file is `-c`, `--config` or `$LOTLINK_CONFIG`, in that order.
+#[test]
+fn the_config_file_comes_from_c_or_config_or_lotlink_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        common::config_text("http://127.0.0.1:9", &dir.path().join("ob"), ""),
+    )
+    .unwrap();
+    let bad = dir.path().join("missing.toml");
+    for args in [vec!["check-config", "-c"], vec!["check-config", "--config"]] {
+        let out = lotlink().args(&args).arg(&good).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+    }
+    let out = lotlink()
+        .arg("check-config")
+        .env("LOTLINK_CONFIG", &good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "from LOTLINK_CONFIG");
+    let out = lotlink()
+        .args(["check-config", "-c"])
+        .arg(&bad)
+        .env("LOTLINK_CONFIG", &good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "-c wins over LOTLINK_CONFIG");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    // A usage error is 2; the help lists the exit codes.
+    let out = lotlink()
+        .args(["check-config", "--frobnicate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = lotlink().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("3  the daemon is not running"), "{help}");
+}
+
+/// The completion scripts and the man page the .deb ships are what the command line
+/// generates now (regenerate with `scripts/gen-completions` when this fails).
+#[test]
+fn the_shipped_completions_and_man_page_match_the_command_line() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (args, file) in [
+        (
+            vec!["completions", "bash"],
+            "assets/completions/lotlink.bash",
+        ),
+        (vec!["completions", "zsh"], "assets/completions/_lotlink"),
+        (
+            vec!["completions", "fish"],
+            "assets/completions/lotlink.fish",
+        ),
+        (vec!["man"], "assets/lotlink.1"),
+    ] {
+        let out = lotlink().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let shipped = std::fs::read(root.join(file)).unwrap_or_default();
+        assert!(
+            out.stdout == shipped,
+            "{file} is stale or missing: run scripts/gen-completions"
+        );
+    }
+    let out = lotlink().arg("man").output().unwrap();
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        man.contains(".TH lotlink") && man.contains("status"),
+        "{man}"
+    );
+}

@@ -47,9 +47,9 @@ async fn the_operator_cli_reads_status_and_handles_dead_letters_and_the_space_co
     std::fs::write(&config, text).expect("config");
     let cfg = config.to_str().expect("utf-8 path");
 
-    // Nothing listens yet: exit code 2 and a message that says so.
+    // Nothing listens yet: exit code 3 (2 is a usage error) and a message that says so.
     let out = lotlink(&["status", "--config", cfg]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
 
     let _daemon = Daemon(
@@ -161,6 +161,48 @@ async fn the_operator_cli_reads_status_and_handles_dead_letters_and_the_space_co
         );
     }
     assert!(metrics.contains("lotlink_build_info{version="), "{metrics}");
+    // Prometheus conventions: requests by command and outcome, latency histograms in
+    // seconds, the process's own figures.
+    for prefix in [
+        "lotlink_platform_requests_total{command=\"carInOut\",outcome=\"success\"} ",
+        "lotlink_platform_requests_total{command=\"carInOut\",outcome=\"malformed\"} ",
+        "lotlink_platform_request_duration_seconds_bucket{",
+        "lotlink_platform_request_duration_seconds_count{command=\"heartbeat\"} ",
+        "lotlink_outbox_fsync_duration_seconds_count ",
+        "lotlink_platform_clock_offset_seconds ",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(prefix)),
+            "{prefix} missing from:\n{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains("_milliseconds"),
+        "base units only: {metrics}"
+    );
+
+    // `send space` without --surplus asks the daemon for the free count.
+    let reports = sim.space_reports().len();
+    let out = lotlink(&["send", "space", "-c", cfg]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sim.space_reports().len(), reports + 1);
+    assert_eq!(sim.space_reports().last(), Some(&(100, 93)));
+    let out = lotlink(&["status", "--check", "-c", cfg]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(metrics.ends_with("# EOF\n"));
     assert_eq!(status()["config_hash"].as_str().map(str::len), Some(16));
 
@@ -299,6 +341,16 @@ async fn a_status_token_guards_every_route_and_the_page_shows_the_outbox_depth_i
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(dom.contains(r#"id="total">100</dd>"#), "{dom}");
+    // The page shows the gateway's own verdict (not one made on the browser's clock).
+    let verdict = if v["healthy"] == true {
+        "healthy"
+    } else {
+        "degraded: "
+    };
+    assert!(
+        dom.contains(r#"id="health" class="#) && dom.contains(verdict),
+        "{dom}"
+    );
     gw.stop().await;
     sim.shutdown().await;
 }
@@ -343,4 +395,34 @@ async fn healthz_says_503_and_why_while_the_platform_cannot_be_reached() {
         body.contains("platform not reached since start"),
         "the reason: {body}"
     );
+
+    // For monitoring scripts: exit 1 (degraded) with the same reason, found through
+    // `--url` even when the config cannot be read (a user who may not read /etc/lotlink).
+    let url = format!("http://127.0.0.1:{port}");
+    let out = lotlink(&[
+        "status",
+        "--check",
+        "--url",
+        &url,
+        "-c",
+        "/nonexistent/lotlink.toml",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("platform not reached since start"),
+        "{stdout}"
+    );
+    // The JSON says the same, decided by the daemon: not reachable, not healthy.
+    let out = lotlink(&["status", "--json", "--url", &url]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["platform"]["reachable"], false);
+    assert_eq!(v["healthy"], false);
+    // Nothing at that address any more: 3, "not running".
+    drop(_daemon);
+    let out = lotlink(&["status", "--check", "--url", &url]);
+    assert_eq!(out.status.code(), Some(3));
+    // A usage error is 2, distinct from "not running".
+    let out = lotlink(&["status", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
 }

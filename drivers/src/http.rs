@@ -316,22 +316,23 @@ fn shown(s: &str) -> String {
 impl HttpListener {
     async fn bind(&self, shutdown: &CancellationToken) -> Option<TcpListener> {
         let addr = self.settings.listen;
-        let mut failing = false;
+        // An operator must free the address: an error, summarised while it lasts.
+        let mut outage = crate::Outage::new(
+            format!("camera listener {addr}"),
+            "cannot bind: HTTP cameras cannot deliver until it can",
+            "bound after all",
+        )
+        .severity(crate::Severity::Error);
         loop {
             match TcpListener::bind(addr).await {
                 Ok(l) => {
-                    if failing {
-                        tracing::info!(listen = %addr, "camera listener bound after all");
-                    }
+                    outage.recovered();
                     return Some(l);
                 }
                 Err(source) => {
                     let e = HttpError::Bind { addr, source };
                     self.status.set_problem(&e.to_string());
-                    if !failing {
-                        tracing::error!(error = %e, retry_every = ?BIND_RETRY, "HTTP cameras cannot deliver until the camera listener can bind");
-                        failing = true;
-                    }
+                    outage.failed(&e);
                 }
             }
             tokio::select! {

@@ -34,6 +34,7 @@ pub mod http;
 pub mod jsoncam;
 pub mod loops;
 pub mod mqtt;
+pub mod outage;
 pub mod plate;
 pub mod serial;
 pub mod snapshot;
@@ -41,6 +42,7 @@ pub mod status;
 pub mod vzenith;
 
 pub use event::{CarStyle, Direction, Event, PlateEvent};
+pub use outage::{Backoff, Outage, Severity};
 pub use plate::{normalise, CameraRules, Reading};
 pub use status::{should_log, DriverStatus, StatusSnapshot};
 

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 
+use crate::outage::{Backoff, Outage};
 use crate::{
     should_log, CancellationToken, Direction, Driver, DriverError, DriverFuture, DriverStatus,
     Event, EventSink, SinkError,
@@ -687,30 +688,6 @@ pub struct ModbusBus {
     pub status: DriverStatus,
 }
 
-/// Capped exponential back-off: 0.5 s doubling to 10 s.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff {
-            next: BACKOFF_START,
-        }
-    }
-
-    fn step(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        now
-    }
-
-    fn reset(&mut self) {
-        self.next = BACKOFF_START;
-    }
-}
-
 impl ModbusBus {
     fn fatal(&self, e: &LoopError) -> DriverError {
         DriverError::Fatal {
@@ -759,9 +736,10 @@ impl ModbusBus {
             .map_err(|e| self.fatal(&e))?;
         let poll_interval = self.poll_interval.max(Duration::from_millis(1));
         let connect_timeout = self.timeout.max(MIN_CONNECT_TIMEOUT);
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
         let mut link: Option<Context> = None;
-        let mut down_logged = false;
+        let mut outage = Outage::new(format!("modbus bus {}", self.name), "down", "up again");
+        let mut connected_once = false;
         tracing::info!(bus = %self.name, loops = self.points.len(), requests = poller.groups().len(), "modbus bus starting");
 
         loop {
@@ -779,7 +757,7 @@ impl ModbusBus {
                 };
                 match attempt {
                     Ok(ctx) => link = Some(ctx),
-                    Err(e) => self.mark_down(&e, &mut down_logged),
+                    Err(e) => self.mark_down(&e, &mut outage),
                 }
             }
             if let Some(ctx) = link.as_mut() {
@@ -789,14 +767,15 @@ impl ModbusBus {
                 };
                 match outcome {
                     Ok(_) => {
-                        if self.status.set_connected(true) || down_logged {
+                        self.status.set_connected(true);
+                        if outage.recovered().is_none() && !connected_once {
                             tracing::info!(bus = %self.name, "modbus bus connected");
                         }
-                        down_logged = false;
+                        connected_once = true;
                         backoff.reset();
                     }
                     Err(e) => {
-                        self.mark_down(&e, &mut down_logged);
+                        self.mark_down(&e, &mut outage);
                         link = None;
                     }
                 }
@@ -812,7 +791,7 @@ impl ModbusBus {
             let wake = if link.is_some() {
                 cycle_start + poll_interval
             } else {
-                Instant::now() + backoff.step()
+                Instant::now() + backoff.next_delay()
             };
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -821,17 +800,12 @@ impl ModbusBus {
         }
     }
 
-    /// Record a lost bus; logs a warning once per outage.
-    fn mark_down(&self, e: &LoopError, down_logged: &mut bool) {
+    /// Record a lost bus: logged when the outage starts and summarised while it lasts.
+    fn mark_down(&self, e: &LoopError, outage: &mut Outage) {
         // The reason first: whoever sees the bus down also sees why.
         self.status.set_problem(&e.to_string());
         self.status.set_connected(false);
-        if *down_logged {
-            tracing::debug!(bus = %self.name, error = %e, "modbus bus still down");
-        } else {
-            tracing::warn!(bus = %self.name, error = %e, "modbus bus down; reconnecting with back-off");
-            *down_logged = true;
-        }
+        outage.failed(e);
     }
 }
 

@@ -84,6 +84,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::outage::{Backoff, Outage};
+
 use crate::jsoncam::{self, JsonTime};
 use crate::loops::{is_closed, EdgeDetector};
 use crate::plate::{normalise, CameraRules, Reading};
@@ -115,7 +117,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Pacer {
     max_packet: usize,
-    backoff: Duration,
+    backoff: Backoff,
     up_since: Option<Instant>,
     raised: bool,
 }
@@ -136,7 +138,7 @@ impl Pacer {
     pub fn new(max_packet: usize) -> Self {
         Pacer {
             max_packet,
-            backoff: BACKOFF_START,
+            backoff: Backoff::new(BACKOFF_START, BACKOFF_MAX),
             up_since: None,
             raised: false,
         }
@@ -173,7 +175,7 @@ impl Pacer {
             .take()
             .is_some_and(|t| t.elapsed() >= STABLE_SESSION)
         {
-            self.backoff = BACKOFF_START;
+            self.backoff.reset();
         }
         if let Some(size) = oversize(err) {
             if size <= OVERSIZE_CEILING {
@@ -184,9 +186,7 @@ impl Pacer {
                 tracing::error!(who, size, ceiling = OVERSIZE_CEILING, "the broker keeps sending a message too big to receive; set the broker's max_packet_size (mosquitto) and clear the message from the session");
             }
         }
-        let d = self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-        d
+        self.backoff.next_delay()
     }
 }
 
@@ -1063,10 +1063,18 @@ async fn run_connection(
     shutdown: CancellationToken,
 ) {
     let max_packet = opts.max_packet_size();
+    let (host, port) = opts.broker_address();
+    let broker = format!("{host}:{port}");
     // Room for the acks of a full hand (with rumqttc's read batch) and a subscribe.
     let (client, mut eventloop) =
         rumqttc::AsyncClient::new(opts, MAX_IN_HAND + READ_BATCH + 16);
     let mut pacer = Pacer::new(max_packet);
+    let mut outage = Outage::new(
+        format!("MQTT broker {broker}"),
+        "unreachable",
+        "connected again",
+    );
+    let mut connected_once = false;
     loop {
         if hand.full() {
             // Flow control (module docs): read nothing more until the router has stored some.
@@ -1093,9 +1101,11 @@ async fn run_connection(
         match polled {
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ca))) => {
                 pacer.connected();
-                if status.set_connected(true) {
+                status.set_connected(true);
+                if outage.recovered().is_none() && !connected_once {
                     tracing::info!(session_present = ca.session_present, topics = ?topics, "MQTT broker connected");
                 }
+                connected_once = true;
                 let subs: Vec<rumqttc::SubscribeFilter> = topics
                     .iter()
                     .map(|t| rumqttc::SubscribeFilter::new(t.clone(), rumqttc::QoS::AtLeastOnce))
@@ -1143,11 +1153,8 @@ async fn run_connection(
             Err(e) => {
                 // The reason first: whoever sees the broker lost also sees why.
                 status.set_problem(&e.to_string());
-                if status.set_connected(false) {
-                    tracing::warn!(broker = ?status.name(), error = %e, "MQTT broker connection lost; reconnecting with back-off");
-                } else {
-                    tracing::debug!(error = %e, "MQTT connect failed");
-                }
+                status.set_connected(false);
+                outage.failed(&e);
                 let wait = pacer.failed(&e, &mut eventloop.mqtt_options, status.name());
                 tokio::select! {
                     () = shutdown.cancelled() => break,

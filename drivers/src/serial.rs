@@ -26,6 +26,7 @@ use crate::codec::{
 };
 use crate::loops::EdgeDetector;
 use crate::mqtt::local_ms;
+use crate::outage::{Backoff, Outage};
 use crate::plate::{normalise, CameraRules, Reading};
 use crate::snapshot::{fill_image, Snapshot};
 use crate::{
@@ -459,49 +460,53 @@ async fn serve_port<F, Fut>(
     F: FnMut(tokio_serial::SerialStream) -> Fut,
     Fut: std::future::Future<Output = StreamEnd>,
 {
-    let mut wait = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), REOPEN_MAX);
+    let mut outage = Outage::new(
+        format!("serial port {port} (driver {})", status.name()),
+        "unavailable",
+        "open again",
+    );
+    let mut opened_once = false;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
         match open_port(port, baud) {
             Ok(stream) => {
-                wait = Duration::from_millis(500);
-                if status.set_connected(true) {
+                backoff.reset();
+                status.set_connected(true);
+                if outage.recovered().is_none() && !opened_once {
                     tracing::info!(driver = status.name(), port, baud, "serial port open");
                 }
+                opened_once = true;
                 match serve(stream).await {
                     StreamEnd::Shutdown => return,
                     StreamEnd::Eof => {
                         // The reason first: whoever sees the port down also sees why.
                         status.set_problem("port closed (device unplugged?)");
                         status.set_connected(false);
-                        tracing::warn!(
-                            driver = status.name(),
-                            port,
-                            "serial port closed (device unplugged?); reopening until it is back"
-                        );
+                        outage
+                            .failed(&"port closed (device unplugged?); reopening until it is back");
                     }
                     StreamEnd::Error(e) => {
                         status.set_problem(&format!("read error: {e}"));
                         status.set_connected(false);
-                        tracing::warn!(driver = status.name(), port, error = %e, "serial port read failed; reopening until it is back");
+                        outage.failed(&format_args!(
+                            "read failed: {e}; reopening until it is back"
+                        ));
                     }
                 }
             }
             Err(e) => {
                 status.set_problem(&format!("cannot open {port}: {e}"));
-                let first = status.set_connected(false) || status.snapshot().since_ms == 0;
-                if first {
-                    tracing::warn!(driver = status.name(), port, error = %e, "serial port cannot be opened; retrying every few seconds");
-                }
+                status.set_connected(false);
+                outage.failed(&format_args!("cannot open: {e}"));
             }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        wait = (wait * 2).min(REOPEN_MAX);
     }
 }
 

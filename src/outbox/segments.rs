@@ -514,7 +514,10 @@ impl Head {
         }
         let r = self.file.write_all_at(bytes, self.len).and_then(|()| {
             if sync {
-                self.file.sync_data()
+                let started = std::time::Instant::now();
+                let r = self.file.sync_data();
+                crate::telemetry::outbox_fsync(started.elapsed());
+                r
             } else {
                 Ok(())
             }
@@ -540,7 +543,10 @@ impl Head {
 
     /// `fdatasync` what was written without one.
     pub(super) fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        let started = std::time::Instant::now();
+        let r = self.file.sync_data();
+        crate::telemetry::outbox_fsync(started.elapsed());
+        r
     }
 
     /// Cut anything past the log's end (a failed write that could not be cut then) before
