@@ -28,6 +28,9 @@ _lotlink() {
             lotlink,demo)
                 cmd="lotlink__subcmd__demo"
                 ;;
+            lotlink,fleet)
+                cmd="lotlink__subcmd__fleet"
+                ;;
             lotlink,help)
                 cmd="lotlink__subcmd__help"
                 ;;
@@ -36,6 +39,9 @@ _lotlink() {
                 ;;
             lotlink,outbox)
                 cmd="lotlink__subcmd__outbox"
+                ;;
+            lotlink,push)
+                cmd="lotlink__subcmd__push"
                 ;;
             lotlink,run)
                 cmd="lotlink__subcmd__run"
@@ -88,6 +94,9 @@ _lotlink() {
             lotlink__subcmd__help,demo)
                 cmd="lotlink__subcmd__help__subcmd__demo"
                 ;;
+            lotlink__subcmd__help,fleet)
+                cmd="lotlink__subcmd__help__subcmd__fleet"
+                ;;
             lotlink__subcmd__help,help)
                 cmd="lotlink__subcmd__help__subcmd__help"
                 ;;
@@ -96,6 +105,9 @@ _lotlink() {
                 ;;
             lotlink__subcmd__help,outbox)
                 cmd="lotlink__subcmd__help__subcmd__outbox"
+                ;;
+            lotlink__subcmd__help,push)
+                cmd="lotlink__subcmd__help__subcmd__push"
                 ;;
             lotlink__subcmd__help,run)
                 cmd="lotlink__subcmd__help__subcmd__run"
@@ -158,7 +170,7 @@ _lotlink() {
 
     case "${cmd}" in
         lotlink)
-            opts="-v -q -h -V --verbose --quiet --help --version run check-config send status dead space outbox shrink completions man demo help"
+            opts="-v -q -h -V --verbose --quiet --help --version run check-config send status dead space outbox shrink push fleet completions man demo help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -387,8 +399,50 @@ _lotlink() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        lotlink__subcmd__fleet)
+            opts="-v -q -h --broker --username --password --ca-file --prefix --stale --json --timeout --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --broker)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --username)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stale)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         lotlink__subcmd__help)
-            opts="run check-config send status dead space outbox shrink completions man demo help"
+            opts="run check-config send status dead space outbox shrink push fleet completions man demo help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -499,6 +553,20 @@ _lotlink() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        lotlink__subcmd__help__subcmd__fleet)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         lotlink__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -544,6 +612,20 @@ _lotlink() {
         lotlink__subcmd__help__subcmd__outbox__subcmd__aside)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        lotlink__subcmd__help__subcmd__push)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -724,6 +806,60 @@ _lotlink() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        lotlink__subcmd__push)
+            opts="-v -q -h --broker --username --password --ca-file --lot --lots-file --key-file --version --timeout --prefix --revert --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --broker)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --username)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lots-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --version)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

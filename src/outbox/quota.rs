@@ -62,7 +62,7 @@ pub(super) fn read_only(path: &Path) -> Option<bool> {
         // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: as above; statvfs only writes into `st`.
-        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &raw mut st) };
         if rc != 0 {
             return None;
         }

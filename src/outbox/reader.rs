@@ -63,7 +63,7 @@ impl Pointers<'_> {
             && self
                 .next_sled
                 .as_ref()
-                .map_or(true, |(c, _)| *c < self.cursor)
+                .is_none_or(|(c, _)| *c < self.cursor)
         {
             self.next_sled = None;
             match self.sled.next() {
@@ -100,7 +100,7 @@ impl Iterator for Pointers<'_> {
             let from_sled = self.next_sled.as_ref().map(|(c, _)| *c);
             let (c, chunk) = match (self.overlay.first_from(self.cursor), from_sled) {
                 (None, None) => return None,
-                (Some((oc, chunk)), s) if s.map_or(true, |s| oc <= s) => (oc, Some(chunk)),
+                (Some((oc, chunk)), s) if s.is_none_or(|s| oc <= s) => (oc, Some(chunk)),
                 _ => {
                     let (c, chunk) = self.next_sled.take()?;
                     if chunk.is_none() {
