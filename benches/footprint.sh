@@ -110,14 +110,14 @@ md="$work/footprint.md"
     lim=$(awk -v a="$idle_rss" 'BEGIN { if (a != "") print a + 4 }')
     row "RSS one minute after the drain" "$(v backlog_after_rss) MB (idle $idle_rss MB)" "≤ idle + 4 MB" "$(judge "$(v backlog_after_rss)" '<=' "$lim")"
     if [ -n "$(v backlog1080_peak_rss)" ]; then
-        row "RSS peak, broker backlog of 2,000 1080p (400 KB) image events draining into a down platform" \
+        row "RSS peak, broker backlog of 2,000 1080p (≥ 400 KB) image events draining into a down platform" \
             "$(v backlog1080_peak_rss) MB (mosquitto holding them: $(v backlog1080_mosquitto_rss) MB; $(v backlog1080_stored) stored in $(v backlog1080_drain) s)" "≤ 48 MB" "$(judge "$(v backlog1080_peak_rss)" '<=' 48)"
         idle_rss=$(v backlog1080_idle_rss)
         lim=$(awk -v a="$idle_rss" 'BEGIN { if (a != "") print a + 4 }')
         row "RSS one minute after that drain" "$(v backlog1080_after_rss) MB (idle $idle_rss MB)" "≤ idle + 4 MB" "$(judge "$(v backlog1080_after_rss)" '<=' "$lim")"
     fi
     if [ -n "$(v burst_peak_rss)" ]; then
-        row "RSS peak, a burst of 300 1080p (400 KB) image events into a running gateway, platform down" \
+        row "RSS peak, a burst of 300 1080p (≥ 400 KB) image events into a running gateway, platform down" \
             "$(v burst_peak_rss) MB (idle $(v burst_idle_rss) MB; stored in $(v burst_drain) s; a minute after: $(v burst_after_rss) MB)" "≤ 64 MB" "$(judge "$(v burst_peak_rss)" '<=' 64)"
     fi
     row "start with 100,000 pending, dedupe entries older than the window: to READY" "$(v start_ready) s (first upload $(v start_first_upload) s)" "≤ 0.5 s" "$(judge "$(v start_ready)" '<=' 0.5)"

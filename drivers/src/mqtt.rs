@@ -554,7 +554,9 @@ impl Router {
             .position(|c| matches!(&c.format, CameraFormat::Json { topic: t } if *t == topic))
         {
             // The payload is dropped once parsed: the event holds the image bytes alone.
-            return self.handle_json(i, &topic, payload, ack, sink, shutdown).await;
+            return self
+                .handle_json(i, &topic, payload, ack, sink, shutdown)
+                .await;
         }
         let parsed = vzenith::parse_message(&topic, &payload, true);
         drop(payload);
@@ -1066,8 +1068,7 @@ async fn run_connection(
     let (host, port) = opts.broker_address();
     let broker = format!("{host}:{port}");
     // Room for the acks of a full hand (with rumqttc's read batch) and a subscribe.
-    let (client, mut eventloop) =
-        rumqttc::AsyncClient::new(opts, MAX_IN_HAND + READ_BATCH + 16);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, MAX_IN_HAND + READ_BATCH + 16);
     let mut pacer = Pacer::new(max_packet);
     let mut outage = Outage::new(
         format!("MQTT broker {broker}"),
@@ -1258,7 +1259,11 @@ mod tests {
         for _ in 0..n {
             waiting.push(subs.recv().await.expect("a submission"));
         }
-        assert_eq!(acks.load(Ordering::Acquire), 0, "nothing acked before it is stored");
+        assert_eq!(
+            acks.load(Ordering::Acquire),
+            0,
+            "nothing acked before it is stored"
+        );
         for (i, sub) in waiting.into_iter().enumerate() {
             sub.reply.send(Ok(Accepted::Stored(i as u64))).unwrap();
         }
@@ -1311,7 +1316,11 @@ mod tests {
         tokio::time::advance(CAMERA_SILENCE).await;
         router.tick(&sink, &CancellationToken::new());
         assert!(!router.cameras[0].status.connected());
-        assert_eq!(router.next_wake(), None, "silent camera shown: no more wakeups");
+        assert_eq!(
+            router.next_wake(),
+            None,
+            "silent camera shown: no more wakeups"
+        );
     }
 
     fn opts() -> rumqttc::MqttOptions {
