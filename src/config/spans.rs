@@ -409,6 +409,14 @@ pub(super) fn parse_all<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<Prob
         }
         done.push(step);
     }
+    if problems.is_empty() {
+        // Not seen in practice (a parsed document re-serializes to valid TOML), but never
+        // fail without saying so.
+        problems.push(Problem::new(
+            "config",
+            "the file could not be read as a whole (no single key to blame)",
+        ));
+    }
     (None, problems)
 }
 
