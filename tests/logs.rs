@@ -130,4 +130,6 @@ fn an_hour_of_everything_down_writes_a_handful_of_lines_per_fault() {
         shown()
     );
     assert!(during.len() <= 24, "{}", shown());
+    // `cargo test --test logs -- --nocapture` shows what an operator would read.
+    eprintln!("{}", shown());
 }
