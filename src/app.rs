@@ -255,7 +255,7 @@ impl Gateway {
         tracing::info!(path = %cfg.outbox.path.display(), pending = outbox.len(), dead = outbox.dead_len(), "outbox open");
         // Opening a big store allocates and frees megabytes (sled's snapshot and log replay);
         // give the freed pages back now rather than carry them for the daemon's life.
-        release_freed_memory();
+        crate::heap::release_freed_memory();
 
         let clock = Arc::new(Clock::default());
         let encoding = EncodingMemory::default();
@@ -549,17 +549,4 @@ pub async fn run(
     tracing::info!("shutting down");
     gw.stop().await;
     Ok(())
-}
-
-/// Return freed heap pages to the kernel (glibc keeps them otherwise, fragmented among its
-/// arenas: measured 0.75 MB of RSS after opening a 100,000-record outbox). A no-op where the
-/// C library is not glibc.
-pub(crate) fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)]
-    // SAFETY: malloc_trim only returns free memory to the kernel; it takes the allocator's
-    // locks itself and touches no memory that is in use.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

@@ -260,7 +260,7 @@ impl Ingest {
                     if tasks.is_empty() && rx.is_empty() && image_bytes >= TRIM_AFTER {
                         // A burst of images has drained: give its buffers back.
                         image_bytes = 0;
-                        let _ = tokio::task::spawn_blocking(crate::app::release_freed_memory).await;
+                        let _ = tokio::task::spawn_blocking(crate::heap::release_freed_memory).await;
                     }
                     continue;
                 }

@@ -34,6 +34,7 @@ pub mod daemon;
 pub mod demo;
 pub mod fleet;
 pub mod hardware;
+pub mod heap;
 pub mod imaging;
 pub mod ingest;
 pub mod logging;
