@@ -834,9 +834,12 @@ async fn a_long_outage_fills_the_quota_images_degrade_the_broker_keeps_the_rest_
         "quota: {published} published, {stored} stored when full, outbox {}",
         status.as_ref().map_or(Value::Null, |s| s["outbox"].clone())
     );
+    // The router submits what it holds as one group (issue 16), so the first `Full` comes
+    // when a whole group does not fit; the held events are retried one by one as compaction
+    // strips older images, and a few of them still go in. The rest stay with the broker.
     assert!(
-        stored + 50 <= published,
-        "the gateway stopped taking events: {stored} stored of {published}"
+        stored < published,
+        "the broker keeps what the gateway cannot take: {stored} stored of {published}"
     );
     assert!(
         status

@@ -629,7 +629,8 @@ async fn a_result_stored_before_a_sigkill_and_posted_again_after_the_restart_is_
         .await
     };
 
-    let mut daemon = Daemon::start(&config, &log);
+    // -v: "event stored" is a debug line (one INFO summary a minute, issue 16).
+    let mut daemon = Daemon::start_with(&config, &log, &["-v"]);
     assert!(
         up().await,
         "listening; log:\n{}",
