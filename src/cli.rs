@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::app;
+use crate::clock::Clock;
 use crate::config::{self, ConfigError};
 use crate::hardware;
-use crate::protocol::{Client, Clock, Cmd};
+use crate::protocol::{Client, Cmd};
 
 /// Where the daemon's config lives by default.
 pub const DEFAULT_CONFIG: &str = "/etc/lotlink/lotlink.toml";
@@ -760,7 +761,7 @@ mod operator {
         use std::fmt::Write as _;
         let now = v["taken_ms"]
             .as_i64()
-            .unwrap_or_else(crate::protocol::Clock::local_ms);
+            .unwrap_or_else(crate::clock::Clock::local_ms);
         let (p, o, s) = (&v["platform"], &v["outbox"], &v["spaces"]);
         let mut out = format!(
             "lotlink {}  up {}  config {}\n",

@@ -44,9 +44,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::clock::Clock;
 use crate::config::{self, ConfigError, TokenSource};
 use crate::manage::{push_hmac, PushTarget};
-use crate::protocol::Clock;
 
 /// Exit code: every gateway answered well / all online.
 pub const OK: i32 = 0;

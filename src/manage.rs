@@ -68,9 +68,9 @@ use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::clock::Clock;
 use crate::config::{self, Config, ConfigError, ManagementConfig, MqttConfig, TokenSource};
 use crate::outbox::Outbox;
-use crate::protocol::Clock;
 use crate::state::{GatewayState, StateError};
 use crate::uploader::Health;
 

@@ -776,7 +776,7 @@ impl Outbox {
         }
         let path = &self.shared().path;
         let refusing = |reason: &str| StoreHealth::Refusing {
-            since_ms: crate::protocol::Clock::local_ms(),
+            since_ms: crate::clock::Clock::local_ms(),
             reason: reason.to_owned(),
         };
         if quota::read_only(path) == Some(true) {

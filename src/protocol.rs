@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 // The clock and the CA file reader live in their own leaf modules; also reachable here for
 // the code that names them by their old place (status, metrics, manage, cli, tests/flow.rs).
-pub use crate::clock::Clock;
-pub use crate::tls::load_ca_file;
+use crate::clock::Clock;
+use crate::tls::load_ca_file;
 
 use crate::config::{
     AuthCase, DataEncoding, DataEncodingSetting, PlatformConfig, Secret, TsUnit, TsUnitSetting,

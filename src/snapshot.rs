@@ -9,9 +9,10 @@ use std::time::Duration;
 use lotlink_drivers::{DriverStatus, StatusSnapshot};
 use serde_json::{json, Value};
 
+use crate::clock::Clock;
 use crate::config::Secret;
 use crate::outbox::{OpenReport, Outbox, SpaceReport, StoreHealth};
-use crate::protocol::{Client, Clock};
+use crate::protocol::Client;
 use crate::space::SpaceTracker;
 use crate::uploader::{Health, PlatformHealth};
 

@@ -162,7 +162,7 @@ async fn an_answer_over_64_kib_is_a_bad_answer_and_reading_stops_at_the_cap() {
     let client = lotlink::protocol::Client::new(
         &h.gw.config().platform,
         lotlink::config::Secret::new(TOKEN),
-        std::sync::Arc::new(lotlink::protocol::Clock::default()),
+        std::sync::Arc::new(lotlink::clock::Clock::default()),
         None,
     )
     .expect("client");
