@@ -620,7 +620,7 @@ impl Row {
     /// A row from a retained status message at `now_ms`.
     pub fn from_status(lot: &str, v: &Value, now_ms: i64, stale: Duration) -> Row {
         let online = v["online"] == true;
-        let age_s = v["sent_at_ms"].as_i64().map(|t| (now_ms - t).max(0) / 1000);
+        let age_s = v["taken_ms"].as_i64().map(|t| (now_ms - t).max(0) / 1000);
         let stale_s = i64::try_from(stale.as_secs()).unwrap_or(i64::MAX);
         Row {
             lot: lot.to_string(),
@@ -817,7 +817,7 @@ mod tests {
     fn a_status_becomes_a_row_with_the_documented_json_fields() {
         let now = 1_764_600_000_000;
         let v = json!({"online": true, "version": "0.1.0", "config_version": 3, "outbox_depth": 12,
-            "oldest_pending_s": 40, "last_platform_success_ms": now - 8_000, "sent_at_ms": now - 30_000});
+            "oldest_pending_s": 40, "last_platform_success_ms": now - 8_000, "taken_ms": now - 30_000});
         let r = Row::from_status("TY0350", &v, now, Duration::from_secs(300));
         assert!(r.online && !r.stale);
         let j = r.to_json();
@@ -834,7 +834,7 @@ mod tests {
         }
         assert_eq!(j["last_platform_success"], (now - 8_000) / 1000);
         assert_eq!(j["outbox_pending"], 12);
-        let old = json!({"online": true, "sent_at_ms": now - 600_000});
+        let old = json!({"online": true, "taken_ms": now - 600_000});
         assert!(Row::from_status("X", &old, now, Duration::from_secs(300)).stale);
         let off = Row::from_status(
             "X",

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `{prefix}/config/set` | in, QoS 1 | `{"version": u64, "config": "<TOML>", "hmac": "<hex>"}`, or `{"version", "revert": true, "hmac"}` |
 //! | `{prefix}/config/result` | out, QoS 1 | `{"version", "outcome": "applied"\|"rejected"\|"rolled_back"\|"unchanged", "reason"}` |
-//! | `{prefix}/status` | out, QoS 1, retained | `{"online": true, "lot_code", "version", "config_version", "config_hash", "config_file", "outbox_depth", "oldest_pending_s", "last_platform_success_ms", "platform_reachable", "healthy", "problems", "taken_ms", "sent_at_ms"}` every minute and after each push, rendered from the same [`crate::snapshot::Snapshot`] as `/status`; the last will is `{"online": false}` (retained), a clean stop publishes the full status with `"online": false` |
+//! | `{prefix}/status` | out, QoS 1, retained | `{"online": true, "lot_code", "version", "config_version", "config_hash", "config_file", "outbox_depth", "oldest_pending_s", "last_platform_success_ms", "platform_reachable", "healthy", "problems", "taken_ms"}` every minute and after each push, rendered from the same [`crate::snapshot::Snapshot`] as `/status`; the last will is `{"online": false}` (retained), a clean stop publishes the full status with `"online": false` |
 //!
 //! **Where a pushed config goes.** Never into the local config file (`/etc/lotlink/lotlink.toml`
 //! is a dpkg conffile: a daemon-written file there makes the next package upgrade stop at a
@@ -465,7 +465,6 @@ impl Manager {
         v["online"] = json!(online);
         v["lot_code"] = json!(self.config.borrow().platform.lot_code);
         v["config_file"] = json!(self.state.config_file().map(|p| p.display().to_string()));
-        v["sent_at_ms"] = v["taken_ms"].clone();
         v
     }
 
