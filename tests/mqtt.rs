@@ -452,17 +452,26 @@ async fn a_gateway_killed_after_storing_but_before_acking_reports_the_event_exac
     let mut child = spawn_gateway(&config, &log2);
     let marker = vz_message("ivs_result", "sn-k", "晋M00001", 1_764_288_900, None, 1);
     p.publish("device/sn-k/message/up/ivs_result", marker).await;
+    // The re-delivered event and the marker are handled concurrently: either may finish
+    // first, so wait for both before stopping the gateway (a kill right after the marker
+    // could cut the duplicate's line).
+    let read_log = || {
+        let mut out = String::new();
+        let _ = std::fs::File::open(&log2).and_then(|mut f| f.read_to_string(&mut out));
+        out
+    };
     let ok = eventually(WAIT, || {
         delivered_plates(&sim).contains(&"晋M00001".to_string())
+            && read_log().contains("duplicate event")
     })
     .await;
     child.kill().expect("SIGKILL");
     let _ = child.wait();
-    let mut out = String::new();
-    std::fs::File::open(&log2)
-        .and_then(|mut f| f.read_to_string(&mut out))
-        .expect("log");
-    assert!(ok, "marker after restart delivered; log:\n{out}");
+    let out = read_log();
+    assert!(
+        delivered_plates(&sim).contains(&"晋M00001".to_string()),
+        "marker after restart delivered; log:\n{out}"
+    );
     let plates = delivered_plates(&sim);
     assert_eq!(
         plates.iter().filter(|p| *p == "晋K12345").count(),
@@ -470,7 +479,7 @@ async fn a_gateway_killed_after_storing_but_before_acking_reports_the_event_exac
         "{plates:?}"
     );
     assert!(
-        out.contains("duplicate event"),
+        ok && out.contains("duplicate event"),
         "the broker re-delivered the un-acked event and the gateway recognised it; log:\n{out}"
     );
     sim.shutdown().await;
