@@ -14,7 +14,7 @@
 //! note, since that file is on the gateway, not here). Any other problem for any lot: exit 1
 //! before anything is published. Then, over one broker connection: the retained
 //! `{prefix}/status` of every lot is read (the version is its `config_version` + 1 unless
-//! `--version`), the signed push ([`crate::manage::push_hmac`]) is published QoS 1 to
+//! `--version`), the signed push ([`crate::push::push_hmac`]) is published QoS 1 to
 //! `{prefix}/config/set`, and the answer on `{prefix}/config/result` with that version is
 //! printed, one line per lot, as it comes. Exit 0 when every lot answered `applied` or
 //! `unchanged`, 1 when one answered `rejected` or `rolled_back` (and all answered), 2 when
@@ -46,7 +46,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::config::{self, ConfigError, TokenSource};
-use crate::manage::{push_hmac, PushTarget};
+use crate::push::{push_hmac, PushTarget};
 
 /// Exit code: every gateway answered well / all online.
 pub const OK: i32 = 0;

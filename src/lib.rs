@@ -42,6 +42,7 @@ pub mod manage;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod push;
 pub mod record;
 pub mod snapshot;
 pub mod space;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use lotlink::manage::{parse_push, PushTarget};
+use lotlink::push::{parse_push, PushTarget};
 
 fuzz_target!(|data: &[u8]| {
     let target = PushTarget {
