@@ -9,8 +9,6 @@ use std::time::Duration;
 use md5::{Digest, Md5};
 use serde::Deserialize;
 
-// The clock and the CA file reader live in their own leaf modules; also reachable here for
-// the code that names them by their old place (status, metrics, manage, cli, tests/flow.rs).
 use crate::clock::Clock;
 use crate::tls::load_ca_file;
 
