@@ -387,8 +387,20 @@ pub(super) fn parse_all<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<Prob
         if let Some(s) = err.span().filter(|s| !s.is_empty()) {
             path_at(work_doc.as_item(), s.start, &mut at);
         }
+        // An error inside a driver-tagged table comes at the table's position, naming its key.
+        let message = match err
+            .message()
+            .strip_prefix(super::tagged::AT_KEY)
+            .and_then(|rest| rest.split_once("`: "))
+        {
+            Some((key, inner)) => {
+                at.extend(key.split('.').map(String::from));
+                inner
+            }
+            None => err.message(),
+        };
         let found = item_at(work_doc.as_item(), &at.join(".")).map(Item::type_name);
-        let (path, message, fix) = classify(at, err.message(), found);
+        let (path, message, fix) = classify(at, message, found);
         if !problems.iter().any(|p| covers(&p.key, &path)) {
             let (line, column) = spans.locate(&path).unzip();
             problems.push(Problem {
