@@ -219,10 +219,19 @@ mod tests {
         let mut p = Problems::default();
         let at = KeyPath::new("camera.2");
         assert_eq!(
-            choice(&mut p, &at.key("gate"), Some("shut"), 0, &[("none", 0), ("open", 1)]),
+            choice(
+                &mut p,
+                &at.key("gate"),
+                Some("shut"),
+                0,
+                &[("none", 0), ("open", 1)]
+            ),
             None
         );
-        assert_eq!(ranged(&mut p, &at.key("baud"), Some(5), 9600, 300, 9600), None);
+        assert_eq!(
+            ranged(&mut p, &at.key("baud"), Some(5), 9600, 300, 9600),
+            None
+        );
         assert_eq!(
             duration_in(
                 &mut p,

@@ -442,7 +442,10 @@ fn validate_camera(
         if !(u.starts_with("http://") || u.starts_with("https://"))
             || reqwest::Url::parse(u).is_err()
         {
-            p.bad(&at.key("snapshot_url"), format!("{u:?} is not an http(s) URL"));
+            p.bad(
+                &at.key("snapshot_url"),
+                format!("{u:?} is not an http(s) URL"),
+            );
         }
     }
     let snapshot_timeout = duration_in(
@@ -464,7 +467,10 @@ fn validate_camera(
         }
         Some(d) => {
             if matches!(d, CameraDriver::Mqtt(_)) && !have_mqtt {
-                p.bad(&at.key("driver"), "driver = \"mqtt\" needs an [mqtt] section");
+                p.bad(
+                    &at.key("driver"),
+                    "driver = \"mqtt\" needs an [mqtt] section",
+                );
             }
             d.validate(&at, &(), p)
         }
@@ -526,7 +532,10 @@ fn validate_loop(p: &mut Problems, i: usize, l: &RawLoop, have_mqtt: bool) -> Op
         }
         Some(d) => {
             if matches!(d, LoopDriver::Mqtt(_)) && !have_mqtt {
-                p.bad(&at.key("driver"), "driver = \"mqtt\" needs an [mqtt] section");
+                p.bad(
+                    &at.key("driver"),
+                    "driver = \"mqtt\" needs an [mqtt] section",
+                );
             }
             // The hold time is checked above; without it there is a problem already.
             d.validate(&at, &min_hold.unwrap_or_default(), p)
@@ -602,7 +611,10 @@ pub(super) fn validate_devices(
         if let Some(first) = names.insert(cam.common.name.trim().to_string(), n) {
             p.bad(
                 &format!("camera.{n}.name"),
-                format!("{:?} is already the name of camera {first}", cam.common.name),
+                format!(
+                    "{:?} is already the name of camera {first}",
+                    cam.common.name
+                ),
             );
         }
         if let Some(v) = validate_camera(&mut p, n, cam, have_mqtt) {
@@ -1136,6 +1148,67 @@ path = "/d"
             "{msg}"
         );
         assert!(msg.contains("camera.4.path: does not apply here"), "{msg}");
+    }
+
+    #[test]
+    fn a_drivers_keys_are_checked_by_the_driver_each_at_its_line() {
+        let text = format!(
+            "{BASE}{}",
+            r#"
+[[camera]]
+name = "a"
+direction = "in"
+driver = "serial"
+baud = "fast"
+gate = "open"
+colour = "red"
+
+[[loop]]
+name = "l"
+lane = "in"
+driver = "modbus"
+address = [1]
+input = 2
+
+[[camera]]
+name = "b"
+direction = "in"
+driver = "dahua"
+"#
+        );
+        let msg = problems(&text);
+        // BASE has 8 lines; the first [[camera]] is line 10.
+        assert!(
+            msg.contains(
+                "site.toml:14: camera.1.baud: wrong type: expected a whole number, found a string"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("site.toml:15: camera.1.gate: does not apply here: http cameras only"),
+            "{msg}"
+        );
+        // A key no driver has: the keys allowed are every camera's and the serial driver's.
+        assert!(
+            msg.contains("site.toml:16: camera.1.colour: unknown key; allowed here: name, direction, driver, snapshot_url, snapshot_timeout, styles, max_camera_skew, port, baud, framing,"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(
+                "site.toml:22: loop.1.address: wrong type: expected a whole number, found an array"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("site.toml:23: loop.1.input: does not apply here: mqtt loops only"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("camera.2.driver: \"dahua\": allowed are \"mqtt\", \"serial\", \"http\""),
+            "{msg}"
+        );
+        // The serial camera's own rules ran on what it was given.
+        assert!(msg.contains("camera.1.port: missing"), "{msg}");
     }
 
     #[test]

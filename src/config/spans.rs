@@ -112,6 +112,10 @@ fn path_at(item: &Item, at: usize, path: &mut Vec<String>) {
             .is_some_and(|s| s.start <= at && at < s.end.max(s.start + 1))
     };
     if let Some(t) = item.as_table_like() {
+        // An array of tables spans from its first table to its last, and other tables may
+        // be written between them (`[[camera]]`, `[[loop]]`, `[[camera]]`): a span that
+        // holds `at` with nothing inside it that does is only the answer if no other does.
+        let mut fallback = None;
         for (name, v) in t.iter() {
             if holds(&t.key(name).and_then(toml_edit::Key::span)) {
                 path.push(name.to_string());
@@ -123,11 +127,17 @@ fn path_at(item: &Item, at: usize, path: &mut Vec<String>) {
                 path.push(name.to_string());
                 let depth = path.len();
                 path_at(v, at, path);
-                if path.len() > depth || holds(&span) {
+                if path.len() > depth {
                     return;
+                }
+                if holds(&span) && fallback.is_none() {
+                    fallback = Some(path.clone());
                 }
                 path.pop();
             }
+        }
+        if let Some(f) = fallback {
+            *path = f;
         }
         return;
     }
@@ -463,6 +473,20 @@ mod tests {
         assert_eq!(at("\"s\""), "b.1.y");
         assert_eq!(at("4 }"), "b.2.z.3");
         assert_eq!(at("2]"), "b.2.w.2");
+    }
+
+    #[test]
+    fn an_offset_in_a_table_written_between_two_of_another_array_maps_to_its_own() {
+        let text = "[[a]]\nx = 1\n\n[[b]]\ny = 2\n\n[[a]]\nx = 3\n";
+        let doc = ImDocument::parse(text).unwrap();
+        let at = |needle: &str| {
+            let mut p = Vec::new();
+            path_at(doc.as_item(), text.find(needle).unwrap(), &mut p);
+            p.join(".")
+        };
+        assert_eq!(at("y = 2"), "b.1.y");
+        assert_eq!(at("[[b]]"), "b.1");
+        assert_eq!(at("x = 3"), "a.2.x");
     }
 
     #[test]

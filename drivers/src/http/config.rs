@@ -81,9 +81,7 @@ impl DriverConfig for CameraConfig {
             {
                 p.bad(
                     &at.key("path"),
-                    format!(
-                        "{s:?}: a plain path of at most 200 bytes, without spaces, `?` or `#`"
-                    ),
+                    format!("{s:?}: a plain path of at most 200 bytes, without spaces, `?` or `#`"),
                 );
                 None
             }

@@ -62,7 +62,12 @@ impl DriverConfig for ModbusConfig {
     type Context = Duration;
 
     #[allow(clippy::too_many_lines)]
-    fn validate(&self, at: &KeyPath, min_hold: &Duration, p: &mut Problems) -> Option<ModbusSettings> {
+    fn validate(
+        &self,
+        at: &KeyPath,
+        min_hold: &Duration,
+        p: &mut Problems,
+    ) -> Option<ModbusSettings> {
         let target = match (&self.port, &self.host) {
             (Some(port), None) if !port.is_empty() => {
                 baud(p, &at.key("baud"), self.baud).map(|baud| BusTarget::Rtu {

@@ -37,7 +37,12 @@ impl DriverConfig for CameraConfig {
                 })
             }
             "json" => {
-                not_for(p, &at.key("sn"), self.sn.is_some(), "format = \"vzenith\" only");
+                not_for(
+                    p,
+                    &at.key("sn"),
+                    self.sn.is_some(),
+                    "format = \"vzenith\" only",
+                );
                 match self.topic.as_deref() {
                     Some(t) if !t.is_empty() && !t.contains(['+', '#']) => {
                         Some(CameraFormat::Json {

@@ -179,7 +179,10 @@ impl DriverConfig for DetectorConfig {
     fn validate(&self, at: &KeyPath, _: &Duration, p: &mut Problems) -> Option<DetectorSettings> {
         let port = self.port.clone().filter(|s| !s.is_empty());
         if port.is_none() {
-            p.bad(&at.key("port"), "missing: the serial device of the detector");
+            p.bad(
+                &at.key("port"),
+                "missing: the serial device of the detector",
+            );
         }
         let baud = baud(p, &at.key("baud"), self.baud);
         let verify = choice(
