@@ -507,16 +507,16 @@ fn validate_camera(
 
 fn validate_loop(p: &mut Problems, i: usize, l: &RawLoop, have_mqtt: bool) -> Option<LoopConfig> {
     let at = KeyPath::new(format!("loop.{i}"));
-    let x = &l.common;
-    let name = x.name.trim().to_string();
+    let common = &l.common;
+    let name = common.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 40 {
         p.bad(&at.key("name"), "must be 1..=40 characters");
     }
-    let lane = direction(p, &at.key("lane"), &x.lane);
+    let lane = direction(p, &at.key("lane"), &common.lane);
     let min_hold = duration_in(
         p,
         &at.key("min_hold"),
-        x.min_hold.as_deref(),
+        common.min_hold.as_deref(),
         Duration::from_millis(200),
         Duration::ZERO,
         Duration::from_secs(60),
@@ -526,19 +526,19 @@ fn validate_loop(p: &mut Problems, i: usize, l: &RawLoop, have_mqtt: bool) -> Op
         None => {
             p.bad(
                 &at.key("driver"),
-                format!("{:?}: allowed are {}", x.driver, LoopDriver::allowed()),
+                format!("{:?}: allowed are {}", common.driver, LoopDriver::allowed()),
             );
             None
         }
-        Some(d) => {
-            if matches!(d, LoopDriver::Mqtt(_)) && !have_mqtt {
+        Some(driver) => {
+            if matches!(driver, LoopDriver::Mqtt(_)) && !have_mqtt {
                 p.bad(
                     &at.key("driver"),
                     "driver = \"mqtt\" needs an [mqtt] section",
                 );
             }
             // The hold time is checked above; without it there is a problem already.
-            d.validate(&at, &min_hold.unwrap_or_default(), p)
+            driver.validate(&at, &min_hold.unwrap_or_default(), p)
         }
     };
     Some(LoopConfig {
@@ -575,14 +575,14 @@ pub(super) fn validate_devices(
     loops: &[RawLoop],
     lot_code: &str,
 ) -> Devices {
-    let mut p = Problems::default();
-    let mqtt = mqtt.and_then(|m| validate_mqtt(&mut p, m, lot_code));
+    let mut problems = Problems::default();
+    let mqtt = mqtt.and_then(|m| validate_mqtt(&mut problems, m, lot_code));
     let have_mqtt = mqtt.is_some();
     // Validated whenever written; started only when a camera posts to it.
     let default_http = RawHttp::default();
     let http = http
         .unwrap_or(&default_http)
-        .validate(&KeyPath::new("http"), &(), &mut p);
+        .validate(&KeyPath::new("http"), &(), &mut problems);
     let mut out = Devices {
         mqtt,
         http: http.filter(|_| {
@@ -597,7 +597,7 @@ pub(super) fn validate_devices(
         if let Some(CameraDriver::Http(h)) = &cam.driver {
             if let Some(path) = h.path.as_deref() {
                 if let Some(first) = paths.insert(path, i + 1) {
-                    p.bad(
+                    problems.bad(
                         &format!("camera.{}.path", i + 1),
                         format!("{path:?} is already camera {first}'s path"),
                     );
@@ -609,7 +609,7 @@ pub(super) fn validate_devices(
     for (i, cam) in cameras.iter().enumerate() {
         let n = i + 1;
         if let Some(first) = names.insert(cam.common.name.trim().to_string(), n) {
-            p.bad(
+            problems.bad(
                 &format!("camera.{n}.name"),
                 format!(
                     "{:?} is already the name of camera {first}",
@@ -617,7 +617,7 @@ pub(super) fn validate_devices(
                 ),
             );
         }
-        if let Some(v) = validate_camera(&mut p, n, cam, have_mqtt) {
+        if let Some(v) = validate_camera(&mut problems, n, cam, have_mqtt) {
             out.cameras.push(v);
         }
     }
@@ -631,7 +631,7 @@ pub(super) fn validate_devices(
     for (i, l) in loops.iter().enumerate() {
         let n = i + 1;
         if let Some(first) = loop_names.insert(l.common.name.trim().to_string(), n) {
-            p.bad(
+            problems.bad(
                 &format!("loop.{n}.name"),
                 format!("{:?} is already the name of loop {first}", l.common.name),
             );
@@ -640,11 +640,11 @@ pub(super) fn validate_devices(
         // never with a camera, and everyone on a port must agree on its speed and driver.
         if let Some((port, kind, baud)) = loop_port(l) {
             match ports.get(port) {
-                Some((j, "camera", _)) => p.bad(
+                Some((j, "camera", _)) => problems.bad(
                     &format!("loop.{n}.port"),
                     format!("{port:?} is already camera {j}'s port"),
                 ),
-                Some((j, other, b)) if *other != kind || b.unwrap_or(9600) != baud.unwrap_or(9600) => p.bad(
+                Some((j, other, other_baud)) if *other != kind || other_baud.unwrap_or(9600) != baud.unwrap_or(9600) => problems.bad(
                     &format!("loop.{n}.port"),
                     format!("{port:?} is shared with loop {j}: loops on one port need the same driver and baud"),
                 ),
@@ -654,7 +654,7 @@ pub(super) fn validate_devices(
                 }
             }
         }
-        if let Some(v) = validate_loop(&mut p, n, l, have_mqtt) {
+        if let Some(v) = validate_loop(&mut problems, n, l, have_mqtt) {
             out.loops.push(v);
         }
     }
@@ -662,14 +662,14 @@ pub(super) fn validate_devices(
     for (i, cam) in cameras.iter().enumerate() {
         if let Some((port, _)) = camera_port(cam) {
             if let Some(j) = cam_ports.insert(port, i + 1) {
-                p.bad(
+                problems.bad(
                     &format!("camera.{}.port", i + 1),
                     format!("{port:?} is already camera {j}'s port"),
                 );
             }
         }
     }
-    for problem in p.into_vec() {
+    for problem in problems.into_vec() {
         c.bad(&problem.key, problem.message);
     }
     out

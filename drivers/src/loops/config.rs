@@ -19,7 +19,7 @@ pub struct ModbusConfig {
     pub host: Option<String>,
     /// Slave id 1..=247, default 1.
     pub slave: Option<i64>,
-    /// "discrete_input" (default) | "coil" | "input_register" | "holding_register".
+    /// `"discrete_input"` (default) | `"coil"` | `"input_register"` | `"holding_register"`.
     pub register: Option<String>,
     /// Register/input address (0..=65535), e.g. 0x20.
     pub address: Option<i64>,
