@@ -19,9 +19,10 @@ use serde::Deserialize;
 
 mod devices;
 mod spans;
+mod tagged;
 pub use devices::{
-    CameraConfig, CameraSource, Devices, LoopConfig, LoopSource, MqttConfig, RawCamera, RawHttp,
-    RawLoop, RawMqtt, StyleValue,
+    CameraCommon, CameraConfig, CameraDriver, CameraSource, Devices, LoopCommon, LoopConfig,
+    LoopDriver, LoopSource, MqttConfig, RawCamera, RawHttp, RawLoop, RawMqtt, StyleValue,
 };
 
 /// A secret string (the platform token). Never printed: `Debug` shows `***`, and it has no
@@ -570,43 +571,9 @@ impl fmt::Display for ConfigErrors {
 // Parsing helpers
 // ---------------------------------------------------------------------------------------
 
-/// Parse a duration like "60s", "500ms", "2m", "1h 30m".
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"60s\" or \"500ms\""))
-}
-
-/// Parse a size like "2MiB", "512KiB", "1GB", "1000" (bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        "tib" => 1 << 40,
-        other => {
-            return Err(format!(
-                "{s:?}: unknown unit {other:?}; write e.g. \"2MiB\", \"512KiB\", \"1GB\""
-            ))
-        }
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size; write e.g. \"2MiB\""))?;
-    let bytes = n * mult as f64;
-    if !(bytes.is_finite() && (0.0..1.8e19).contains(&bytes)) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(bytes as u64)
-}
+// The drivers' config and the gateway's share these (one spelling of a size and a duration
+// in the whole file).
+pub use lotlink_drivers::config::{parse_duration, parse_size};
 
 // ---------------------------------------------------------------------------------------
 // Validation

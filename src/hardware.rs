@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lotlink_drivers::http::{BoundAddr, HttpCamera, HttpListener};
 use lotlink_drivers::loops::{BusTarget, ModbusBus, ModbusPoint};
-use lotlink_drivers::mqtt::{MqttCamera, MqttHub, MqttLoop, MqttSettings};
+use lotlink_drivers::mqtt::{MqttCamera, MqttHub, MqttLoop};
 use lotlink_drivers::serial::{DetectorLoop, SerialCamera, SerialDetector};
 use lotlink_drivers::snapshot::Snapshot;
 use lotlink_drivers::{CameraRules, Driver, DriverStatus};
@@ -90,39 +90,30 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
                     status,
                 });
             }
-            CameraSource::Http {
-                format,
-                path,
-                sn,
-                gate_open,
-            } => {
+            CameraSource::Http(h) => {
                 let status = DriverStatus::new(&cam.name, "http-camera");
                 statuses.push(status.clone());
                 http_cameras.push(HttpCamera {
                     name: cam.name.clone(),
                     direction: cam.direction,
-                    format: *format,
-                    path: path.clone(),
-                    sn: sn.clone(),
-                    gate_open: *gate_open,
+                    format: h.format,
+                    path: h.path.clone(),
+                    sn: h.sn.clone(),
+                    gate_open: h.gate_open,
                     snapshot,
                     status,
                     rules: rules.clone(),
                 });
             }
-            CameraSource::Serial {
-                port,
-                baud,
-                framing,
-            } => {
+            CameraSource::Serial(s) => {
                 let status = DriverStatus::new(&cam.name, "serial-camera");
                 statuses.push(status.clone());
                 drivers.push(Box::new(SerialCamera {
                     name: cam.name.clone(),
                     direction: cam.direction,
-                    port: port.clone(),
-                    baud: *baud,
-                    framing: framing.clone(),
+                    port: s.port.clone(),
+                    baud: s.baud,
+                    framing: s.framing.clone(),
                     snapshot,
                     tz,
                     rules,
@@ -138,68 +129,49 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
     let mut detectors: BTreeMap<String, (u32, bool, Vec<DetectorLoop>)> = BTreeMap::new();
     for l in &dev.loops {
         match &l.source {
-            LoopSource::Modbus {
-                target,
-                slave,
-                register: reg,
-                address,
-                active_low,
-                mode,
-                poll_interval,
-                timeout,
-            } => {
-                let key = match target {
+            LoopSource::Modbus(m) => {
+                let key = match &m.target {
                     BusTarget::Rtu { port, .. } => port.clone(),
                     BusTarget::Tcp { host } => host.clone(),
                 };
                 let entry = buses
                     .entry(key)
-                    .or_insert_with(|| (target.clone(), Vec::new(), *poll_interval, *timeout));
-                entry.2 = entry.2.min(*poll_interval);
-                entry.3 = entry.3.max(*timeout);
+                    .or_insert_with(|| (m.target.clone(), Vec::new(), m.poll_interval, m.timeout));
+                entry.2 = entry.2.min(m.poll_interval);
+                entry.3 = entry.3.max(m.timeout);
                 entry.1.push(ModbusPoint {
                     loop_name: l.name.clone(),
                     lane: l.lane,
-                    slave: *slave,
-                    register: *reg,
-                    address: *address,
-                    active_low: *active_low,
-                    mode: *mode,
+                    slave: m.slave,
+                    register: m.register,
+                    address: m.address,
+                    active_low: m.active_low,
+                    mode: m.mode,
                 });
             }
-            LoopSource::Serial {
-                port,
-                baud,
-                verify_checksum,
-                channel,
-                detector,
-            } => {
+            LoopSource::Serial(d) => {
                 let entry = detectors
-                    .entry(port.clone())
-                    .or_insert_with(|| (*baud, *verify_checksum, Vec::new()));
+                    .entry(d.port.clone())
+                    .or_insert_with(|| (d.baud, d.verify_checksum, Vec::new()));
                 // Any loop asking to verify makes the port verify.
-                entry.1 |= *verify_checksum;
+                entry.1 |= d.verify_checksum;
                 entry.2.push(DetectorLoop {
                     name: l.name.clone(),
                     lane: l.lane,
-                    channel: *channel,
-                    detector: *detector,
+                    channel: d.channel,
+                    detector: d.detector,
                     min_hold: l.min_hold,
                 });
             }
-            LoopSource::Mqtt {
-                sn,
-                input,
-                active_low,
-            } => {
+            LoopSource::Mqtt(m) => {
                 let status = DriverStatus::new(&l.name, "mqtt-loop");
                 statuses.push(status.clone());
                 mqtt_loops.push(MqttLoop {
                     name: l.name.clone(),
                     lane: l.lane,
-                    sn: sn.clone(),
-                    input: *input,
-                    active_low: *active_low,
+                    sn: m.sn.clone(),
+                    input: m.input,
+                    active_low: m.active_low,
                     min_hold: l.min_hold,
                     status,
                 });
@@ -239,16 +211,7 @@ pub fn build(cfg: &Config) -> Result<Hardware, HardwareError> {
             let status = DriverStatus::new("mqtt", "mqtt-broker");
             statuses.push(status.clone());
             drivers.push(Box::new(MqttHub {
-                settings: MqttSettings {
-                    host: m.host.clone(),
-                    port: m.port,
-                    tls: m.tls.then(|| m.ca_file.clone()),
-                    client_id: m.client_id.clone(),
-                    username: m.username.clone(),
-                    password: m.password.as_ref().map(|p| p.expose().to_string()),
-                    max_packet: m.max_packet,
-                    keep_alive: m.keep_alive,
-                },
+                settings: m.settings(),
                 cameras: mqtt_cameras,
                 loops: mqtt_loops,
                 tz,

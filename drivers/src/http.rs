@@ -75,6 +75,8 @@ use crate::{
     DriverStatus, Event, EventSink, PlateEvent, SinkError,
 };
 
+pub mod config;
+
 /// A camera from which nothing valid (no result, no heartbeat) was heard for this long is
 /// shown as disconnected. Vzenith heartbeats come every 5–60 s when enabled; Hikvision
 /// cameras send `heartBeat` alerts about every 30 s.

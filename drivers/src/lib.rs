@@ -28,6 +28,7 @@
 )]
 
 pub mod codec;
+pub mod config;
 pub mod event;
 pub mod hikvision;
 pub mod http;

@@ -40,6 +40,8 @@ use crate::{
     Event, EventSink, SinkError,
 };
 
+pub mod config;
+
 /// Points of one slave and register type within this many addresses of the first one are
 /// read with a single request.
 pub const GROUP_SPAN: u16 = 16;

@@ -96,6 +96,8 @@ use crate::{
     DriverStatus, Event, EventSink, PlateEvent, SinkError,
 };
 
+pub mod config;
+
 /// Messages in hand (read, not yet stored and acked) at which reading from the broker stops
 /// (see the module docs).
 pub const MAX_IN_HAND: usize = 32;

@@ -34,6 +34,8 @@ use crate::{
     EventSink, PlateEvent, SinkError,
 };
 
+pub mod config;
+
 /// Longest wait between attempts to reopen a vanished port.
 pub const REOPEN_MAX: Duration = Duration::from_secs(5);
 /// Largest `vz` frame accepted (plate JSON, possibly with an inline image).

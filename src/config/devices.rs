@@ -1,22 +1,27 @@
-//! The device sections of the configuration: `[mqtt]`, `[[camera]]` and `[[loop]]`, as
-//! written (`Raw*`) and validated. Validation is pure, like the rest of [`super::validate`],
-//! and reports every problem with its key: `camera.2.port` is the second `[[camera]]`
-//! table's `port` (1-based, as a person counts them in the file).
+//! The device sections of the configuration: `[mqtt]`, `[http]`, `[[camera]]` and
+//! `[[loop]]`, as written (`Raw*`) and validated. Validation is pure, like the rest of
+//! [`super::validate`], and reports every problem with its key: `camera.2.port` is the
+//! second `[[camera]]` table's `port` (1-based, as a person counts them in the file).
+//!
+//! Each driver owns its keys and their validation (`lotlink_drivers::…::config`); here are
+//! only the keys every camera or loop has, the list of drivers ([`CameraDriver`],
+//! [`LoopDriver`]: adding a driver is one line there), and what spans several tables (unique
+//! names, paths and ports; a broker for the MQTT drivers). The site broker (`[mqtt]`) is the
+//! gateway's: the MQTT cameras and loops share it, and so does remote management.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lotlink_drivers::codec::{LineEnding, LineField, LineFormat, TextEncoding};
-use lotlink_drivers::http::{HttpSettings, IpNet, PushFormat, CAMERA_SILENCE};
-use lotlink_drivers::loops::{BusTarget, LoopMode, Register};
-use lotlink_drivers::mqtt::CameraFormat;
+use lotlink_drivers::config::{duration_in, parse_size, DriverConfig, KeyPath, Problems};
+use lotlink_drivers::http::HttpSettings;
+use lotlink_drivers::mqtt::{CameraFormat, MqttSettings};
 use lotlink_drivers::serial::CameraFraming;
-use lotlink_drivers::{CarStyle, Direction};
+use lotlink_drivers::{http, loops, mqtt, serial, CarStyle, Direction};
 use serde::Deserialize;
 
-use super::{parse_duration, parse_size, Collector, Secret};
+use super::tagged::{self, Tagged};
+use super::{Collector, Secret};
 
 /// `[mqtt]`: the site broker the MQTT cameras and loops use.
 #[derive(Debug, Deserialize)]
@@ -41,168 +46,15 @@ pub struct RawMqtt {
     pub keep_alive: String,
 }
 
-/// One `[[camera]]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCamera {
-    /// Lane name; becomes `nodeName` (≤ 20 characters, unique).
-    pub name: String,
-    /// "in" | "out": what a pass at this lane means.
-    pub direction: String,
-    /// "mqtt" | "serial" | "http" (the camera POSTs to the `[http]` listener).
-    pub driver: String,
-    /// mqtt: "vzenith" (default) | "json". http: "vzenith" | "hikvision" (required).
-    pub format: Option<String>,
-    /// mqtt vzenith: only this camera's messages (its serial number). Absent = any camera.
-    /// http: the Vzenith `serialno`, or the Hikvision `deviceID` or MAC address, every
-    /// request on this camera's path must carry. Absent = not checked.
-    pub sn: Option<String>,
-    /// http: the URL path the camera is set to POST to, e.g. "/push/entry1" (unique).
-    pub path: Option<String>,
-    /// http vzenith: "open" answers every pass with `"info": "ok"`, which makes the camera
-    /// open its barrier; "none" (default): lotlink never opens barriers.
-    pub gate: Option<String>,
-    /// mqtt json: the topic the camera publishes to.
-    pub topic: Option<String>,
-    /// serial: the device path (prefer `/dev/serial/by-id/…`).
-    pub port: Option<String>,
-    /// serial: baud rate, default 9600.
-    pub baud: Option<i64>,
-    /// serial: "line" (default) | "vz".
-    pub framing: Option<String>,
-    /// serial: "gbk" (default) | "utf-8".
-    pub encoding: Option<String>,
-    /// serial line framing: field order; names "direction", "plate", "color", "time",
-    /// "style", "_" (skip).
-    pub fields: Option<Vec<String>>,
-    /// serial line framing: field separator, default ",".
-    pub separator: Option<String>,
-    /// serial line framing: "crlf" (default) | "lf" | "cr".
-    pub line_ending: Option<String>,
-    /// serial line framing: longest accepted line in bytes, default 1024.
-    pub max_line: Option<i64>,
-    /// Optional: fetch an image from this URL when an event has none.
-    pub snapshot_url: Option<String>,
-    /// Timeout of the snapshot fetch, default "2s".
-    pub snapshot_timeout: Option<String>,
-    /// The camera's vehicle or plate type → `carStyle` ("0" car, "1" large, "2" truck), e.g.
-    /// `{ "3" = "2", "4" = "2" }` for Vzenith plate types; looked up before the default
-    /// mapping.
-    pub styles: Option<BTreeMap<String, StyleValue>>,
-    /// How far ahead of the gateway's clock a capture time may be before the camera's clock
-    /// is taken as wrong (then the receipt time is sent), default "5m".
-    pub max_camera_skew: Option<String>,
-}
-
-/// A `styles` value: `"2"` or `2`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum StyleValue {
-    /// Written as a string.
-    Text(String),
-    /// Written as a number.
-    Number(i64),
-}
-
-/// One `[[loop]]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLoop {
-    /// Loop name (unique), used in logs and status.
-    pub name: String,
-    /// "in": a pass adds an occupied space; "out": a pass frees one.
-    pub lane: String,
-    /// "modbus" | "serial" (ASCII detector) | "mqtt" (camera IO input, Vzenith `gpio_in`).
-    pub driver: String,
-    /// modbus RTU / serial: the device path.
-    pub port: Option<String>,
-    /// modbus RTU / serial: baud rate, default 9600.
-    pub baud: Option<i64>,
-    /// modbus TCP: "host:port" (instead of `port`).
-    pub host: Option<String>,
-    /// modbus: slave id 1..=247, default 1.
-    pub slave: Option<i64>,
-    /// modbus: "discrete_input" (default) | "coil" | "input_register" | "holding_register".
-    pub register: Option<String>,
-    /// modbus: register/input address (0..=65535), e.g. 0x20.
-    pub address: Option<i64>,
-    /// modbus / mqtt: the input reads 0 when the loop is occupied. Default false.
-    pub active_low: Option<bool>,
-    /// modbus: "edge" (default; count release edges) | "counter" (a counter register).
-    pub mode: Option<String>,
-    /// modbus counter mode: 16 (default) or 32 bits.
-    pub counter_bits: Option<i64>,
-    /// modbus: time between polls, default "50ms".
-    pub poll_interval: Option<String>,
-    /// edge logic: ignore closures shorter than this, default "200ms".
-    pub min_hold: Option<String>,
-    /// modbus: timeout of one request, default "500ms".
-    pub timeout: Option<String>,
-    /// serial ASCII detector: "verify" (default) | "ignore" the frame checksum.
-    pub checksum: Option<String>,
-    /// serial ASCII detector: only frames of this channel (`CC`). Absent = any.
-    pub channel: Option<i64>,
-    /// serial ASCII detector: only frames of this detector id (`DD`). Absent = any.
-    pub detector: Option<i64>,
-    /// mqtt: the camera's serial number. Absent = any camera.
-    pub sn: Option<String>,
-    /// mqtt: the camera's IO input index (`TriggerResult.source`).
-    pub input: Option<i64>,
-}
-
-/// `[http]`: the listener cameras POST their results to. Started when any camera has
-/// `driver = "http"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHttp {
-    /// "address:port" to listen on, default "0.0.0.0:8088" (cameras are on the lot LAN).
-    #[serde(default = "d_http_listen")]
-    pub listen: String,
-    /// Largest request body, default "8MiB"; larger bodies get 413 and count as bad input.
-    #[serde(default = "d_8mib")]
-    pub max_body: String,
-    /// Optional: only these camera addresses or networks ("192.168.1.0/24",
-    /// "192.168.1.64"); others get 403. Absent = any address.
-    pub allow: Option<Vec<String>>,
-    /// Time a camera has to send a request's headers, and then its body, default "15s".
-    #[serde(default = "d_15s")]
-    pub read_timeout: String,
-    /// Connections served at once, default 64; one more is answered 503 and closed.
-    #[serde(default = "d_64")]
-    pub max_connections: i64,
-}
-
-impl Default for RawHttp {
-    fn default() -> Self {
-        RawHttp {
-            listen: d_http_listen(),
-            max_body: d_8mib(),
-            allow: None,
-            read_timeout: d_15s(),
-            max_connections: d_64(),
-        }
-    }
-}
-
-fn d_http_listen() -> String {
-    "0.0.0.0:8088".into()
-}
-fn d_8mib() -> String {
-    "8MiB".into()
-}
-fn d_15s() -> String {
-    "15s".into()
-}
-fn d_64() -> i64 {
-    64
-}
-
 fn d_1mib() -> String {
     "1MiB".into()
 }
 fn d_30s() -> String {
     "30s".into()
 }
+
+/// `[http]`: the camera listener's keys, which the HTTP driver owns.
+pub use lotlink_drivers::http::config::ListenerConfig as RawHttp;
 
 /// Validated `[mqtt]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,28 +79,167 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
 }
 
-/// Where a camera's events come from, in the drivers' own terms (no mirror of them here).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CameraSource {
-    /// Over the site MQTT broker.
-    Mqtt(CameraFormat),
-    /// Over a serial port.
-    Serial {
-        port: String,
-        baud: u32,
-        framing: CameraFraming,
-    },
-    /// POSTs to the `[http]` listener.
-    Http {
-        format: PushFormat,
-        /// URL path, starts with `/`, unique.
-        path: String,
-        /// Identity every request must carry (serialno / deviceID / MAC).
-        sn: Option<String>,
-        /// Vzenith: answer `"info": "ok"` for every pass.
-        gate_open: bool,
-    },
+impl MqttConfig {
+    /// The MQTT client's settings for this broker.
+    pub fn settings(&self) -> MqttSettings {
+        MqttSettings {
+            host: self.host.clone(),
+            port: self.port,
+            tls: self.tls.then(|| self.ca_file.clone()),
+            client_id: self.client_id.clone(),
+            username: self.username.clone(),
+            password: self.password.as_ref().map(|p| p.expose().to_string()),
+            max_packet: self.max_packet,
+            keep_alive: self.keep_alive,
+        }
+    }
 }
+
+/// The drivers a `[[camera]]` or `[[loop]]` may name, each with its config struct: one
+/// line per driver. Makes the raw enum (the driver's keys as written), the validated enum
+/// (the driver's own settings) and the dispatch between them.
+macro_rules! drivers {
+    (
+        $(#[$raw_doc:meta])* raw $raw:ident;
+        $(#[$set_doc:meta])* settings $settings:ident;
+        kind $kind:literal, context $ctx:ty;
+        $( $(#[$vdoc:meta])* $variant:ident = $name:literal => $cfg:ty, )+
+    ) => {
+        $(#[$raw_doc])*
+        #[derive(Debug)]
+        pub enum $raw {
+            $( $(#[$vdoc])* $variant($cfg), )+
+        }
+
+        $(#[$set_doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum $settings {
+            $( $(#[$vdoc])* $variant(<$cfg as DriverConfig>::Settings), )+
+        }
+
+        impl tagged::Drivers for $raw {
+            const KIND: &'static str = $kind;
+            fn keys() -> Vec<(&'static str, &'static [&'static str])> {
+                vec![$( ($name, tagged::keys_of::<$cfg>()), )+]
+            }
+            fn parse(name: &str, table: toml::Table) -> Result<Option<Self>, String> {
+                match name {
+                    $( $name => tagged::from_table::<$cfg>(table).map(|c| Some($raw::$variant(c))), )+
+                    _ => Ok(None),
+                }
+            }
+        }
+
+        impl $raw {
+            /// Check the driver's keys by the driver's own rules.
+            fn validate(&self, at: &KeyPath, context: &$ctx, p: &mut Problems) -> Option<$settings> {
+                match self {
+                    $( $raw::$variant(c) => c.validate(at, context, p).map($settings::$variant), )+
+                }
+            }
+
+            /// Every driver's name, quoted, for "allowed are …".
+            fn allowed() -> String {
+                [$( format!("{:?}", $name), )+].join(", ")
+            }
+        }
+    };
+}
+
+drivers! {
+    /// A camera driver's keys, as written.
+    raw CameraDriver;
+    /// Where a camera's events come from, in the drivers' own terms.
+    settings CameraSource;
+    kind "cameras", context ();
+    /// Over the site MQTT broker.
+    Mqtt = "mqtt" => mqtt::config::CameraConfig,
+    /// Over a serial port.
+    Serial = "serial" => serial::config::CameraConfig,
+    /// POSTs to the `[http]` listener.
+    Http = "http" => http::config::CameraConfig,
+}
+
+drivers! {
+    /// A loop driver's keys, as written.
+    raw LoopDriver;
+    /// Where a loop's passes come from, in the drivers' own terms.
+    settings LoopSource;
+    kind "loops", context Duration;
+    /// A Modbus I/O module (RTU or TCP).
+    Modbus = "modbus" => loops::config::ModbusConfig,
+    /// An ASCII serial detector.
+    Serial = "serial" => serial::config::DetectorConfig,
+    /// A Vzenith camera's IO input.
+    Mqtt = "mqtt" => mqtt::config::LoopConfig,
+}
+
+/// The keys every `[[camera]]` has, whatever its driver.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraCommon {
+    /// Lane name; becomes `nodeName` (≤ 20 characters, unique).
+    pub name: String,
+    /// "in" | "out": what a pass at this lane means.
+    pub direction: String,
+    /// "mqtt" | "serial" | "http" (the camera POSTs to the `[http]` listener); the rest
+    /// of the table is that driver's keys.
+    pub driver: String,
+    /// Optional: fetch an image from this URL when an event has none.
+    pub snapshot_url: Option<String>,
+    /// Timeout of the snapshot fetch, default "2s".
+    pub snapshot_timeout: Option<String>,
+    /// The camera's vehicle or plate type → `carStyle` ("0" car, "1" large, "2" truck), e.g.
+    /// `{ "3" = "2", "4" = "2" }` for Vzenith plate types; looked up before the default
+    /// mapping.
+    pub styles: Option<BTreeMap<String, StyleValue>>,
+    /// How far ahead of the gateway's clock a capture time may be before the camera's clock
+    /// is taken as wrong (then the receipt time is sent), default "5m".
+    pub max_camera_skew: Option<String>,
+}
+
+impl tagged::Common for CameraCommon {
+    fn driver(&self) -> &str {
+        &self.driver
+    }
+}
+
+/// One `[[camera]]` as written.
+pub type RawCamera = Tagged<CameraCommon, CameraDriver>;
+
+/// A `styles` value: `"2"` or `2`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StyleValue {
+    /// Written as a string.
+    Text(String),
+    /// Written as a number.
+    Number(i64),
+}
+
+/// The keys every `[[loop]]` has, whatever its driver.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopCommon {
+    /// Loop name (unique), used in logs and status.
+    pub name: String,
+    /// "in": a pass adds an occupied space; "out": a pass frees one.
+    pub lane: String,
+    /// "modbus" | "serial" (ASCII detector) | "mqtt" (camera IO input, Vzenith `gpio_in`);
+    /// the rest of the table is that driver's keys.
+    pub driver: String,
+    /// Edge logic: ignore closures shorter than this, default "200ms".
+    pub min_hold: Option<String>,
+}
+
+impl tagged::Common for LoopCommon {
+    fn driver(&self) -> &str {
+        &self.driver
+    }
+}
+
+/// One `[[loop]]` as written.
+pub type RawLoop = Tagged<LoopCommon, LoopDriver>;
 
 /// A validated `[[camera]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,35 +253,6 @@ pub struct CameraConfig {
     pub styles: Vec<(String, CarStyle)>,
     /// Largest accepted lead of a capture time over the gateway's clock.
     pub max_camera_skew: Duration,
-}
-
-/// Where a loop's passes come from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LoopSource {
-    Modbus {
-        target: BusTarget,
-        slave: u8,
-        register: Register,
-        address: u16,
-        active_low: bool,
-        mode: LoopMode,
-        poll_interval: Duration,
-        timeout: Duration,
-    },
-    /// ASCII serial detector.
-    Serial {
-        port: String,
-        baud: u32,
-        verify_checksum: bool,
-        channel: Option<u8>,
-        detector: Option<u8>,
-    },
-    /// Vzenith camera IO input.
-    Mqtt {
-        sn: Option<String>,
-        input: u32,
-        active_low: bool,
-    },
 }
 
 /// A validated `[[loop]]`.
@@ -312,95 +274,24 @@ pub struct Devices {
     pub loops: Vec<LoopConfig>,
 }
 
-fn direction(c: &mut Collector, key: &str, v: &str) -> Option<Direction> {
+fn direction(p: &mut Problems, key: &str, v: &str) -> Option<Direction> {
     match v {
         "in" => Some(Direction::In),
         "out" => Some(Direction::Out),
         other => {
-            c.bad(key, format!("{other:?}: allowed are \"in\", \"out\""));
+            p.bad(key, format!("{other:?}: allowed are \"in\", \"out\""));
             None
         }
     }
 }
 
-fn choice<T: Copy>(
-    c: &mut Collector,
-    key: &str,
-    v: Option<&str>,
-    default: T,
-    allowed: &[(&str, T)],
-) -> Option<T> {
-    let Some(v) = v else { return Some(default) };
-    if let Some((_, t)) = allowed.iter().find(|(n, _)| *n == v) {
-        return Some(*t);
-    }
-    let names: Vec<String> = allowed.iter().map(|(n, _)| format!("{n:?}")).collect();
-    c.bad(key, format!("{v:?}: allowed are {}", names.join(", ")));
-    None
-}
-
-fn ranged(
-    c: &mut Collector,
-    key: &str,
-    v: Option<i64>,
-    default: i64,
-    lo: i64,
-    hi: i64,
-) -> Option<i64> {
-    let v = v.unwrap_or(default);
-    if (lo..=hi).contains(&v) {
-        Some(v)
-    } else {
-        c.bad(key, format!("{v} is not allowed: {lo}..={hi}"));
-        None
-    }
-}
-
-fn duration_in(
-    c: &mut Collector,
-    key: &str,
-    v: Option<&str>,
-    default: Duration,
-    lo: Duration,
-    hi: Duration,
-) -> Option<Duration> {
-    let d = match v {
-        None => default,
-        Some(s) => c.take(key, parse_duration(s))?,
-    };
-    if d < lo || d > hi {
-        c.bad(
-            key,
-            format!(
-                "{} is not allowed: {}..={}",
-                humantime::format_duration(d),
-                humantime::format_duration(lo),
-                humantime::format_duration(hi)
-            ),
-        );
-        return None;
-    }
-    Some(d)
-}
-
-fn baud(c: &mut Collector, key: &str, v: Option<i64>) -> Option<u32> {
-    ranged(c, key, v, 9600, 300, 4_000_000).and_then(|b| u32::try_from(b).ok())
-}
-
-/// Keys that only some drivers use: giving one to another driver is a mistake worth saying.
-fn not_for(c: &mut Collector, key: &str, given: bool, what: &str) {
-    if given {
-        c.bad(key, format!("does not apply here: {what}"));
-    }
-}
-
-fn validate_mqtt(c: &mut Collector, m: &RawMqtt, lot_code: &str) -> Option<MqttConfig> {
+fn validate_mqtt(p: &mut Problems, m: &RawMqtt, lot_code: &str) -> Option<MqttConfig> {
     let (tls, rest) = if let Some(r) = m.url.strip_prefix("mqtt://") {
         (false, r)
     } else if let Some(r) = m.url.strip_prefix("mqtts://") {
         (true, r)
     } else {
-        c.bad(
+        p.bad(
             "mqtt.url",
             format!("{:?} must start with mqtt:// or mqtts://", m.url),
         );
@@ -408,10 +299,10 @@ fn validate_mqtt(c: &mut Collector, m: &RawMqtt, lot_code: &str) -> Option<MqttC
     };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => match p.parse::<u16>() {
-            Ok(p) if p > 0 => (h.to_string(), p),
+        Some((h, port)) => match port.parse::<u16>() {
+            Ok(n) if n > 0 => (h.to_string(), n),
             _ => {
-                c.bad("mqtt.url", format!("{p:?} is not a port number"));
+                p.bad("mqtt.url", format!("{port:?} is not a port number"));
                 return None;
             }
         },
@@ -422,7 +313,7 @@ fn validate_mqtt(c: &mut Collector, m: &RawMqtt, lot_code: &str) -> Option<MqttC
         .trim_end_matches(']')
         .to_string();
     if host.is_empty() || host.contains('/') || host.contains('@') {
-        c.bad(
+        p.bad(
             "mqtt.url",
             format!(
                 "{:?}: write mqtt://host:port (credentials go in username/password)",
@@ -436,18 +327,18 @@ fn validate_mqtt(c: &mut Collector, m: &RawMqtt, lot_code: &str) -> Option<MqttC
         .clone()
         .unwrap_or_else(|| format!("lotlink-{lot_code}"));
     if client_id.trim().is_empty() || client_id.len() > 64 {
-        c.bad(
+        p.bad(
             "mqtt.client_id",
             "must be 1..=64 bytes and stable (the broker keeps the session under it)",
         );
     }
-    let max_packet = c
+    let max_packet = p
         .take("mqtt.max_packet", parse_size(&m.max_packet))
         .and_then(|b| {
             if (16 * 1024..=256 << 20).contains(&b) {
                 usize::try_from(b).ok()
             } else {
-                c.bad(
+                p.bad(
                     "mqtt.max_packet",
                     "must be between 16KiB and 256MiB (camera messages with images need ~1MiB)",
                 );
@@ -455,7 +346,7 @@ fn validate_mqtt(c: &mut Collector, m: &RawMqtt, lot_code: &str) -> Option<MqttC
             }
         });
     let keep_alive = duration_in(
-        c,
+        p,
         "mqtt.keep_alive",
         Some(&m.keep_alive),
         Duration::from_secs(30),
@@ -463,7 +354,7 @@ fn validate_mqtt(c: &mut Collector, m: &RawMqtt, lot_code: &str) -> Option<MqttC
         Duration::from_secs(3600),
     );
     if m.ca_file.is_some() && !tls {
-        c.bad("mqtt.ca_file", "only applies to mqtts:// URLs");
+        p.bad("mqtt.ca_file", "only applies to mqtts:// URLs");
     }
     Some(MqttConfig {
         host,
@@ -471,19 +362,17 @@ fn validate_mqtt(c: &mut Collector, m: &RawMqtt, lot_code: &str) -> Option<MqttC
         tls,
         client_id,
         username: m.username.clone().filter(|u| !u.is_empty()),
-        password: m.password.clone().filter(|p| !p.expose().is_empty()),
+        password: m.password.clone().filter(|s| !s.expose().is_empty()),
         max_packet: max_packet?,
         ca_file: m.ca_file.clone(),
         keep_alive: keep_alive?,
     })
 }
 
-const FIELD_NAMES: [&str; 6] = ["direction", "plate", "color", "time", "style", "_"];
-
 /// The `styles` table: every value a `carStyle` code; with `numeric`, every key a whole
 /// number (Vzenith plate types).
 fn styles(
-    c: &mut Collector,
+    p: &mut Problems,
     key: &str,
     raw: Option<&BTreeMap<String, StyleValue>>,
     numeric: bool,
@@ -500,7 +389,7 @@ fn styles(
             "1" => CarStyle::Large,
             "2" => CarStyle::Truck,
             other => {
-                c.bad(
+                p.bad(
                     key,
                     format!("{k:?} = {other:?}: a carStyle is \"0\" (car), \"1\" (large vehicle) or \"2\" (truck)"),
                 );
@@ -510,10 +399,10 @@ fn styles(
         };
         let k = k.trim();
         if k.is_empty() || k.chars().count() > 32 {
-            c.bad(key, format!("{k:?}: a camera type is 1..=32 characters"));
+            p.bad(key, format!("{k:?}: a camera type is 1..=32 characters"));
             ok = false;
         } else if numeric && k.parse::<u32>().is_err() {
-            c.bad(
+            p.bad(
                 key,
                 format!("{k:?}: Vzenith cameras send plate types as numbers (e.g. \"4\" = double-row yellow)"),
             );
@@ -525,241 +414,82 @@ fn styles(
     ok.then_some(out)
 }
 
-#[allow(clippy::too_many_lines)]
+/// Keys of other drivers in a table: each a mistake worth saying.
+fn foreign_keys(p: &mut Problems, at: &KeyPath, foreign: &[(String, String)]) {
+    for (key, whose) in foreign {
+        p.bad(&at.key(key), format!("does not apply here: {whose}"));
+    }
+}
+
 fn validate_camera(
-    c: &mut Collector,
+    p: &mut Problems,
     i: usize,
     cam: &RawCamera,
     have_mqtt: bool,
 ) -> Option<CameraConfig> {
-    let k = |f: &str| format!("camera.{i}.{f}");
-    let name = cam.name.trim().to_string();
+    let at = KeyPath::new(format!("camera.{i}"));
+    let x = &cam.common;
+    let name = x.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 20 {
-        c.bad(
-            &k("name"),
+        p.bad(
+            &at.key("name"),
             "must be 1..=20 characters (it becomes nodeName)",
         );
     }
-    let dir = direction(c, &k("direction"), &cam.direction);
-    let snapshot_url = cam.snapshot_url.clone();
+    let dir = direction(p, &at.key("direction"), &x.direction);
+    let snapshot_url = x.snapshot_url.clone();
     if let Some(u) = &snapshot_url {
         if !(u.starts_with("http://") || u.starts_with("https://"))
             || reqwest::Url::parse(u).is_err()
         {
-            c.bad(&k("snapshot_url"), format!("{u:?} is not an http(s) URL"));
+            p.bad(
+                &at.key("snapshot_url"),
+                format!("{u:?} is not an http(s) URL"),
+            );
         }
     }
     let snapshot_timeout = duration_in(
-        c,
-        &k("snapshot_timeout"),
-        cam.snapshot_timeout.as_deref(),
+        p,
+        &at.key("snapshot_timeout"),
+        x.snapshot_timeout.as_deref(),
         Duration::from_secs(2),
         Duration::from_millis(100),
         Duration::from_secs(30),
     );
-    let serial_keys = [
-        ("port", cam.port.is_some()),
-        ("baud", cam.baud.is_some()),
-        ("framing", cam.framing.is_some()),
-        ("encoding", cam.encoding.is_some()),
-        ("fields", cam.fields.is_some()),
-        ("separator", cam.separator.is_some()),
-        ("line_ending", cam.line_ending.is_some()),
-        ("max_line", cam.max_line.is_some()),
-    ];
-    let http_keys = [("path", cam.path.is_some()), ("gate", cam.gate.is_some())];
-    let source = match cam.driver.as_str() {
-        "mqtt" => {
-            for (f, given) in serial_keys {
-                not_for(c, &k(f), given, "serial cameras only");
-            }
-            for (f, given) in http_keys {
-                not_for(c, &k(f), given, "http cameras only");
-            }
-            if !have_mqtt {
-                c.bad(&k("driver"), "driver = \"mqtt\" needs an [mqtt] section");
-            }
-            match cam.format.as_deref().unwrap_or("vzenith") {
-                "vzenith" => {
-                    not_for(
-                        c,
-                        &k("topic"),
-                        cam.topic.is_some(),
-                        "format = \"json\" only (vzenith topics are fixed)",
-                    );
-                    Some(CameraSource::Mqtt(CameraFormat::Vzenith {
-                        sn: cam.sn.clone().filter(|s| !s.is_empty()),
-                    }))
-                }
-                "json" => {
-                    not_for(c, &k("sn"), cam.sn.is_some(), "format = \"vzenith\" only");
-                    match cam.topic.as_deref() {
-                        Some(t) if !t.is_empty() && !t.contains(['+', '#']) => {
-                            Some(CameraSource::Mqtt(CameraFormat::Json {
-                                topic: t.to_string(),
-                            }))
-                        }
-                        Some(t) => {
-                            c.bad(
-                                &k("topic"),
-                                format!("{t:?}: a plain topic without wildcards"),
-                            );
-                            None
-                        }
-                        None => {
-                            c.bad(
-                                &k("topic"),
-                                "missing: format = \"json\" needs the camera's topic",
-                            );
-                            None
-                        }
-                    }
-                }
-                other => {
-                    c.bad(
-                        &k("format"),
-                        format!("{other:?}: allowed are \"vzenith\", \"json\""),
-                    );
-                    None
-                }
-            }
-        }
-        "serial" => {
-            not_for(
-                c,
-                &k("format"),
-                cam.format.is_some(),
-                "mqtt cameras only (serial uses `framing`)",
-            );
-            not_for(c, &k("sn"), cam.sn.is_some(), "mqtt and http cameras only");
-            not_for(c, &k("topic"), cam.topic.is_some(), "mqtt cameras only");
-            for (f, given) in http_keys {
-                not_for(c, &k(f), given, "http cameras only");
-            }
-            let port = cam.port.clone().filter(|p| !p.is_empty());
-            if port.is_none() {
-                c.bad(
-                    &k("port"),
-                    "missing: the serial device, e.g. \"/dev/serial/by-id/usb-…\"",
-                );
-            }
-            let baud = baud(c, &k("baud"), cam.baud);
-            let vz = choice(
-                c,
-                &k("framing"),
-                cam.framing.as_deref(),
-                false,
-                &[("line", false), ("vz", true)],
-            );
-            let encoding = choice(
-                c,
-                &k("encoding"),
-                cam.encoding.as_deref(),
-                TextEncoding::Gbk,
-                &[
-                    ("gbk", TextEncoding::Gbk),
-                    ("utf-8", TextEncoding::Utf8),
-                    ("utf8", TextEncoding::Utf8),
-                ],
-            );
-            let ending = choice(
-                c,
-                &k("line_ending"),
-                cam.line_ending.as_deref(),
-                LineEnding::Lf,
-                &[
-                    ("crlf", LineEnding::Lf),
-                    ("lf", LineEnding::Lf),
-                    ("cr", LineEnding::Cr),
-                ],
-            );
-            let fields = cam.fields.clone().unwrap_or_else(|| {
-                ["direction", "plate", "color", "time"]
-                    .map(String::from)
-                    .to_vec()
-            });
-            if let Some(bad) = fields.iter().find(|f| !FIELD_NAMES.contains(&f.as_str())) {
-                c.bad(
-                    &k("fields"),
-                    format!("{bad:?}: allowed names are \"direction\", \"plate\", \"color\", \"time\", \"style\", \"_\" (skip)"),
-                );
-            } else if !fields.iter().any(|f| f == "plate") {
-                c.bad(&k("fields"), "must contain \"plate\"");
-            } else if let Some(dup) = fields
-                .iter()
-                .filter(|f| *f != "_")
-                .find(|f| fields.iter().filter(|g| g == f).count() > 1)
-            {
-                c.bad(&k("fields"), format!("{dup:?} appears twice"));
-            }
-            let separator = cam.separator.clone().unwrap_or_else(|| ",".into());
-            if separator.is_empty() || separator.contains(['\r', '\n']) {
-                c.bad(
-                    &k("separator"),
-                    "must be a non-empty string without line breaks",
-                );
-            }
-            let max_line = ranged(c, &k("max_line"), cam.max_line, 1024, 16, 65_536)
-                .and_then(|v| usize::try_from(v).ok());
-            match (port, baud, vz, encoding, ending, max_line) {
-                (Some(port), Some(baud), Some(true), Some(_), Some(_), Some(_)) => {
-                    Some(CameraSource::Serial {
-                        port,
-                        baud,
-                        framing: CameraFraming::Vz,
-                    })
-                }
-                (
-                    Some(port),
-                    Some(baud),
-                    Some(false),
-                    Some(encoding),
-                    Some(ending),
-                    Some(max_line),
-                ) => Some(CameraSource::Serial {
-                    port,
-                    baud,
-                    framing: CameraFraming::Line {
-                        encoding,
-                        ending,
-                        max_line,
-                        format: LineFormat {
-                            // Checked above: every name parses.
-                            fields: fields
-                                .iter()
-                                .filter_map(|f| LineField::parse(f).ok())
-                                .collect(),
-                            separator,
-                        },
-                    },
-                }),
-                _ => None,
-            }
-        }
-        "http" => validate_http_camera(c, i, cam, serial_keys),
-        other => {
-            c.bad(
-                &k("driver"),
-                format!("{other:?}: allowed are \"mqtt\", \"serial\", \"http\""),
+    foreign_keys(p, &at, &cam.foreign);
+    let source = match &cam.driver {
+        None => {
+            p.bad(
+                &at.key("driver"),
+                format!("{:?}: allowed are {}", x.driver, CameraDriver::allowed()),
             );
             None
         }
+        Some(d) => {
+            if matches!(d, CameraDriver::Mqtt(_)) && !have_mqtt {
+                p.bad(
+                    &at.key("driver"),
+                    "driver = \"mqtt\" needs an [mqtt] section",
+                );
+            }
+            d.validate(&at, &(), p)
+        }
     };
     let numeric_types = matches!(
-        source,
+        &source,
         Some(
             CameraSource::Mqtt(CameraFormat::Vzenith { .. })
-                | CameraSource::Serial {
+                | CameraSource::Serial(serial::config::CameraSettings {
                     framing: CameraFraming::Vz,
                     ..
-                }
+                })
         )
     );
-    let styles = styles(c, &k("styles"), cam.styles.as_ref(), numeric_types);
+    let styles = styles(p, &at.key("styles"), x.styles.as_ref(), numeric_types);
     let max_camera_skew = duration_in(
-        c,
-        &k("max_camera_skew"),
-        cam.max_camera_skew.as_deref(),
+        p,
+        &at.key("max_camera_skew"),
+        x.max_camera_skew.as_deref(),
         lotlink_drivers::plate::DEFAULT_MAX_SKEW,
         Duration::from_secs(1),
         Duration::from_secs(24 * 3600),
@@ -775,416 +505,40 @@ fn validate_camera(
     })
 }
 
-/// The `driver = "http"` keys of camera `i`.
-fn validate_http_camera(
-    c: &mut Collector,
-    i: usize,
-    cam: &RawCamera,
-    serial_keys: [(&str, bool); 8],
-) -> Option<CameraSource> {
-    let k = |f: &str| format!("camera.{i}.{f}");
-    for (f, given) in serial_keys {
-        not_for(c, &k(f), given, "serial cameras only");
-    }
-    not_for(c, &k("topic"), cam.topic.is_some(), "mqtt cameras only");
-    let format = match cam.format.as_deref() {
-        Some("vzenith") => Some(PushFormat::Vzenith),
-        Some("hikvision") => Some(PushFormat::Hikvision),
-        Some(other) => {
-            c.bad(
-                &k("format"),
-                format!("{other:?}: allowed are \"vzenith\", \"hikvision\""),
-            );
-            None
-        }
-        None => {
-            c.bad(
-                &k("format"),
-                "missing: what the camera posts, \"vzenith\" or \"hikvision\"",
-            );
-            None
-        }
-    };
-    let path = match cam.path.as_deref() {
-        None => {
-            c.bad(
-                &k("path"),
-                "missing: the URL path the camera posts to, e.g. \"/push/entry1\"",
-            );
-            None
-        }
-        Some(p) if !p.starts_with('/') => {
-            c.bad(&k("path"), format!("{p:?} must start with \"/\""));
-            None
-        }
-        Some(p)
-            if p.len() > 200
-                || p.chars()
-                    .any(|ch| ch.is_whitespace() || ch.is_control() || matches!(ch, '?' | '#')) =>
-        {
-            c.bad(
-                &k("path"),
-                format!("{p:?}: a plain path of at most 200 bytes, without spaces, `?` or `#`"),
-            );
-            None
-        }
-        Some(p) => Some(p.to_string()),
-    };
-    let gate_open = choice(
-        c,
-        &k("gate"),
-        cam.gate.as_deref(),
-        false,
-        &[("none", false), ("open", true)],
-    );
-    if gate_open == Some(true) && format == Some(PushFormat::Hikvision) {
-        c.bad(
-            &k("gate"),
-            "format = \"vzenith\" only (a Hikvision camera's barrier is not opened by the reply)",
-        );
-    }
-    Some(CameraSource::Http {
-        format: format?,
-        path: path?,
-        sn: cam.sn.clone().filter(|s| !s.trim().is_empty()),
-        gate_open: gate_open?,
-    })
-}
-
-fn validate_http(c: &mut Collector, h: &RawHttp) -> Option<HttpSettings> {
-    let listen = match h.listen.parse::<SocketAddr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            c.bad(
-                "http.listen",
-                format!(
-                    "{:?} is not an address:port such as \"0.0.0.0:8088\"",
-                    h.listen
-                ),
-            );
-            None
-        }
-    };
-    let max_body = c
-        .take("http.max_body", parse_size(&h.max_body))
-        .and_then(|b| {
-            if (64 * 1024..=64 << 20).contains(&b) {
-                usize::try_from(b).ok()
-            } else {
-                c.bad(
-                    "http.max_body",
-                    "must be between 64KiB and 64MiB (a result with two pictures is about 1MiB)",
-                );
-                None
-            }
-        });
-    let mut allow = Vec::new();
-    for a in h.allow.iter().flatten() {
-        let t = a.trim();
-        match t
-            .parse::<IpNet>()
-            .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
-        {
-            Ok(n) => allow.push(n.trunc()),
-            Err(_) => c.bad(
-                "http.allow",
-                format!("{a:?} is not an address or a network such as \"192.168.1.0/24\""),
-            ),
-        }
-    }
-    if h.allow.as_ref().is_some_and(Vec::is_empty) {
-        c.bad(
-            "http.allow",
-            "an empty list would refuse every camera: leave `allow` out to take any address",
-        );
-    }
-    let read_timeout = duration_in(
-        c,
-        "http.read_timeout",
-        Some(&h.read_timeout),
-        Duration::from_secs(15),
-        Duration::from_millis(100),
-        Duration::from_secs(300),
-    );
-    let max_connections = ranged(
-        c,
-        "http.max_connections",
-        Some(h.max_connections),
-        64,
-        1,
-        4096,
-    )
-    .and_then(|n| usize::try_from(n).ok());
-    Some(HttpSettings {
-        listen: listen?,
-        max_body: max_body?,
-        allow,
-        read_timeout: read_timeout?,
-        max_connections: max_connections?,
-        silence: CAMERA_SILENCE,
-    })
-}
-
-// `c` (collector), `k` (key) and `l` (the loop) are used on almost every line.
-#[allow(clippy::too_many_lines, clippy::many_single_char_names)]
-fn validate_loop(c: &mut Collector, i: usize, l: &RawLoop, have_mqtt: bool) -> Option<LoopConfig> {
-    let k = |f: &str| format!("loop.{i}.{f}");
-    let name = l.name.trim().to_string();
+fn validate_loop(p: &mut Problems, i: usize, l: &RawLoop, have_mqtt: bool) -> Option<LoopConfig> {
+    let at = KeyPath::new(format!("loop.{i}"));
+    let common = &l.common;
+    let name = common.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 40 {
-        c.bad(&k("name"), "must be 1..=40 characters");
+        p.bad(&at.key("name"), "must be 1..=40 characters");
     }
-    let lane = direction(c, &k("lane"), &l.lane);
+    let lane = direction(p, &at.key("lane"), &common.lane);
     let min_hold = duration_in(
-        c,
-        &k("min_hold"),
-        l.min_hold.as_deref(),
+        p,
+        &at.key("min_hold"),
+        common.min_hold.as_deref(),
         Duration::from_millis(200),
         Duration::ZERO,
         Duration::from_secs(60),
     );
-    let modbus_only = [
-        ("host", l.host.is_some()),
-        ("slave", l.slave.is_some()),
-        ("register", l.register.is_some()),
-        ("address", l.address.is_some()),
-        ("mode", l.mode.is_some()),
-        ("counter_bits", l.counter_bits.is_some()),
-        ("poll_interval", l.poll_interval.is_some()),
-        ("timeout", l.timeout.is_some()),
-    ];
-    let serial_only = [
-        ("checksum", l.checksum.is_some()),
-        ("channel", l.channel.is_some()),
-        ("detector", l.detector.is_some()),
-    ];
-    let mqtt_only = [("sn", l.sn.is_some()), ("input", l.input.is_some())];
-    let source = match l.driver.as_str() {
-        "modbus" => {
-            for (f, g) in serial_only.iter().chain(&mqtt_only) {
-                not_for(c, &k(f), *g, "not a modbus key");
-            }
-            let target = match (&l.port, &l.host) {
-                (Some(p), None) if !p.is_empty() => {
-                    baud(c, &k("baud"), l.baud).map(|baud| BusTarget::Rtu {
-                        port: p.clone(),
-                        baud,
-                    })
-                }
-                (None, Some(h)) if h.contains(':') => {
-                    not_for(
-                        c,
-                        &k("baud"),
-                        l.baud.is_some(),
-                        "modbus RTU only (not with `host`)",
-                    );
-                    Some(BusTarget::Tcp { host: h.clone() })
-                }
-                (None, Some(h)) => {
-                    c.bad(
-                        &k("host"),
-                        format!("{h:?}: write host:port, e.g. \"127.0.0.1:502\""),
-                    );
-                    None
-                }
-                _ => {
-                    c.bad(
-                        &k("port"),
-                        "give exactly one of `port` (Modbus RTU) and `host` (Modbus TCP)",
-                    );
-                    None
-                }
-            };
-            let slave =
-                ranged(c, &k("slave"), l.slave, 1, 0, 247).and_then(|v| u8::try_from(v).ok());
-            let register = choice(
-                c,
-                &k("register"),
-                l.register.as_deref(),
-                Register::DiscreteInput,
-                &[
-                    ("discrete_input", Register::DiscreteInput),
-                    ("coil", Register::Coil),
-                    ("input_register", Register::InputRegister),
-                    ("holding_register", Register::HoldingRegister),
-                ],
-            );
-            let address = match l.address {
-                None => {
-                    c.bad(
-                        &k("address"),
-                        "missing: the input or register address, e.g. 0x20",
-                    );
-                    None
-                }
-                Some(a) => ranged(c, &k("address"), Some(a), 0, 0, 65_535)
-                    .and_then(|v| u16::try_from(v).ok()),
-            };
-            let mode = match l.mode.as_deref().unwrap_or("edge") {
-                "edge" => {
-                    not_for(
-                        c,
-                        &k("counter_bits"),
-                        l.counter_bits.is_some(),
-                        "mode = \"counter\" only",
-                    );
-                    // The hold time is checked above; without it there is a problem already.
-                    Some(LoopMode::Edge {
-                        min_hold: min_hold.unwrap_or_default(),
-                    })
-                }
-                "counter" => match l.counter_bits.unwrap_or(16) {
-                    b @ (16 | 32) => {
-                        if matches!(register, Some(Register::DiscreteInput | Register::Coil)) {
-                            c.bad(
-                                &k("register"),
-                                "mode = \"counter\" reads input_register or holding_register",
-                            );
-                        }
-                        u8::try_from(b).ok().map(|bits| LoopMode::Counter { bits })
-                    }
-                    b => {
-                        c.bad(&k("counter_bits"), format!("{b}: allowed are 16, 32"));
-                        None
-                    }
-                },
-                other => {
-                    c.bad(
-                        &k("mode"),
-                        format!("{other:?}: allowed are \"edge\", \"counter\""),
-                    );
-                    None
-                }
-            };
-            let poll_interval = duration_in(
-                c,
-                &k("poll_interval"),
-                l.poll_interval.as_deref(),
-                Duration::from_millis(50),
-                Duration::from_millis(10),
-                Duration::from_secs(10),
-            );
-            let timeout = duration_in(
-                c,
-                &k("timeout"),
-                l.timeout.as_deref(),
-                Duration::from_millis(500),
-                Duration::from_millis(20),
-                Duration::from_secs(10),
-            );
-            match (
-                target,
-                slave,
-                register,
-                address,
-                mode,
-                poll_interval,
-                timeout,
-            ) {
-                (
-                    Some(target),
-                    Some(slave),
-                    Some(register),
-                    Some(address),
-                    Some(mode),
-                    Some(poll_interval),
-                    Some(timeout),
-                ) => Some(LoopSource::Modbus {
-                    target,
-                    slave,
-                    register,
-                    address,
-                    active_low: l.active_low.unwrap_or(false),
-                    mode,
-                    poll_interval,
-                    timeout,
-                }),
-                _ => None,
-            }
-        }
-        "serial" => {
-            for (f, g) in modbus_only.iter().chain(&mqtt_only) {
-                not_for(c, &k(f), *g, "not a key of serial (ASCII) detectors");
-            }
-            not_for(
-                c,
-                &k("active_low"),
-                l.active_low.is_some(),
-                "modbus and mqtt loops only",
-            );
-            let port = l.port.clone().filter(|p| !p.is_empty());
-            if port.is_none() {
-                c.bad(&k("port"), "missing: the serial device of the detector");
-            }
-            let baud = baud(c, &k("baud"), l.baud);
-            let verify = choice(
-                c,
-                &k("checksum"),
-                l.checksum.as_deref(),
-                true,
-                &[("verify", true), ("ignore", false)],
-            );
-            let channel = l
-                .channel
-                .and_then(|v| ranged(c, &k("channel"), Some(v), 0, 0, 99))
-                .and_then(|v| u8::try_from(v).ok());
-            let detector = l
-                .detector
-                .and_then(|v| ranged(c, &k("detector"), Some(v), 0, 0, 99))
-                .and_then(|v| u8::try_from(v).ok());
-            match (port, baud, verify) {
-                (Some(port), Some(baud), Some(verify_checksum)) => Some(LoopSource::Serial {
-                    port,
-                    baud,
-                    verify_checksum,
-                    channel,
-                    detector,
-                }),
-                _ => None,
-            }
-        }
-        "mqtt" => {
-            for (f, g) in modbus_only.iter().chain(&serial_only) {
-                not_for(c, &k(f), *g, "not a key of mqtt (camera IO) loops");
-            }
-            not_for(
-                c,
-                &k("port"),
-                l.port.is_some(),
-                "modbus and serial loops only",
-            );
-            not_for(
-                c,
-                &k("baud"),
-                l.baud.is_some(),
-                "modbus and serial loops only",
-            );
-            if !have_mqtt {
-                c.bad(&k("driver"), "driver = \"mqtt\" needs an [mqtt] section");
-            }
-            let input = match l.input {
-                None => {
-                    c.bad(
-                        &k("input"),
-                        "missing: the camera's IO input index (TriggerResult.source)",
-                    );
-                    None
-                }
-                Some(v) => {
-                    ranged(c, &k("input"), Some(v), 0, 0, 255).and_then(|v| u32::try_from(v).ok())
-                }
-            };
-            input.map(|input| LoopSource::Mqtt {
-                sn: l.sn.clone().filter(|s| !s.is_empty()),
-                input,
-                active_low: l.active_low.unwrap_or(false),
-            })
-        }
-        other => {
-            c.bad(
-                &k("driver"),
-                format!("{other:?}: allowed are \"modbus\", \"serial\", \"mqtt\""),
+    foreign_keys(p, &at, &l.foreign);
+    let source = match &l.driver {
+        None => {
+            p.bad(
+                &at.key("driver"),
+                format!("{:?}: allowed are {}", common.driver, LoopDriver::allowed()),
             );
             None
+        }
+        Some(driver) => {
+            if matches!(driver, LoopDriver::Mqtt(_)) && !have_mqtt {
+                p.bad(
+                    &at.key("driver"),
+                    "driver = \"mqtt\" needs an [mqtt] section",
+                );
+            }
+            // The hold time is checked above; without it there is a problem already.
+            driver.validate(&at, &min_hold.unwrap_or_default(), p)
         }
     };
     Some(LoopConfig {
@@ -1193,6 +547,22 @@ fn validate_loop(c: &mut Collector, i: usize, l: &RawLoop, have_mqtt: bool) -> O
         min_hold: min_hold?,
         source: source?,
     })
+}
+
+/// The serial port and baud a camera's or loop's keys name, for the sharing checks.
+fn camera_port(cam: &RawCamera) -> Option<(&str, Option<i64>)> {
+    match &cam.driver {
+        Some(CameraDriver::Serial(s)) => s.port.as_deref().map(|p| (p, s.baud)),
+        _ => None,
+    }
+}
+
+fn loop_port(l: &RawLoop) -> Option<(&str, &'static str, Option<i64>)> {
+    match &l.driver {
+        Some(LoopDriver::Modbus(m)) => m.port.as_deref().map(|p| (p, "modbus", m.baud)),
+        Some(LoopDriver::Serial(s)) => s.port.as_deref().map(|p| (p, "serial", s.baud)),
+        _ => None,
+    }
 }
 
 /// Validate the device sections. Problems go to `c`; the result is only meaningful when
@@ -1205,92 +575,102 @@ pub(super) fn validate_devices(
     loops: &[RawLoop],
     lot_code: &str,
 ) -> Devices {
-    let mqtt = mqtt.and_then(|m| validate_mqtt(c, m, lot_code));
+    let mut problems = Problems::default();
+    let mqtt = mqtt.and_then(|m| validate_mqtt(&mut problems, m, lot_code));
     let have_mqtt = mqtt.is_some();
     // Validated whenever written; started only when a camera posts to it.
     let default_http = RawHttp::default();
-    let http = validate_http(c, http.unwrap_or(&default_http));
+    let http = http
+        .unwrap_or(&default_http)
+        .validate(&KeyPath::new("http"), &(), &mut problems);
     let mut out = Devices {
         mqtt,
-        http: http.filter(|_| cameras.iter().any(|cam| cam.driver == "http")),
+        http: http.filter(|_| {
+            cameras
+                .iter()
+                .any(|cam| matches!(cam.driver, Some(CameraDriver::Http(_))))
+        }),
         ..Devices::default()
     };
     let mut paths: HashMap<&str, usize> = HashMap::new();
     for (i, cam) in cameras.iter().enumerate() {
-        if let (Some(p), "http") = (cam.path.as_deref(), cam.driver.as_str()) {
-            if let Some(first) = paths.insert(p, i + 1) {
-                c.bad(
-                    &format!("camera.{}.path", i + 1),
-                    format!("{p:?} is already camera {first}'s path"),
-                );
+        if let Some(CameraDriver::Http(h)) = &cam.driver {
+            if let Some(path) = h.path.as_deref() {
+                if let Some(first) = paths.insert(path, i + 1) {
+                    problems.bad(
+                        &format!("camera.{}.path", i + 1),
+                        format!("{path:?} is already camera {first}'s path"),
+                    );
+                }
             }
         }
     }
     let mut names: HashMap<String, usize> = HashMap::new();
     for (i, cam) in cameras.iter().enumerate() {
         let n = i + 1;
-        if let Some(first) = names.insert(cam.name.trim().to_string(), n) {
-            c.bad(
+        if let Some(first) = names.insert(cam.common.name.trim().to_string(), n) {
+            problems.bad(
                 &format!("camera.{n}.name"),
-                format!("{:?} is already the name of camera {first}", cam.name),
+                format!(
+                    "{:?} is already the name of camera {first}",
+                    cam.common.name
+                ),
             );
         }
-        if let Some(v) = validate_camera(c, n, cam, have_mqtt) {
+        if let Some(v) = validate_camera(&mut problems, n, cam, have_mqtt) {
             out.cameras.push(v);
         }
     }
-    let mut ports: HashMap<String, (usize, &str, Option<i64>)> = HashMap::new();
+    let mut ports: HashMap<&str, (usize, &str, Option<i64>)> = HashMap::new();
     for (i, cam) in cameras.iter().enumerate() {
-        if let Some(p) = &cam.port {
-            ports.insert(p.clone(), (i + 1, "camera", cam.baud));
+        if let Some((port, baud)) = camera_port(cam) {
+            ports.insert(port, (i + 1, "camera", baud));
         }
     }
     let mut loop_names: HashMap<String, usize> = HashMap::new();
     for (i, l) in loops.iter().enumerate() {
         let n = i + 1;
-        if let Some(first) = loop_names.insert(l.name.trim().to_string(), n) {
-            c.bad(
+        if let Some(first) = loop_names.insert(l.common.name.trim().to_string(), n) {
+            problems.bad(
                 &format!("loop.{n}.name"),
-                format!("{:?} is already the name of loop {first}", l.name),
+                format!("{:?} is already the name of loop {first}", l.common.name),
             );
         }
         // Loops may share a port with each other (one bus or one detector, several lanes),
         // never with a camera, and everyone on a port must agree on its speed and driver.
-        if let Some(p) = &l.port {
-            match ports.get(p) {
-                Some((j, "camera", _)) => c.bad(
+        if let Some((port, kind, baud)) = loop_port(l) {
+            match ports.get(port) {
+                Some((j, "camera", _)) => problems.bad(
                     &format!("loop.{n}.port"),
-                    format!("{p:?} is already camera {j}'s port"),
+                    format!("{port:?} is already camera {j}'s port"),
                 ),
-                Some((j, kind, b)) if *kind != l.driver.as_str() || b.unwrap_or(9600) != l.baud.unwrap_or(9600) => c.bad(
+                Some((j, other, other_baud)) if *other != kind || other_baud.unwrap_or(9600) != baud.unwrap_or(9600) => problems.bad(
                     &format!("loop.{n}.port"),
-                    format!("{p:?} is shared with loop {j}: loops on one port need the same driver and baud"),
+                    format!("{port:?} is shared with loop {j}: loops on one port need the same driver and baud"),
                 ),
                 Some(_) => {}
                 None => {
-                    let kind: &str = match l.driver.as_str() {
-                        "modbus" => "modbus",
-                        "serial" => "serial",
-                        _ => "other",
-                    };
-                    ports.insert(p.clone(), (n, kind, l.baud));
+                    ports.insert(port, (n, kind, baud));
                 }
             }
         }
-        if let Some(v) = validate_loop(c, n, l, have_mqtt) {
+        if let Some(v) = validate_loop(&mut problems, n, l, have_mqtt) {
             out.loops.push(v);
         }
     }
     let mut cam_ports: HashMap<&str, usize> = HashMap::new();
     for (i, cam) in cameras.iter().enumerate() {
-        if let Some(p) = &cam.port {
-            if let Some(j) = cam_ports.insert(p.as_str(), i + 1) {
-                c.bad(
+        if let Some((port, _)) = camera_port(cam) {
+            if let Some(j) = cam_ports.insert(port, i + 1) {
+                problems.bad(
                     &format!("camera.{}.port", i + 1),
-                    format!("{p:?} is already camera {j}'s port"),
+                    format!("{port:?} is already camera {j}'s port"),
                 );
             }
         }
+    }
+    for problem in problems.into_vec() {
+        c.bad(&problem.key, problem.message);
     }
     out
 }
@@ -1301,6 +681,9 @@ mod tests {
 
     use super::*;
     use crate::config::{from_str, ConfigError, SpaceSource};
+    use lotlink_drivers::codec::{LineEnding, TextEncoding};
+    use lotlink_drivers::http::PushFormat;
+    use lotlink_drivers::loops::{BusTarget, LoopMode, Register};
 
     const BASE: &str = r#"
 [platform]
@@ -1403,7 +786,7 @@ input = 1
             })
         );
         match &d.cameras[2].source {
-            CameraSource::Serial {
+            CameraSource::Serial(serial::config::CameraSettings {
                 baud,
                 framing:
                     CameraFraming::Line {
@@ -1413,7 +796,7 @@ input = 1
                         ..
                     },
                 ..
-            } => {
+            }) => {
                 assert_eq!(*baud, 9600);
                 assert_eq!(*encoding, TextEncoding::Gbk);
                 assert_eq!(format.separator, "|");
@@ -1424,12 +807,12 @@ input = 1
         assert_eq!(d.loops.len(), 5);
         assert_eq!(d.loops[0].min_hold, Duration::from_millis(200));
         match &d.loops[2].source {
-            LoopSource::Modbus {
+            LoopSource::Modbus(loops::config::ModbusSettings {
                 mode,
                 register,
                 target,
                 ..
-            } => {
+            }) => {
                 assert_eq!(*mode, LoopMode::Counter { bits: 32 });
                 assert_eq!(*register, Register::HoldingRegister);
                 assert_eq!(
@@ -1661,21 +1044,21 @@ snapshot_url = "http://192.168.1.65/ISAPI/Streaming/channels/1/picture"
         assert_eq!(h.max_connections, 64);
         assert_eq!(
             c.devices.cameras[0].source,
-            CameraSource::Http {
+            CameraSource::Http(http::config::CameraSettings {
                 format: PushFormat::Vzenith,
                 path: "/push/entry1".into(),
                 sn: Some("33ae5105-d7732a0d".into()),
                 gate_open: true,
-            }
+            })
         );
         assert_eq!(
             c.devices.cameras[1].source,
-            CameraSource::Http {
+            CameraSource::Http(http::config::CameraSettings {
                 format: PushFormat::Hikvision,
                 path: "/isapi/entry2".into(),
                 sn: None,
                 gate_open: false,
-            }
+            })
         );
         // Without an HTTP camera the listener is off, even when [http] is written.
         let off = from_str(
@@ -1765,6 +1148,67 @@ path = "/d"
             "{msg}"
         );
         assert!(msg.contains("camera.4.path: does not apply here"), "{msg}");
+    }
+
+    #[test]
+    fn a_drivers_keys_are_checked_by_the_driver_each_at_its_line() {
+        let text = format!(
+            "{BASE}{}",
+            r#"
+[[camera]]
+name = "a"
+direction = "in"
+driver = "serial"
+baud = "fast"
+gate = "open"
+colour = "red"
+
+[[loop]]
+name = "l"
+lane = "in"
+driver = "modbus"
+address = [1]
+input = 2
+
+[[camera]]
+name = "b"
+direction = "in"
+driver = "dahua"
+"#
+        );
+        let msg = problems(&text);
+        // BASE has 8 lines; the first [[camera]] is line 10.
+        assert!(
+            msg.contains(
+                "site.toml:14: camera.1.baud: wrong type: expected a whole number, found a string"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("site.toml:15: camera.1.gate: does not apply here: http cameras only"),
+            "{msg}"
+        );
+        // A key no driver has: the keys allowed are every camera's and the serial driver's.
+        assert!(
+            msg.contains("site.toml:16: camera.1.colour: unknown key; allowed here: name, direction, driver, snapshot_url, snapshot_timeout, styles, max_camera_skew, port, baud, framing,"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(
+                "site.toml:22: loop.1.address: wrong type: expected a whole number, found an array"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("site.toml:23: loop.1.input: does not apply here: mqtt loops only"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("camera.2.driver: \"dahua\": allowed are \"mqtt\", \"serial\", \"http\""),
+            "{msg}"
+        );
+        // The serial camera's own rules ran on what it was given.
+        assert!(msg.contains("camera.1.port: missing"), "{msg}");
     }
 
     #[test]

@@ -112,6 +112,10 @@ fn path_at(item: &Item, at: usize, path: &mut Vec<String>) {
             .is_some_and(|s| s.start <= at && at < s.end.max(s.start + 1))
     };
     if let Some(t) = item.as_table_like() {
+        // An array of tables spans from its first table to its last, and other tables may
+        // be written between them (`[[camera]]`, `[[loop]]`, `[[camera]]`): a span that
+        // holds `at` with nothing inside it that does is only the answer if no other does.
+        let mut fallback = None;
         for (name, v) in t.iter() {
             if holds(&t.key(name).and_then(toml_edit::Key::span)) {
                 path.push(name.to_string());
@@ -123,11 +127,17 @@ fn path_at(item: &Item, at: usize, path: &mut Vec<String>) {
                 path.push(name.to_string());
                 let depth = path.len();
                 path_at(v, at, path);
-                if path.len() > depth || holds(&span) {
+                if path.len() > depth {
                     return;
+                }
+                if holds(&span) && fallback.is_none() {
+                    fallback = Some(path.clone());
                 }
                 path.pop();
             }
+        }
+        if let Some(f) = fallback {
+            *path = f;
         }
         return;
     }
@@ -387,8 +397,20 @@ pub(super) fn parse_all<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<Prob
         if let Some(s) = err.span().filter(|s| !s.is_empty()) {
             path_at(work_doc.as_item(), s.start, &mut at);
         }
+        // An error inside a driver-tagged table comes at the table's position, naming its key.
+        let message = match err
+            .message()
+            .strip_prefix(super::tagged::AT_KEY)
+            .and_then(|rest| rest.split_once("`: "))
+        {
+            Some((key, inner)) => {
+                at.extend(key.split('.').map(String::from));
+                inner
+            }
+            None => err.message(),
+        };
         let found = item_at(work_doc.as_item(), &at.join(".")).map(Item::type_name);
-        let (path, message, fix) = classify(at, err.message(), found);
+        let (path, message, fix) = classify(at, message, found);
         if !problems.iter().any(|p| covers(&p.key, &path)) {
             let (line, column) = spans.locate(&path).unzip();
             problems.push(Problem {
@@ -451,6 +473,20 @@ mod tests {
         assert_eq!(at("\"s\""), "b.1.y");
         assert_eq!(at("4 }"), "b.2.z.3");
         assert_eq!(at("2]"), "b.2.w.2");
+    }
+
+    #[test]
+    fn an_offset_in_a_table_written_between_two_of_another_array_maps_to_its_own() {
+        let text = "[[a]]\nx = 1\n\n[[b]]\ny = 2\n\n[[a]]\nx = 3\n";
+        let doc = ImDocument::parse(text).unwrap();
+        let at = |needle: &str| {
+            let mut p = Vec::new();
+            path_at(doc.as_item(), text.find(needle).unwrap(), &mut p);
+            p.join(".")
+        };
+        assert_eq!(at("y = 2"), "b.1.y");
+        assert_eq!(at("[[b]]"), "b.1");
+        assert_eq!(at("x = 3"), "a.2.x");
     }
 
     #[test]
