@@ -10,7 +10,7 @@ use md5::{Digest, Md5};
 use serde::Deserialize;
 
 // The clock and the CA file reader live in their own leaf modules; also reachable here for
-// the code that names them by their old place (status, metrics, manage, cli, tests/flow.rs).
+// the code that names them by their old place (status, metrics, manage, cli, tests/it/flow.rs).
 use crate::clock::Clock;
 use crate::tls::load_ca_file;
 

@@ -351,3 +351,39 @@ pub async fn start_devices(space_extra: &str, devices: &str) -> DeviceHarness {
     let dir = tempfile::tempdir().expect("tempdir");
     start_devices_in(sim().await, dir, space_extra, devices).await
 }
+
+/// Set in the child process [`alone_in_child`] starts: the name of the one test it runs.
+const ALONE_VAR: &str = "LOTLINK_TEST_ALONE";
+
+/// For a test that measures its own process (its resident memory): all the integration
+/// tests share one process, so another test's allocations would count as this one's. Call
+/// first thing with `module_path!()` and the test's function name. In the test binary's
+/// process it runs that one test again, alone, in a child process (the same binary,
+/// `--exact`), asserts the child passed and returns `true`: the caller then returns. In the
+/// child it returns `false` and the test runs its body there.
+pub fn alone_in_child(module: &str, test: &str) -> bool {
+    // `module_path!()` starts with the crate's name, which libtest's test names leave out.
+    let module = module.split_once("::").map_or("", |(_, rest)| rest);
+    let name = if module.is_empty() {
+        test.to_string()
+    } else {
+        format!("{module}::{test}")
+    };
+    if std::env::var(ALONE_VAR).is_ok_and(|v| v == name) {
+        return false;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([name.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+        .env(ALONE_VAR, &name)
+        .output()
+        .expect("run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name}, alone in a child process, failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    true
+}

@@ -2,7 +2,7 @@
 //! binary with a serial camera on a pseudo-terminal, the platform simulator, and the CLI
 //! commands run as the real binary too.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! commands (`cargo test --test fleet -- --nocapture` shows what the operator sees).
 #![cfg(unix)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

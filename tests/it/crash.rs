@@ -5,7 +5,7 @@
 //! The child is this same test binary, re-run with `LOTLINK_CRASH_CHILD` set, so the test
 //! needs nothing but itself.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -99,7 +99,7 @@ fn events_acknowledged_before_a_sigkill_survive_it_and_are_delivered_exactly_onc
         let mut child = common::target_command(&exe)
             .args([
                 "--exact",
-                "crash_child_entry",
+                "crash::crash_child_entry",
                 "--nocapture",
                 "--test-threads=1",
             ])

@@ -1,6 +1,6 @@
 //! The binary's commands, run as an operator would.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

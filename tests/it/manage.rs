@@ -3,7 +3,7 @@
 //! dead platform rolled back within the watch window; every outcome read from the result
 //! topic. Also the retained status and its offline message.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -3,7 +3,7 @@
 //! down (the platform, the MQTT broker, a serial port that never existed, a Modbus TCP bus)
 //! on tokio's paused clock, the real gateway and drivers, the log captured and counted.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

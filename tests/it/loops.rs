@@ -3,7 +3,7 @@
 //! independent Modbus peer. Passes move the occupied count, the platform gets the free count,
 //! and a restart neither forgets nor double-counts.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! The bodies are written here from the documented formats (field names the vendors',
 //! values invented).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! stops the rest, and `/healthz` says when records or events are stuck. End to end: the
 //! real pipeline against the platform simulator on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! the store is moved by hand and everything is delivered), and the store and the gateway
 //! state file are private whatever umask started the daemon.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

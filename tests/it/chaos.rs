@@ -34,7 +34,7 @@
 //! emulator are left out with a printed reason, and fail the run under
 //! `LOTLINK_REQUIRE_REAL=1`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! End to end: the real pipeline (ingest → sled outbox → uploader → signed HTTP) against the
 //! platform simulator, one behaviour of the spec per test.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;
