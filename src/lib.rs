@@ -49,6 +49,7 @@ pub mod state;
 pub mod status;
 pub mod summary;
 pub mod telemetry;
+pub mod testing;
 pub mod tls;
 pub mod uploader;
 

@@ -10,12 +10,12 @@ pub mod throttle;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lotlink::app::{Gateway, RunOptions};
 use lotlink::drivers::{
     Accepted, CancellationToken, CarStyle, Direction, Driver, DriverFuture, Event, EventSink,
     PlateEvent, SinkError,
 };
-use lotlink::outbox::{ImgName, NewRecord, RecordMeta};
+use lotlink::testing::app::{Gateway, RunOptions};
+use lotlink::testing::outbox::{ImgName, NewRecord, RecordMeta};
 use lotlink_sim::{PlatformSim, SimConfig};
 use tokio::sync::{mpsc, oneshot};
 
@@ -69,7 +69,7 @@ pub fn feed() -> (Feed, Box<dyn Driver>) {
 
 /// A small real JPEG (passes through the image stage untouched).
 pub fn small_jpeg(seed: u64) -> Vec<u8> {
-    lotlink::imaging::synth_jpeg(96, 64, seed, 80)
+    lotlink::testing::imaging::synth_jpeg(96, 64, seed, 80)
 }
 
 pub fn plate(key: &str, plate: &str, image: Option<Vec<u8>>) -> Event {
@@ -129,7 +129,8 @@ pub async fn start(platform_extra: &str) -> Harness {
 pub async fn start_with(sim: PlatformSim, platform_extra: &str) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = config_text(&sim.url(), &dir.path().join("outbox"), platform_extra);
-    let cfg = lotlink::config::from_str(Path::new("test.toml"), &text).expect("valid config");
+    let cfg =
+        lotlink::testing::config::from_str(Path::new("test.toml"), &text).expect("valid config");
     let (feed, driver) = feed();
     let gw = Gateway::start(&cfg, vec![driver], fast_options())
         .await
@@ -326,8 +327,9 @@ pub async fn start_devices_in(
 ) -> DeviceHarness {
     init_log();
     let text = device_config_text(&sim.url(), &dir.path().join("outbox"), space_extra, devices);
-    let cfg = lotlink::config::from_str(Path::new("test.toml"), &text).expect("valid config");
-    let hw = lotlink::hardware::build(&cfg).expect("drivers build");
+    let cfg =
+        lotlink::testing::config::from_str(Path::new("test.toml"), &text).expect("valid config");
+    let hw = lotlink::testing::hardware::build(&cfg).expect("drivers build");
     let gw = Gateway::start(
         &cfg,
         hw.drivers,

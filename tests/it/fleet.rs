@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::devices::{free_port, Broker};
 use common::{eventually_async, Daemon, TOKEN};
-use lotlink::manage::pushed_path;
+use lotlink::testing::manage::pushed_path;
 use lotlink_sim::{PlatformSim, SimConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;

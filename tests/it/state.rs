@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::devices::free_port;
 use common::{delivered_plates, eventually, eventually_async, Daemon};
-use lotlink::outbox::{Outbox, OutboxOptions};
+use lotlink::testing::outbox::{Outbox, OutboxOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
 
