@@ -20,8 +20,7 @@ use serde::Deserialize;
 mod devices;
 mod spans;
 pub use devices::{
-    CameraConfig, CameraSource, Devices, LoopConfig, LoopSource, MqttConfig, RawCamera, RawHttp,
-    RawLoop, RawMqtt, StyleValue,
+    CameraSource, Devices, LoopSource, MqttConfig, RawCamera, RawHttp, RawLoop, RawMqtt,
 };
 
 /// A secret string (the platform token). Never printed: `Debug` shows `***`, and it has no
