@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use lotlink::outbox::{Outbox, OutboxOptions};
+use lotlink::testing::outbox::{Outbox, OutboxOptions};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -750,7 +750,7 @@ fn main() {
     let jpeg35 = {
         let mut q = 30u8;
         loop {
-            let j = lotlink::imaging::synth_jpeg(1280, 720, 3, q);
+            let j = lotlink::testing::imaging::synth_jpeg(1280, 720, 3, q);
             if j.len() >= 35_000 || q >= 95 {
                 break j;
             }
@@ -762,7 +762,7 @@ fn main() {
     let jpeg1080 = {
         let mut q = 90u8;
         loop {
-            let j = lotlink::imaging::synth_jpeg(1920, 1080, 7, q);
+            let j = lotlink::testing::imaging::synth_jpeg(1920, 1080, 7, q);
             if j.len() >= 400_000 || q >= 100 {
                 break j;
             }

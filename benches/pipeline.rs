@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use lotlink::outbox::{Outbox, OutboxOptions};
+use lotlink::testing::outbox::{Outbox, OutboxOptions};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -239,12 +239,12 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-fn config(url: &str, path: &Path) -> lotlink::config::Config {
+fn config(url: &str, path: &Path) -> lotlink::testing::config::Config {
     let text = format!(
         "[platform]\nurl = \"{url}\"\nlot_code = \"350\"\ntoken = \"bench\"\nmax_body = \"8MiB\"\n[outbox]\npath = \"{}\"\nmax_disk = \"8GiB\"\n[status]\nlisten = \"127.0.0.1:0\"\n[space]\ntotal = 100\n",
         path.display()
     );
-    lotlink::config::from_str(Path::new("bench.toml"), &text).unwrap()
+    lotlink::testing::config::from_str(Path::new("bench.toml"), &text).unwrap()
 }
 
 async fn fill(path: &Path, n: u64, image: &[u8]) {
@@ -275,9 +275,13 @@ async fn p2(image: &[u8]) {
     let cfg = config(&sim.url(), &path);
     let cpu0 = cpu_time();
     let t = Instant::now();
-    let gw = lotlink::app::Gateway::start(&cfg, vec![], lotlink::app::RunOptions::default())
-        .await
-        .unwrap();
+    let gw = lotlink::testing::app::Gateway::start(
+        &cfg,
+        vec![],
+        lotlink::testing::app::RunOptions::default(),
+    )
+    .await
+    .unwrap();
     assert!(
         sim.wait_for_records(n as usize, Duration::from_secs(600))
             .await
@@ -600,7 +604,7 @@ async fn p7() {
     let big = {
         let mut q = 90u8;
         loop {
-            let j = lotlink::imaging::synth_jpeg(1920, 1080, 7, q);
+            let j = lotlink::testing::imaging::synth_jpeg(1920, 1080, 7, q);
             if j.len() >= 400_000 || q >= 100 {
                 break j;
             }
@@ -842,10 +846,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let small = lotlink::imaging::synth_jpeg(160, 120, 1, 80);
+    let small = lotlink::testing::imaging::synth_jpeg(160, 120, 1, 80);
     let full = {
-        let big = lotlink::imaging::synth_jpeg(1920, 1080, 2, 90);
-        lotlink::imaging::prepare(&big, lotlink::imaging::MAX_B64_CHARS).bytes
+        let big = lotlink::testing::imaging::synth_jpeg(1920, 1080, 2, 90);
+        lotlink::testing::imaging::prepare(&big, lotlink::testing::imaging::MAX_B64_CHARS).bytes
     };
     rt.block_on(async {
         // LOTLINK_BENCH_ONLY=p1|p2|p4|p5|p7|img runs one part.

@@ -1,4 +1,4 @@
-//! P3: `lotlink::imaging::prepare` on a 1920x1080 photo-like JPEG (quality 90), against
+//! P3: `lotlink::testing::imaging::prepare` on a 1920x1080 photo-like JPEG (quality 90), against
 //! `vipsthumbnail` (Debian package `libvips-tools`) making a JPEG whose Base64 fits the same
 //! 50,000-character budget from the same file. Prints both medians side by side.
 //!
@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use lotlink::imaging::{self, b64_len, ImageAction, MAX_B64_CHARS};
+use lotlink::testing::imaging::{self, b64_len, ImageAction, MAX_B64_CHARS};
 
 const SAMPLES: usize = 20;
 

@@ -536,17 +536,3 @@ impl Gateway {
         tracing::info!(pending = self.outbox.len(), "gateway stopped");
     }
 }
-
-/// Run the gateway until `shutdown` resolves.
-pub async fn run(
-    cfg: &Config,
-    drivers: Vec<Box<dyn Driver>>,
-    opts: RunOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), AppError> {
-    let gw = Gateway::start(cfg, drivers, opts).await?;
-    shutdown.await;
-    tracing::info!("shutting down");
-    gw.stop().await;
-    Ok(())
-}

@@ -329,7 +329,6 @@ pub async fn run(
         path: path.to_path_buf(),
         state,
         saved,
-        outbox: gw.outbox.clone(),
         health: gw.health.clone(),
         control: control_tx,
         config: config_rx,
@@ -474,11 +473,6 @@ async fn reload_file(
             let _ = config_tx.send(gw.config().clone());
         }
     }
-}
-
-/// The default config path.
-pub fn default_path() -> PathBuf {
-    PathBuf::from("/etc/lotlink/lotlink.toml")
 }
 
 #[cfg(test)]

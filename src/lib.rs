@@ -5,10 +5,13 @@
 //! [`outbox`], and uploads it to the city platform 并州行 ([`protocol`], [`uploader`]).
 //!
 //! The binary is thin: `main.rs` parses the command line and calls [`cli`]. Everything runs
-//! in-process with a shutdown future passed in ([`app::run`]), so tests drive the real
+//! in-process, started and stopped by the caller ([`app::Gateway`]), so tests drive the real
 //! pipeline against the in-process platform simulator (the `lotlink-sim` crate, a
 //! dev-dependency; the `demo` feature links it into the binary for `lotlink demo`).
 #![warn(clippy::pedantic)]
+// Items are pub(crate) unless the binary (cli, logging), the integration tests, benches or
+// fuzz targets ([`testing`]) use them: a `pub` nothing outside can reach is flagged.
+#![warn(unreachable_pub)]
 // Allowed pedantic lints, each for a reason:
 #![allow(
     clippy::module_name_repetitions, // `outbox::OutboxError` is clearer than `outbox::Error` at use sites
@@ -24,35 +27,38 @@
     clippy::single_match_else        // `match` on Result/Option with an error branch reads better here
 )]
 
-pub mod app;
-pub mod atomic_file;
+pub(crate) mod app;
+pub(crate) mod atomic_file;
 pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod daemon;
+pub(crate) mod clock;
+pub(crate) mod config;
+pub(crate) mod daemon;
 #[cfg(feature = "demo")]
-pub mod demo;
-pub mod fleet;
-pub mod hardware;
-pub mod heap;
-pub mod imaging;
-pub mod ingest;
+pub(crate) mod demo;
+pub(crate) mod fleet;
+pub(crate) mod hardware;
+pub(crate) mod heap;
+pub(crate) mod imaging;
+pub(crate) mod ingest;
 pub mod logging;
-pub mod manage;
-pub mod metrics;
-pub mod outbox;
-pub mod protocol;
-pub mod push;
-pub mod record;
-pub mod snapshot;
-pub mod space;
-pub mod state;
-pub mod status;
-pub mod summary;
-pub mod telemetry;
-pub mod tls;
-pub mod uploader;
+pub(crate) mod manage;
+pub(crate) mod metrics;
+pub(crate) mod outbox;
+pub(crate) mod protocol;
+pub(crate) mod push;
+pub(crate) mod record;
+pub(crate) mod snapshot;
+pub(crate) mod space;
+pub(crate) mod state;
+pub(crate) mod status;
+pub(crate) mod summary;
+pub(crate) mod telemetry;
+pub mod testing;
+pub(crate) mod tls;
+pub(crate) mod uploader;
 
+/// The log level `main.rs` picks by command.
+pub use config::LogLevel;
 pub use lotlink_drivers as drivers;
 
 #[cfg(test)]

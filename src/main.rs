@@ -9,8 +9,8 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = lotlink::cli::Cli::parse();
     let default_level = match cli.command {
-        lotlink::cli::Command::Demo { .. } => lotlink::config::LogLevel::Warn,
-        _ => lotlink::config::LogLevel::Info,
+        lotlink::cli::Command::Demo { .. } => lotlink::LogLevel::Warn,
+        _ => lotlink::LogLevel::Info,
     };
     lotlink::logging::init(
         lotlink::logging::level_from_flags(cli.verbose, cli.quiet),

@@ -69,7 +69,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::config::{self, Config, ConfigError, ManagementConfig, MqttConfig, TokenSource};
-use crate::outbox::Outbox;
 use crate::push::{parse_push, PushResult, PushTarget};
 use crate::state::{GatewayState, StateError};
 use crate::uploader::Health;
@@ -262,8 +261,6 @@ pub struct Manager {
     pub state: Arc<ManagementState>,
     /// Where the accepted version is kept.
     pub saved: Arc<GatewayState>,
-    /// The outbox (its depth goes into the retained status).
-    pub outbox: Outbox,
     /// Platform health, to judge a pushed config.
     pub health: Health,
     /// To the supervisor.

@@ -273,11 +273,6 @@ impl PlatformLog {
         o.failed_with(reason, &pending_text(pending));
     }
 
-    /// An authenticated answer (a heartbeat answered with a command code counts).
-    pub fn reached(&mut self) {
-        self.unreachable.recovered();
-    }
-
     /// A success on `stream`.
     pub fn accepted(&mut self, stream: Stream) {
         self.unreachable.recovered();

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use lotlink::push::{parse_push, PushTarget};
+use lotlink::testing::push::{parse_push, PushTarget};
 
 fuzz_target!(|data: &[u8]| {
     let target = PushTarget {
@@ -14,5 +14,5 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = parse_push(data, b"fuzz-hmac-key-0123", target);
     // The fuzzer cannot forge a MAC: the text goes through validation directly.
-    let _ = lotlink::config::from_str(Path::new("pushed.toml"), &String::from_utf8_lossy(data));
+    let _ = lotlink::testing::config::from_str(Path::new("pushed.toml"), &String::from_utf8_lossy(data));
 });

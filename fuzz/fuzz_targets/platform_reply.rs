@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lotlink::protocol::parse_reply;
+use lotlink::testing::protocol::parse_reply;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(reply) = parse_reply(data) {

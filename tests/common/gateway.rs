@@ -1,5 +1,5 @@
 //! The real `lotlink run` binary as a child process, with the config the fault-injection
-//! suites (tests/chaos.rs, tests/powercut.rs, tests/diskfull.rs) give it: the platform
+//! suites (tests/it/chaos.rs, tests/it/powercut.rs, tests/it/diskfull.rs) give it: the platform
 //! simulator, an MQTT camera through the site broker (JSON format, `QoS` 1, persistent
 //! session), optionally a serial camera and two Modbus loops, and the status endpoint on a
 //! known port.

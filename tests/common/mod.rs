@@ -10,12 +10,12 @@ pub mod throttle;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lotlink::app::{Gateway, RunOptions};
 use lotlink::drivers::{
     Accepted, CancellationToken, CarStyle, Direction, Driver, DriverFuture, Event, EventSink,
     PlateEvent, SinkError,
 };
-use lotlink::outbox::{ImgName, NewRecord, RecordMeta};
+use lotlink::testing::app::{Gateway, RunOptions};
+use lotlink::testing::outbox::{ImgName, NewRecord, RecordMeta};
 use lotlink_sim::{PlatformSim, SimConfig};
 use tokio::sync::{mpsc, oneshot};
 
@@ -69,7 +69,7 @@ pub fn feed() -> (Feed, Box<dyn Driver>) {
 
 /// A small real JPEG (passes through the image stage untouched).
 pub fn small_jpeg(seed: u64) -> Vec<u8> {
-    lotlink::imaging::synth_jpeg(96, 64, seed, 80)
+    lotlink::testing::imaging::synth_jpeg(96, 64, seed, 80)
 }
 
 pub fn plate(key: &str, plate: &str, image: Option<Vec<u8>>) -> Event {
@@ -129,7 +129,8 @@ pub async fn start(platform_extra: &str) -> Harness {
 pub async fn start_with(sim: PlatformSim, platform_extra: &str) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = config_text(&sim.url(), &dir.path().join("outbox"), platform_extra);
-    let cfg = lotlink::config::from_str(Path::new("test.toml"), &text).expect("valid config");
+    let cfg =
+        lotlink::testing::config::from_str(Path::new("test.toml"), &text).expect("valid config");
     let (feed, driver) = feed();
     let gw = Gateway::start(&cfg, vec![driver], fast_options())
         .await
@@ -326,8 +327,9 @@ pub async fn start_devices_in(
 ) -> DeviceHarness {
     init_log();
     let text = device_config_text(&sim.url(), &dir.path().join("outbox"), space_extra, devices);
-    let cfg = lotlink::config::from_str(Path::new("test.toml"), &text).expect("valid config");
-    let hw = lotlink::hardware::build(&cfg).expect("drivers build");
+    let cfg =
+        lotlink::testing::config::from_str(Path::new("test.toml"), &text).expect("valid config");
+    let hw = lotlink::testing::hardware::build(&cfg).expect("drivers build");
     let gw = Gateway::start(
         &cfg,
         hw.drivers,
@@ -350,4 +352,40 @@ pub async fn start_devices_in(
 pub async fn start_devices(space_extra: &str, devices: &str) -> DeviceHarness {
     let dir = tempfile::tempdir().expect("tempdir");
     start_devices_in(sim().await, dir, space_extra, devices).await
+}
+
+/// Set in the child process [`alone_in_child`] starts: the name of the one test it runs.
+const ALONE_VAR: &str = "LOTLINK_TEST_ALONE";
+
+/// For a test that measures its own process (its resident memory): all the integration
+/// tests share one process, so another test's allocations would count as this one's. Call
+/// first thing with `module_path!()` and the test's function name. In the test binary's
+/// process it runs that one test again, alone, in a child process (the same binary,
+/// `--exact`), asserts the child passed and returns `true`: the caller then returns. In the
+/// child it returns `false` and the test runs its body there.
+pub fn alone_in_child(module: &str, test: &str) -> bool {
+    // `module_path!()` starts with the crate's name, which libtest's test names leave out.
+    let module = module.split_once("::").map_or("", |(_, rest)| rest);
+    let name = if module.is_empty() {
+        test.to_string()
+    } else {
+        format!("{module}::{test}")
+    };
+    if std::env::var(ALONE_VAR).is_ok_and(|v| v == name) {
+        return false;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([name.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+        .env(ALONE_VAR, &name)
+        .output()
+        .expect("run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name}, alone in a child process, failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    true
 }

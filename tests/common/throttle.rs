@@ -196,12 +196,12 @@ pub struct Drain {
 /// image stage untouched): the heaviest record a camera sends.
 pub fn near_limit_jpeg(seed: u64) -> Vec<u8> {
     for q in (40..=95).rev().step_by(5) {
-        let j = lotlink::imaging::synth_jpeg(480, 360, seed, q);
-        if lotlink::imaging::b64_len(j.len()) <= 48_000 {
+        let j = lotlink::testing::imaging::synth_jpeg(480, 360, seed, q);
+        if lotlink::testing::imaging::b64_len(j.len()) <= 48_000 {
             return j;
         }
     }
-    lotlink::imaging::synth_jpeg(320, 240, seed, 60)
+    lotlink::testing::imaging::synth_jpeg(320, 240, seed, 60)
 }
 
 /// Store `records` image records while the platform is down, then bring it up behind a
@@ -216,7 +216,7 @@ pub async fn drain_backlog(
     scale: u32,
     deadline: Duration,
 ) -> Drain {
-    let window = lotlink::protocol::TS_WINDOW / scale;
+    let window = lotlink::testing::protocol::TS_WINDOW / scale;
     let mut cfg = lotlink_sim::SimConfig::new(super::LOT, super::TOKEN);
     cfg.window = window;
     let sim = lotlink_sim::PlatformSim::start(cfg).await.expect("sim");
@@ -228,12 +228,13 @@ pub async fn drain_backlog(
         &format!("request_timeout = \"{}s\"", 2 * super::time_scale()),
         &format!("request_timeout = \"{timeout_ms}ms\""),
     );
-    let cfg = lotlink::config::from_str(std::path::Path::new("slow.toml"), &text).expect("config");
+    let cfg = lotlink::testing::config::from_str(std::path::Path::new("slow.toml"), &text)
+        .expect("config");
     let (feed, driver) = super::feed();
-    let gw = lotlink::app::Gateway::start(
+    let gw = lotlink::testing::app::Gateway::start(
         &cfg,
         vec![driver],
-        lotlink::app::RunOptions {
+        lotlink::testing::app::RunOptions {
             ts_window: window,
             ..super::fast_options()
         },

@@ -3,7 +3,7 @@
 //! once, lotlink's JSON format, camera IO loops, a storm of garbage, and a gateway killed
 //! after storing an event but before its acknowledgement reached the broker.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,12 +69,12 @@ async fn publish_until(
 fn jpeg_of_size(min_bytes: usize) -> Vec<u8> {
     // Noise-like synthetic frames: high quality 1080p lands around 400–600 KB.
     for q in [92u8, 95, 97, 99] {
-        let j = lotlink::imaging::synth_jpeg(1920, 1080, 11, q);
+        let j = lotlink::testing::imaging::synth_jpeg(1920, 1080, 11, q);
         if j.len() >= min_bytes {
             return j;
         }
     }
-    lotlink::imaging::synth_jpeg(1920, 1080, 11, 100)
+    lotlink::testing::imaging::synth_jpeg(1920, 1080, 11, 100)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,6 +257,13 @@ async fn a_quick_result_and_its_full_result_make_one_record_with_the_image() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn camera_io_inputs_count_passes_and_garbage_storms_change_nothing() {
+    // It measures this process's memory: alone, in a process of its own.
+    if common::alone_in_child(
+        module_path!(),
+        "camera_io_inputs_count_passes_and_garbage_storms_change_nothing",
+    ) {
+        return;
+    }
     let broker = Broker::start().await;
     let devices = format!(
         "{}{VZ_CAMERA}\n[[loop]]\nname = \"gpio\"\nlane = \"in\"\ndriver = \"mqtt\"\ninput = 1\nmin_hold = \"0s\"\n",
@@ -724,7 +731,7 @@ async fn a_broker_backlog_bigger_than_the_routers_bound_drains_with_every_event_
     gw.stop().await;
     // Small enough to pass through unshrunk (a debug build shrinks slowly), big enough that
     // the backlog is megabytes.
-    let image = lotlink::imaging::synth_jpeg(320, 240, 5, 85);
+    let image = lotlink::testing::imaging::synth_jpeg(320, 240, 5, 85);
     assert!(image.len() > 8_000, "{}", image.len());
     // 2,000 (the backlog): the drain spans several keep-alives.
     let n = 2_000u64;

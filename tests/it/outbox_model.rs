@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 
-use lotlink::outbox::{
+use lotlink::testing::outbox::{
     ImgName, NewRecord, Outbox, OutboxError, OutboxOptions, RecordMeta, RecordStore, StoredRecord,
     Submitted,
 };
@@ -176,7 +176,7 @@ proptest! {
                 // dead letters (reason and record inline).
                 let log: u64 = std::fs::read_dir(path.join("segments")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
                 let expect_bytes: u64 = log
-                    + o.dead_list().unwrap().iter().map(|r| 4 + r.reason.len() as u64 + lotlink::outbox::encode_record(&r.record.meta, &r.record.image).len() as u64).sum::<u64>();
+                    + o.dead_list().unwrap().iter().map(|r| 4 + r.reason.len() as u64 + lotlink::testing::outbox::encode_record(&r.record.meta, &r.record.image).len() as u64).sum::<u64>();
                 prop_assert_eq!(o.bytes(), expect_bytes, "byte counter matches the files and values stored");
             }
             Ok(())

@@ -32,7 +32,7 @@
 
 #![cfg(unix)]
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -198,9 +198,9 @@ async fn rig(test: &str) -> Option<Rig> {
     let camera = Publisher::connect(broker.port, &format!("{test}-camera")).await;
     // A camera picture within the platform's budget (~36 KB): stored as it is.
     let picture = base64::engine::general_purpose::STANDARD.encode(
-        lotlink::imaging::prepare(
-            &lotlink::imaging::synth_jpeg(1920, 1080, 5, 90),
-            lotlink::imaging::MAX_B64_CHARS,
+        lotlink::testing::imaging::prepare(
+            &lotlink::testing::imaging::synth_jpeg(1920, 1080, 5, 90),
+            lotlink::testing::imaging::MAX_B64_CHARS,
         )
         .bytes,
     );

@@ -5,7 +5,7 @@
 //! TLS front on 127.0.0.1 that terminates TLS with a certificate made for this test run and
 //! passes the plain bytes through.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! the store is moved by hand and everything is delivered), and the store and the gateway
 //! state file are private whatever umask started the daemon.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::devices::free_port;
 use common::{delivered_plates, eventually, eventually_async, Daemon};
-use lotlink::outbox::{Outbox, OutboxOptions};
+use lotlink::testing::outbox::{Outbox, OutboxOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
 

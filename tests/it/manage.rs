@@ -3,7 +3,7 @@
 //! dead platform rolled back within the watch window; every outcome read from the result
 //! topic. Also the retained status and its offline message.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::devices::{free_port, Broker};
 use common::Daemon;
 use common::{eventually_async, LOT};
-use lotlink::manage::pushed_path;
-use lotlink::push::{push_hmac, PushTarget};
+use lotlink::testing::manage::pushed_path;
+use lotlink::testing::push::{push_hmac, PushTarget};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -369,9 +369,11 @@ async fn an_old_signed_push_is_still_refused_after_a_local_edit_moves_the_outbox
 
     // One event is still waiting in the old store when the operator moves the outbox.
     {
-        let (ob, _) =
-            lotlink::outbox::Outbox::open(&old_outbox, lotlink::outbox::OutboxOptions::default())
-                .expect("old store opens");
+        let (ob, _) = lotlink::testing::outbox::Outbox::open(
+            &old_outbox,
+            lotlink::testing::outbox::OutboxOptions::default(),
+        )
+        .expect("old store opens");
         ob.submit(common::new_record(1, &common::small_jpeg(1)))
             .await
             .expect("submit");
@@ -400,9 +402,11 @@ async fn an_old_signed_push_is_still_refused_after_a_local_edit_moves_the_outbox
         assert!(r["reason"].as_str().unwrap_or("").contains("replay"), "{r}");
     }
     daemon.stop();
-    let (old, _) =
-        lotlink::outbox::Outbox::open(&old_outbox, lotlink::outbox::OutboxOptions::default())
-            .expect("old store opens");
+    let (old, _) = lotlink::testing::outbox::Outbox::open(
+        &old_outbox,
+        lotlink::testing::outbox::OutboxOptions::default(),
+    )
+    .expect("old store opens");
     assert_eq!(old.len(), 1, "the abandoned store is left as it was");
     assert!(
         sim.records().is_empty(),

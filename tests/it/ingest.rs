@@ -1,6 +1,6 @@
 //! The gateway's ingest keeps every pass a driver hands it, whatever its secondary values.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! and the old config keeps working; a good one moves uploads to the new platform URL
 //! without losing or duplicating a record in flight.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command};
 use std::time::Duration;

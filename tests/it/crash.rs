@@ -5,7 +5,7 @@
 //! The child is this same test binary, re-run with `LOTLINK_CRASH_CHILD` set, so the test
 //! needs nothing but itself.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lotlink::outbox::{Outbox, OutboxOptions, Submitted};
+use lotlink::testing::outbox::{Outbox, OutboxOptions, Submitted};
 use rand::Rng;
 
 const ROUNDS: usize = 24;
@@ -99,7 +99,7 @@ fn events_acknowledged_before_a_sigkill_survive_it_and_are_delivered_exactly_onc
         let mut child = common::target_command(&exe)
             .args([
                 "--exact",
-                "crash_child_entry",
+                "crash::crash_child_entry",
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -177,8 +177,8 @@ fn events_acknowledged_before_a_sigkill_survive_it_and_are_delivered_exactly_onc
     rt.block_on(async {
         let sim = common::sim().await;
         let text = common::config_text(&sim.url(), &store, "");
-        let cfg = lotlink::config::from_str(Path::new("t.toml"), &text).unwrap();
-        let gw = lotlink::app::Gateway::start(&cfg, vec![], common::fast_options())
+        let cfg = lotlink::testing::config::from_str(Path::new("t.toml"), &text).unwrap();
+        let gw = lotlink::testing::app::Gateway::start(&cfg, vec![], common::fast_options())
             .await
             .unwrap();
         assert!(common::eventually(Duration::from_secs(60), || gw.outbox.is_empty()).await);

@@ -2,7 +2,7 @@
 //! binary with a serial camera on a pseudo-terminal, the platform simulator, and the CLI
 //! commands run as the real binary too.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -231,9 +231,10 @@ async fn a_status_token_guards_every_route_and_the_page_shows_the_outbox_depth_i
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"127.0.0.1:0\"\ntoken = \"{STATUS_TOKEN}\""),
     );
-    let cfg = lotlink::config::from_str(std::path::Path::new("t.toml"), &text).expect("config");
+    let cfg =
+        lotlink::testing::config::from_str(std::path::Path::new("t.toml"), &text).expect("config");
     let (feed, driver) = common::feed();
-    let gw = lotlink::app::Gateway::start(&cfg, vec![driver], common::fast_options())
+    let gw = lotlink::testing::app::Gateway::start(&cfg, vec![driver], common::fast_options())
         .await
         .expect("gateway");
     for n in 0..3 {

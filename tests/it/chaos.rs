@@ -34,7 +34,7 @@
 //! emulator are left out with a printed reason, and fail the run under
 //! `LOTLINK_REQUIRE_REAL=1`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -781,8 +781,8 @@ async fn a_long_outage_fills_the_quota_images_degrade_the_broker_keeps_the_rest_
 
     // A camera picture already within the platform's budget (~36 KB): stored as it is.
     let image = {
-        let big = lotlink::imaging::synth_jpeg(1920, 1080, 3, 90);
-        lotlink::imaging::prepare(&big, lotlink::imaging::MAX_B64_CHARS).bytes
+        let big = lotlink::testing::imaging::synth_jpeg(1920, 1080, 3, 90);
+        lotlink::testing::imaging::prepare(&big, lotlink::testing::imaging::MAX_B64_CHARS).bytes
     };
     let b64 = base64::engine::general_purpose::STANDARD.encode(&image);
     let with_image = |n: u64| {
@@ -872,7 +872,7 @@ async fn a_long_outage_fills_the_quota_images_degrade_the_broker_keeps_the_rest_
         .filter(|r| {
             r["remark"]
                 .as_str()
-                .is_some_and(|m| m.contains(lotlink::outbox::DEGRADED_REMARK))
+                .is_some_and(|m| m.contains(lotlink::testing::outbox::DEGRADED_REMARK))
         })
         .collect();
     let first = records
@@ -892,7 +892,7 @@ async fn a_long_outage_fills_the_quota_images_degrade_the_broker_keeps_the_rest_
     assert!(
         first["remark"]
             .as_str()
-            .is_some_and(|m| m.contains(lotlink::outbox::DEGRADED_REMARK)),
+            .is_some_and(|m| m.contains(lotlink::testing::outbox::DEGRADED_REMARK)),
         "the oldest image went first: {}",
         first["remark"]
     );

@@ -3,7 +3,7 @@
 //! stops the rest, and `/healthz` says when records or events are stuck. End to end: the
 //! real pipeline against the platform simulator on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -125,13 +125,14 @@ async fn healthz_is_503_while_ingest_refuses_events_for_the_disk_quota() {
         "heartbeat_interval = \"1s\"",
     )
     .replace("[outbox]\n", "[outbox]\nmax_disk = \"1MiB\"\n");
-    let cfg = lotlink::config::from_str(std::path::Path::new("t.toml"), &text).expect("config");
+    let cfg =
+        lotlink::testing::config::from_str(std::path::Path::new("t.toml"), &text).expect("config");
     let (feed, driver) = feed();
-    let gw = lotlink::app::Gateway::start(&cfg, vec![driver], fast_options())
+    let gw = lotlink::testing::app::Gateway::start(&cfg, vec![driver], fast_options())
         .await
         .expect("gateway");
     let h = Harness { sim, dir, feed, gw };
-    let big = lotlink::imaging::synth_jpeg(320, 240, 3, 90);
+    let big = lotlink::testing::imaging::synth_jpeg(320, 240, 3, 90);
     let mut refused = None;
     for i in 0..5_000u64 {
         match h
@@ -159,19 +160,19 @@ async fn an_answer_over_64_kib_is_a_bad_answer_and_reading_stops_at_the_cap() {
     // 400 MB, streamed by the simulator without a length and never allocated.
     const HUGE: u64 = 400 << 20;
     // A client of our own (the gateway's heartbeats must not take the scripted answer).
-    let client = lotlink::protocol::Client::new(
+    let client = lotlink::testing::protocol::Client::new(
         &h.gw.config().platform,
-        lotlink::config::Secret::new(TOKEN),
-        std::sync::Arc::new(lotlink::clock::Clock::default()),
+        lotlink::testing::config::Secret::new(TOKEN),
+        std::sync::Arc::new(lotlink::testing::clock::Clock::default()),
         None,
     )
     .expect("client");
     h.sim.push_script(Route::CarInOut, [Scripted::Huge(HUGE)]);
     let r = client
-        .call(lotlink::protocol::Cmd::CarInOut, Some("[]"))
+        .call(lotlink::testing::protocol::Cmd::CarInOut, Some("[]"))
         .await;
     match &r {
-        Err(e @ lotlink::protocol::CallError::TooLarge { .. }) => {
+        Err(e @ lotlink::testing::protocol::CallError::TooLarge { .. }) => {
             assert_eq!(e.kind(), "answer_too_large");
         }
         other => panic!("a bad answer: {other:?}"),
@@ -272,7 +273,7 @@ async fn data_encoding_auto_finds_the_string_encoding_and_delivers_everything() 
     assert!(h.sim.wait_for_records(5, T).await);
     assert_eq!(
         h.gw.client.data_encoding(),
-        lotlink::config::DataEncoding::String
+        lotlink::testing::config::DataEncoding::String
     );
     assert_eq!(h.gw.outbox.dead_len(), 0);
 }
@@ -289,7 +290,7 @@ async fn a_genuinely_bad_record_never_flips_data_encoding_auto() {
     assert!(h.sim.wait_until(T, |s| s.rejected_with(1502) >= 2).await);
     assert_eq!(
         h.gw.client.data_encoding(),
-        lotlink::config::DataEncoding::Object
+        lotlink::testing::config::DataEncoding::Object
     );
     // A good record is accepted; the bad one, judged again, is a dead letter.
     submit(&h, &["GOOD".to_string()]).await;
@@ -297,7 +298,7 @@ async fn a_genuinely_bad_record_never_flips_data_encoding_auto() {
     assert!(eventually(T, || h.gw.outbox.dead_len() == 1).await);
     assert_eq!(
         h.gw.client.data_encoding(),
-        lotlink::config::DataEncoding::Object
+        lotlink::testing::config::DataEncoding::Object
     );
     assert_eq!(delivered_plates(&h.sim), ["GOOD"]);
 }

@@ -4,7 +4,7 @@
 
 #![cfg(unix)]
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
@@ -98,7 +98,7 @@ async fn no_secret_shows_in_logs_status_or_metrics_and_a_readable_config_is_flag
 /// result of a refused push give the line, never the value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_secret_line_is_never_echoed_by_check_config_a_reload_or_a_push_result() {
-    use lotlink::push::{push_hmac, PushTarget};
+    use lotlink::testing::push::{push_hmac, PushTarget};
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
     const LEAK: &str = "leak-me-0123456789";

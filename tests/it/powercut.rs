@@ -51,7 +51,7 @@
 
 #![cfg(unix)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -302,15 +302,15 @@ struct Pictures {
 impl Pictures {
     fn new() -> Pictures {
         let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-        let big = lotlink::imaging::synth_jpeg(1280, 720, 11, 90);
-        let medium = lotlink::imaging::prepare(
-            &lotlink::imaging::synth_jpeg(1920, 1080, 12, 90),
-            lotlink::imaging::MAX_B64_CHARS,
+        let big = lotlink::testing::imaging::synth_jpeg(1280, 720, 11, 90);
+        let medium = lotlink::testing::imaging::prepare(
+            &lotlink::testing::imaging::synth_jpeg(1920, 1080, 12, 90),
+            lotlink::testing::imaging::MAX_B64_CHARS,
         )
         .bytes;
         Pictures {
             small: (0..3)
-                .map(|s| b64(&lotlink::imaging::synth_jpeg(160, 120, s, 80)))
+                .map(|s| b64(&lotlink::testing::imaging::synth_jpeg(160, 120, s, 80)))
                 .collect(),
             medium: b64(&medium),
             large: b64(&big),
@@ -631,7 +631,7 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_power_cuts_t
         .filter(|r| {
             r["remark"]
                 .as_str()
-                .is_some_and(|m| m.contains(lotlink::outbox::DEGRADED_REMARK))
+                .is_some_and(|m| m.contains(lotlink::testing::outbox::DEGRADED_REMARK))
         })
         .count();
     // Each record as it was sent: its direction, and its picture byte for byte unless the
@@ -651,7 +651,7 @@ async fn every_acknowledged_event_is_delivered_exactly_once_through_power_cuts_t
         let sent = pictures.for_event(n, seed);
         let replaced = r["remark"]
             .as_str()
-            .is_some_and(|m| m.contains(lotlink::outbox::DEGRADED_REMARK));
+            .is_some_and(|m| m.contains(lotlink::testing::outbox::DEGRADED_REMARK));
         let exact = !replaced && !std::ptr::eq(sent, pictures.large.as_str());
         compared += usize::from(exact);
         let picture_ok = if exact {

@@ -3,7 +3,7 @@
 //! down (the platform, the MQTT broker, a serial port that never existed, a Modbus TCP bus)
 //! on tokio's paused clock, the real gateway and drivers, the log captured and counted.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::devices::free_port;
-use lotlink::app::{Gateway, RunOptions};
+use lotlink::testing::app::{Gateway, RunOptions};
 
 /// The captured log, shared with the subscriber.
 #[derive(Clone, Default)]
@@ -71,8 +71,9 @@ fn an_hour_of_everything_down_writes_a_handful_of_lines_per_fault() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (during, total) = rt.block_on(async {
         let text = outage_config(&dir.path().join("outbox"));
-        let cfg = lotlink::config::from_str(Path::new("outage.toml"), &text).expect("valid config");
-        let hw = lotlink::hardware::build(&cfg).expect("drivers");
+        let cfg = lotlink::testing::config::from_str(Path::new("outage.toml"), &text)
+            .expect("valid config");
+        let hw = lotlink::testing::hardware::build(&cfg).expect("drivers");
         let (feed, driver) = common::feed();
         let mut drivers = hw.drivers;
         drivers.push(driver);

@@ -7,7 +7,7 @@
 //! commands (`cargo test --test fleet -- --nocapture` shows what the operator sees).
 #![cfg(unix)]
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::devices::{free_port, Broker};
 use common::{eventually_async, Daemon, TOKEN};
-use lotlink::manage::pushed_path;
+use lotlink::testing::manage::pushed_path;
 use lotlink_sim::{PlatformSim, SimConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;

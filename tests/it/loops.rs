@@ -3,7 +3,7 @@
 //! independent Modbus peer. Passes move the occupied count, the platform gets the free count,
 //! and a restart neither forgets nor double-counts.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -131,12 +131,14 @@ async fn restart(
         "source = \"loops\"",
         devices,
     );
-    let cfg = lotlink::config::from_str(std::path::Path::new("test.toml"), &text).expect("config");
+    let cfg = lotlink::testing::config::from_str(std::path::Path::new("test.toml"), &text)
+        .expect("config");
     let deadline = std::time::Instant::now() + WAIT;
     let mut retry = tokio::time::interval(Duration::from_millis(20));
     loop {
-        let hw = lotlink::hardware::build(&cfg).expect("drivers");
-        match lotlink::app::Gateway::start(&cfg, hw.drivers, common::fast_options()).await {
+        let hw = lotlink::testing::hardware::build(&cfg).expect("drivers");
+        match lotlink::testing::app::Gateway::start(&cfg, hw.drivers, common::fast_options()).await
+        {
             Ok(gw) => {
                 return DeviceHarness {
                     sim,

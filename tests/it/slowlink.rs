@@ -5,7 +5,7 @@
 //! keeps what the gateway must solve and keeps the test short. The drain rates are measured
 //! by `cargo bench --bench pipeline` (`LOTLINK_BENCH_ONLY=slowlink`), not here.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

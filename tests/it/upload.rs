@@ -1,7 +1,7 @@
 //! End to end: the real pipeline (ingest → sled outbox → uploader → signed HTTP) against the
 //! platform simulator, one behaviour of the spec per test.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -77,12 +77,12 @@ async fn a_backlog_of_250_goes_out_as_requests_of_100_100_and_50() {
 /// A JPEG that passes through untouched but is near the 50,000-character budget.
 fn big_jpeg(seed: u64) -> Vec<u8> {
     for q in (40..=95).rev().step_by(5) {
-        let j = lotlink::imaging::synth_jpeg(480, 360, seed, q);
-        if lotlink::imaging::b64_len(j.len()) <= 50_000 {
+        let j = lotlink::testing::imaging::synth_jpeg(480, 360, seed, q);
+        if lotlink::testing::imaging::b64_len(j.len()) <= 50_000 {
             return j;
         }
     }
-    lotlink::imaging::synth_jpeg(320, 240, seed, 60)
+    lotlink::testing::imaging::synth_jpeg(320, 240, seed, 60)
 }
 
 #[tokio::test]
@@ -170,8 +170,8 @@ async fn a_batch_refused_with_1004_for_one_known_record_still_delivers_the_99_ne
     assert!(resp.status().is_success());
     assert_eq!(sim.records().len(), 1);
     let text = config_text(&sim.url(), &dir.path().join("outbox"), "");
-    let cfg = lotlink::config::from_str(std::path::Path::new("t.toml"), &text).unwrap();
-    let gw = lotlink::app::Gateway::start(&cfg, vec![], fast_options())
+    let cfg = lotlink::testing::config::from_str(std::path::Path::new("t.toml"), &text).unwrap();
+    let gw = lotlink::testing::app::Gateway::start(&cfg, vec![], fast_options())
         .await
         .unwrap();
     assert!(sim.wait_for_records(100, T).await);
@@ -186,12 +186,15 @@ async fn a_batch_refused_with_1004_for_one_known_record_still_delivers_the_99_ne
     assert_eq!(sim.records().len(), 100);
 }
 
-fn body_for(sim: &lotlink_sim::PlatformSim, recs: &[lotlink::outbox::StoredRecord]) -> String {
+fn body_for(
+    sim: &lotlink_sim::PlatformSim,
+    recs: &[lotlink::testing::outbox::StoredRecord],
+) -> String {
     let ts = sim.now_ms().to_string();
     format!(
         "{{\"cmd\":\"carInOut\",\"lotCode\":\"{LOT}\",\"ts\":\"{ts}\",\"auth\":\"{}\",\"data\":{}}}",
         lotlink_sim::sign("carInOut", LOT, &ts, TOKEN),
-        lotlink::uploader::records_json(recs)
+        lotlink::testing::uploader::records_json(recs)
     )
 }
 
@@ -337,7 +340,7 @@ async fn ts_unit_auto_settles_on_seconds_when_the_platform_wants_seconds_and_rem
     let h = start_with(sim, "ts_unit = \"auto\"").await;
     submit_n(&h, 1, "S").await;
     assert!(h.sim.wait_for_records(1, T).await);
-    assert_eq!(h.gw.client.unit(), lotlink::config::TsUnit::S);
+    assert_eq!(h.gw.client.unit(), lotlink::testing::config::TsUnit::S);
     assert!(
         eventually(T, || h.gw.outbox.settings().ts_unit().unwrap().as_deref()
             == Some("s"))

@@ -1,6 +1,6 @@
 //! The binary's commands, run as an operator would.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -39,10 +39,10 @@ fn check_config_refuses_the_shipped_example_until_token_and_lot_code_are_filled_
     let text = std::fs::read_to_string(example)
         .unwrap()
         .replace(
-            lotlink::config::EXAMPLE_TOKEN,
+            lotlink::testing::config::EXAMPLE_TOKEN,
             "the-token-the-platform-assigned",
         )
-        .replace(lotlink::config::EXAMPLE_LOT_CODE, "350");
+        .replace(lotlink::testing::config::EXAMPLE_LOT_CODE, "350");
     std::fs::write(&filled, text).unwrap();
     let out = lotlink()
         .args(["check-config", "--config"])
@@ -265,7 +265,11 @@ fn the_demo_runs_the_pipeline_through_an_outage_and_loses_nothing() {
 fn shrink_says_what_the_gateway_would_do_with_an_image_and_writes_the_result() {
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.jpg");
-    std::fs::write(&big, lotlink::imaging::synth_jpeg(1920, 1080, 5, 92)).unwrap();
+    std::fs::write(
+        &big,
+        lotlink::testing::imaging::synth_jpeg(1920, 1080, 5, 92),
+    )
+    .unwrap();
     let small = dir.path().join("small.jpg");
     let out = lotlink()
         .arg("shrink")
@@ -281,7 +285,7 @@ fn shrink_says_what_the_gateway_would_do_with_an_image_and_writes_the_result() {
     assert!(text.contains("of 2"), "timed twice: {text}");
     let written = std::fs::read(&small).unwrap();
     assert_eq!(&written[..2], &[0xFF, 0xD8], "a JPEG");
-    assert!(lotlink::imaging::b64_len(written.len()) <= 50_000);
+    assert!(lotlink::testing::imaging::b64_len(written.len()) <= 50_000);
 
     // Not an image: the placeholder, and exit 1.
     let junk = dir.path().join("junk.jpg");

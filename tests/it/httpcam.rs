@@ -3,7 +3,7 @@
 //! The bodies are written here from the documented formats (field names the vendors',
 //! values invented).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,7 +25,7 @@ fn b64(bytes: &[u8]) -> String {
 
 /// A 1920×1080 camera picture.
 fn jpeg_1080p(seed: u64) -> Vec<u8> {
-    lotlink::imaging::synth_jpeg(1920, 1080, seed, 90)
+    lotlink::testing::imaging::synth_jpeg(1920, 1080, seed, 90)
 }
 
 /// The full Vzenith shape: capture time, confidence, location, the scene and the crop.
