@@ -432,7 +432,7 @@ impl Drop for Inner {
 
 /// The narrow interface of a durable record store: what ingest and the uploader need to
 /// move `carInOut` records, with no sled type in it. [`Outbox`] implements it; another
-/// embedded store could replace it behind this trait, and `tests/outbox_model.rs` runs the
+/// embedded store could replace it behind this trait, and `tests/it/outbox_model.rs` runs the
 /// outbox and an in-memory model through it side by side.
 pub trait RecordStore: Send + Sync {
     /// Store a record durably (see [`Outbox::submit`]): on return it survives a power cut.
