@@ -21,8 +21,7 @@ mod devices;
 mod spans;
 mod tagged;
 pub use devices::{
-    CameraCommon, CameraConfig, CameraDriver, CameraSource, Devices, LoopCommon, LoopConfig,
-    LoopDriver, LoopSource, MqttConfig, RawCamera, RawHttp, RawLoop, RawMqtt, StyleValue,
+    CameraSource, Devices, LoopSource, MqttConfig, RawCamera, RawHttp, RawLoop, RawMqtt,
 };
 
 /// A secret string (the platform token). Never printed: `Debug` shows `***`, and it has no
