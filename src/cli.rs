@@ -131,7 +131,7 @@ pub enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions {
         /// The shell.
-        shell: clap_complete::Shell,
+        shell: Shell,
     },
     /// Print the man page (roff) on stdout.
     Man,
@@ -316,14 +316,21 @@ pub async fn execute(cli: Cli) -> Result<i32, CliError> {
             url,
             config,
         } => operator::status(&config, url.as_deref(), json, check).await,
+        #[cfg(feature = "gen-assets")]
         Command::Completions { shell } => {
             print!("{}", completions(shell));
             Ok(EXIT_OK)
         }
+        #[cfg(feature = "gen-assets")]
         Command::Man => {
             std::io::Write::write_all(&mut std::io::stdout(), &man_page())
                 .map_err(|e| CliError::Other(format!("stdout: {e}")))?;
             Ok(EXIT_OK)
+        }
+        #[cfg(not(feature = "gen-assets"))]
+        Command::Completions { .. } | Command::Man => {
+            eprintln!("{NO_GEN_ASSETS}");
+            Ok(2)
         }
         Command::Dead(cmd) => operator::dead(cmd).await,
         Command::Space(SpaceCommand::Set { occupied, config }) => {
@@ -380,9 +387,42 @@ async fn demo(
     Ok(2)
 }
 
+/// A shell `lotlink completions` writes for (the names and order of clap_complete's own
+/// `Shell`, so the generated scripts do not change; plain comments on the variants, as doc
+/// comments would become help text in the scripts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    // bash
+    Bash,
+    // elvish
+    Elvish,
+    // fish
+    Fish,
+    // PowerShell
+    #[value(name = "powershell")]
+    PowerShell,
+    // zsh
+    Zsh,
+}
+
+/// What `completions` and `man` say in a build without the `gen-assets` feature (exit 2).
+#[cfg(not(feature = "gen-assets"))]
+pub const NO_GEN_ASSETS: &str = "lotlink completions and lotlink man are not in this build: the \
+packaged lotlink (the .deb, built without default features) installs the completion scripts \
+and the man page as files (`man lotlink`). Generate them from a source checkout with \
+`scripts/gen-completions` (the `gen-assets` feature is on by default).";
+
 /// The completion script for `shell`.
-pub fn completions(shell: clap_complete::Shell) -> String {
+#[cfg(feature = "gen-assets")]
+pub fn completions(shell: Shell) -> String {
     use clap::CommandFactory;
+    let shell = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Elvish => clap_complete::Shell::Elvish,
+        Shell::Fish => clap_complete::Shell::Fish,
+        Shell::PowerShell => clap_complete::Shell::PowerShell,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+    };
     let mut cmd = Cli::command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, "lotlink", &mut out);
@@ -390,6 +430,7 @@ pub fn completions(shell: clap_complete::Shell) -> String {
 }
 
 /// The man page, roff.
+#[cfg(feature = "gen-assets")]
 pub fn man_page() -> Vec<u8> {
     use clap::CommandFactory;
     let mut out = Vec::new();

@@ -625,7 +625,13 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
             format!("{:?} must be an http:// or https:// base URL", p.url),
         );
     } else if reqwest::Url::parse(&url).is_err() {
-        c.bad("platform.url", format!("{:?} is not a valid URL", p.url));
+        c.bad(
+            "platform.url",
+            format!(
+                "{:?} is not a valid URL (a host name must be ASCII: an internationalised one in its xn-- form)",
+                p.url
+            ),
+        );
     }
 
     if p.ca_file.is_some() && !url.starts_with("https://") {
@@ -1083,6 +1089,16 @@ pub fn resolve_token(src: &TokenSource) -> Result<Secret, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The binary has no Unicode tables for host names (idna_adapter ~1.0 in Cargo.toml,
+    /// BENCHMARKS.md P6): ASCII names and the xn-- form of an internationalised one only.
+    #[test]
+    fn url_host_names_are_ascii_or_the_xn_form_of_an_internationalised_one() {
+        assert!(reqwest::Url::parse("https://platform.example.cn/").is_ok());
+        assert!(reqwest::Url::parse("https://192.168.1.64/snapshot.jpg").is_ok());
+        assert!(reqwest::Url::parse("https://xn--fiqs8s.xn--fiqs8s/").is_ok());
+        assert!(reqwest::Url::parse("https://中国.中国/").is_err());
+    }
 
     const GOOD: &str = r#"
 [platform]

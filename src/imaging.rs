@@ -19,7 +19,6 @@ use std::sync::OnceLock;
 
 use base64::Engine as _;
 use fast_image_resize as fir;
-use image::ImageDecoder as _;
 
 /// Largest imgData the platform accepts, in Base64 characters.
 pub const MAX_B64_CHARS: usize = 50_000;
@@ -134,7 +133,7 @@ pub enum ImagingError {
     #[error("JPEG could not be decoded: {0}")]
     Jpeg(#[from] jpeg_decoder::Error),
     #[error("PNG could not be decoded: {0}")]
-    Png(#[from] image::ImageError),
+    Png(#[from] png::DecodingError),
     #[error("decoded pixel data is shorter than its declared size")]
     ShortPixelData,
     #[error("resize failed: {0}")]
@@ -258,13 +257,6 @@ impl Layout {
         }
     }
 
-    fn pixel_type(self) -> fir::PixelType {
-        match self {
-            Self::Luma => fir::PixelType::U8,
-            Self::Rgb => fir::PixelType::U8x3,
-        }
-    }
-
     fn color_type(self) -> jpeg_encoder::ColorType {
         match self {
             Self::Luma => jpeg_encoder::ColorType::Luma,
@@ -324,13 +316,31 @@ fn resize(
     width: u32,
     height: u32,
 ) -> Result<Raster, ImagingError> {
-    let pixel_type = src.layout.pixel_type();
-    let src_view = fir::images::ImageRef::new(src.width, src.height, &src.data, pixel_type)?;
-    let mut dst = fir::images::Image::new(width, height, pixel_type);
+    let mut out = vec![0; width as usize * height as usize * src.layout.channels()];
+    // Typed, for the two layouts there are: the untyped `Resizer::resize` dispatches on the
+    // pixel type at run time, which links the code (and a 512 KB 16-bit alpha table) for
+    // every pixel type fast_image_resize knows into the binary (BENCHMARKS.md, P6).
+    match src.layout {
+        Layout::Luma => resize_as::<fir::pixels::U8>(resizer, src, width, height, &mut out)?,
+        Layout::Rgb => resize_as::<fir::pixels::U8x3>(resizer, src, width, height, &mut out)?,
+    }
+    Raster::new(width, height, src.layout, out)
+}
+
+/// [`resize`] for one pixel type `P`, into `out` (`width` x `height` pixels of `P`).
+fn resize_as<P: fir::PixelTrait>(
+    resizer: &mut fir::Resizer,
+    src: &Raster,
+    width: u32,
+    height: u32,
+    out: &mut [u8],
+) -> Result<(), ImagingError> {
+    let src_view = fir::images::TypedImageRef::<P>::from_buffer(src.width, src.height, &src.data)?;
+    let mut dst = fir::images::TypedImage::<P>::from_buffer(width, height, out)?;
     let options = fir::ResizeOptions::new()
         .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Lanczos3));
-    resizer.resize(&src_view, &mut dst, &options)?;
-    Raster::new(width, height, src.layout, dst.into_vec())
+    resizer.resize_typed(&src_view, &mut dst, &options)?;
+    Ok(())
 }
 
 /// Output size with the given long side, preserving the aspect ratio of `width`x`height`.
@@ -483,22 +493,36 @@ impl<'a> Source<'a> {
     }
 
     fn decode_png(&self) -> Result<Raster, ImagingError> {
-        let mut limits = image::Limits::default();
-        limits.max_image_width = Some(MAX_SIDE);
-        limits.max_image_height = Some(MAX_SIDE);
-        let decoder = image::codecs::png::PngDecoder::with_limits(Cursor::new(self.input), limits)?;
-        let (w, h) = decoder.dimensions();
+        // The png crate directly, not `image`: its any-layout `DynamicImage` conversions cost
+        // the Pi binary more than the decoder itself (BENCHMARKS.md, P6). 512 MiB for the
+        // decoder's own buffers, as `image`'s default limit gave it.
+        let mut decoder = png::Decoder::new_with_limits(
+            Cursor::new(self.input),
+            png::Limits {
+                bytes: 512 * 1024 * 1024,
+            },
+        );
+        // 8-bit samples whatever the file holds: palette and 1/2/4-bit grey expanded, tRNS
+        // made an alpha channel, 16-bit samples cut to their high byte.
+        decoder.set_transformations(png::Transformations::normalize_to_color8());
+        let mut reader = decoder.read_info()?;
+        let (w, h) = reader.info().size();
         check_size(w, h)?;
-        let color = decoder.color_type();
-        let img = image::DynamicImage::from_decoder(decoder)?;
-        let (layout, data) = match (color.has_color(), color.has_alpha()) {
-            (false, false) => (Layout::Luma, img.into_luma8().into_raw()),
-            (true, false) => (Layout::Rgb, img.into_rgb8().into_raw()),
-            (false, true) => (
-                Layout::Luma,
-                flatten_alpha(&img.into_luma_alpha8().into_raw(), 1),
-            ),
-            (true, true) => (Layout::Rgb, flatten_alpha(&img.into_rgba8().into_raw(), 3)),
+        let size = reader.output_buffer_size().ok_or(ImagingError::TooLarge {
+            width: w,
+            height: h,
+        })?;
+        let mut buf = vec![0; size];
+        let frame = reader.next_frame(&mut buf)?;
+        buf.truncate(frame.buffer_size());
+        let (layout, data) = match frame.color_type {
+            png::ColorType::Grayscale => (Layout::Luma, buf),
+            png::ColorType::Rgb => (Layout::Rgb, buf),
+            png::ColorType::GrayscaleAlpha => (Layout::Luma, flatten_alpha(&buf, 1)),
+            png::ColorType::Rgba => (Layout::Rgb, flatten_alpha(&buf, 3)),
+            png::ColorType::Indexed => {
+                return Err(ImagingError::Unsupported("palette PNG left unexpanded"))
+            }
         };
         Raster::new(w, h, layout, data)
     }
@@ -1119,6 +1143,65 @@ mod tests {
             std::ptr::eq(bytes, placeholder_jpeg()),
             "cached, not rebuilt"
         );
+    }
+
+    #[test]
+    fn pngs_of_every_sample_layout_decode_to_8_bit_grey_or_rgb_over_white() {
+        use image::ExtendedColorType as C;
+        let decode = |bytes: &[u8]| {
+            let r = Source::open(bytes)
+                .and_then(|s| s.decode_png())
+                .expect("PNG decodes");
+            (r.width, r.height, r.layout, r.data)
+        };
+        let rgb = synth_raster(40, 30, 3);
+        let grey = to_luma(&rgb);
+        assert_eq!(
+            decode(&png_bytes(&rgb, C::Rgb8)),
+            (40, 30, Layout::Rgb, rgb.data.clone())
+        );
+        assert_eq!(
+            decode(&png_bytes(&grey, C::L8)),
+            (40, 30, Layout::Luma, grey.data.clone())
+        );
+        // 16-bit samples: their high byte.
+        let wide = |r: &Raster| Raster {
+            data: r
+                .data
+                .iter()
+                .flat_map(|&v| (u16::from(v) << 8 | 0x7f).to_ne_bytes())
+                .collect(),
+            ..*r
+        };
+        assert_eq!(
+            decode(&png_bytes(&wide(&rgb), C::Rgb16)),
+            (40, 30, Layout::Rgb, rgb.data.clone())
+        );
+        assert_eq!(
+            decode(&png_bytes(&wide(&grey), C::L16)),
+            (40, 30, Layout::Luma, grey.data.clone())
+        );
+        // Alpha: composited onto white (opaque stays, transparent turns white).
+        let with_alpha = |r: &Raster, ch: usize| Raster {
+            data: r
+                .data
+                .chunks_exact(ch)
+                .enumerate()
+                .flat_map(|(i, p)| {
+                    let mut px = p.to_vec();
+                    px.push(if i % 2 == 0 { 255 } else { 0 });
+                    px
+                })
+                .collect(),
+            ..*r
+        };
+        let (_, _, layout, data) = decode(&png_bytes(&with_alpha(&rgb, 3), C::Rgba8));
+        assert_eq!(layout, Layout::Rgb);
+        assert_eq!(&data[..3], &rgb.data[..3]);
+        assert_eq!(&data[3..6], &[255, 255, 255]);
+        let (_, _, layout, data) = decode(&png_bytes(&with_alpha(&grey, 1), C::La8));
+        assert_eq!(layout, Layout::Luma);
+        assert_eq!(&data[..2], &[grey.data[0], 255]);
     }
 
     #[test]

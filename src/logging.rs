@@ -3,7 +3,12 @@
 //! is a terminal (never in files or pipes; `NO_COLOR` turns them off there too).
 //!
 //! The level, first match wins:
-//! 1. `RUST_LOG` (full filter syntax, e.g. `info,lotlink::uploader=debug`);
+//! 1. `RUST_LOG`: a default level and `target=level` pairs, comma-separated (e.g.
+//!    `info,lotlink::uploader=debug`; a target matches by prefix). tracing-subscriber's
+//!    `Targets` syntax. `EnvFilter`'s span and field-value directives
+//!    (`lotlink[upload{lot=…}]=debug`) are not supported (its regex engine cost the Pi
+//!    binary ~0.2 MB, BENCHMARKS.md P6): such a directive enables nothing, and a `RUST_LOG`
+//!    that does not parse at all is ignored;
 //! 2. `-v` (debug), `-vv` (trace), `-q` (warn), `-qq` (error) on the command line;
 //! 3. `[log] level` in the config file, applied at start and on every reload (SIGHUP or a
 //!    pushed config);
@@ -14,16 +19,17 @@
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Registry};
+use tracing_subscriber::Registry;
 
 use crate::config::LogLevel;
 
 /// The filter that can be changed after start.
 struct Reloadable {
-    handle: reload::Handle<EnvFilter, Registry>,
+    handle: reload::Handle<Targets, Registry>,
     /// Set by `RUST_LOG` or `-v`/`-q`: the config does not change it.
     pinned_by: Option<&'static str>,
 }
@@ -46,12 +52,12 @@ pub fn init(flags: Option<LogLevel>, default: LogLevel) {
     let (filter, pinned_by) = match std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty())
-        .and_then(|v| EnvFilter::try_new(v).ok())
+        .and_then(|v| v.trim().parse::<Targets>().ok())
     {
         Some(f) => (f, Some("RUST_LOG")),
         None => match flags {
-            Some(l) => (EnvFilter::new(l.as_str()), Some("-v/-q")),
-            None => (EnvFilter::new(default.as_str()), None),
+            Some(l) => (everything_at(l), Some("-v/-q")),
+            None => (everything_at(default), None),
         },
     };
     let (filter, handle) = reload::Layer::new(filter);
@@ -76,6 +82,17 @@ pub fn init(flags: Option<LogLevel>, default: LogLevel) {
     }
 }
 
+/// Every target at `level`.
+fn everything_at(level: LogLevel) -> Targets {
+    Targets::new().with_default(match level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    })
+}
+
 /// Colour codes on stderr: only on a terminal, and not with `NO_COLOR` set.
 pub fn colour_wanted() -> bool {
     std::io::stderr().is_terminal()
@@ -96,14 +113,11 @@ pub fn apply_config(level: LogLevel) {
         );
         return;
     }
-    let current = r
-        .handle
-        .with_current(ToString::to_string)
-        .unwrap_or_default();
-    if current == level.as_str() {
+    let wanted = everything_at(level);
+    if r.handle.with_current(Targets::clone).ok().as_ref() == Some(&wanted) {
         return;
     }
-    match r.handle.reload(EnvFilter::new(level.as_str())) {
+    match r.handle.reload(wanted) {
         Ok(()) => tracing::info!(level = level.as_str(), "log level set from the config"),
         Err(e) => tracing::warn!(error = %e, "log level could not be changed"),
     }
@@ -140,5 +154,30 @@ mod tests {
         assert_eq!(level_from_flags(0, 1), Some(LogLevel::Warn));
         assert_eq!(level_from_flags(0, 2), Some(LogLevel::Error));
         assert_eq!(level_from_flags(1, 1), None);
+    }
+
+    #[test]
+    fn rust_log_takes_a_default_level_and_target_levels_matched_by_prefix() {
+        use tracing::Level;
+        let f: Targets = "info,lotlink::uploader=debug".parse().unwrap();
+        assert!(f.would_enable("lotlink::uploader", &Level::DEBUG));
+        assert!(!f.would_enable("lotlink::outbox", &Level::DEBUG));
+        assert!(f.would_enable("rumqttc::state", &Level::INFO));
+        // A bare target: that target only; `lotlink` is a prefix of `lotlink_drivers` too.
+        let f: Targets = "lotlink=debug".parse().unwrap();
+        assert!(f.would_enable("lotlink::cli", &Level::DEBUG));
+        assert!(f.would_enable("lotlink_drivers::mqtt", &Level::DEBUG));
+        assert!(!f.would_enable("hyper::proto", &Level::ERROR));
+        let f: Targets = "debug".parse().unwrap();
+        assert!(f.would_enable("anything", &Level::DEBUG));
+        assert!(!f.would_enable("anything", &Level::TRACE));
+    }
+
+    #[test]
+    fn a_config_level_filters_every_target_at_that_level() {
+        let f = everything_at(LogLevel::Warn);
+        assert!(f.would_enable("lotlink::uploader", &tracing::Level::WARN));
+        assert!(!f.would_enable("lotlink::uploader", &tracing::Level::INFO));
+        assert_eq!(f.default_level(), Some(LevelFilter::WARN));
     }
 }
