@@ -38,14 +38,22 @@ trap cleanup EXIT INT TERM
 # The gateway's profile: dist (what ships) unless LOTLINK_FOOTPRINT_PROFILE says otherwise
 # (`dev`: the test build's binary, when a whole-program LTO build cannot be afforded; the
 # I/O, flush and wake-up figures do not depend on it, times do).
+# LOTLINK_GATEWAY_BIN, if set, is a gateway binary built beforehand (e.g. a release build in
+# a target directory of its own): used as it is, nothing built; say its profile in
+# LOTLINK_FOOTPRINT_PROFILE so the report names it.
 profile="${LOTLINK_FOOTPRINT_PROFILE:-dist}"
 echo "# $profile build"
-if [ "$profile" != dev ]; then
-    # (dev: the bench build below builds the binary too, with the test build's features.)
-    cargo build --locked --profile "$profile" --bin lotlink 2>&1 | tail -n 1
+if [ -n "${LOTLINK_GATEWAY_BIN:-}" ]; then
+    echo "# gateway binary given: $LOTLINK_GATEWAY_BIN"
+else
+    if [ "$profile" != dev ]; then
+        # (dev: the bench build below builds the binary too, with the test build's features.)
+        cargo build --locked --profile "$profile" --bin lotlink 2>&1 | tail -n 1
+    fi
+    pdir=$([ "$profile" = dev ] && echo debug || echo "$profile")
+    LOTLINK_GATEWAY_BIN="${CARGO_TARGET_DIR:-target}/$pdir/lotlink"
 fi
-pdir=$([ "$profile" = dev ] && echo debug || echo "$profile")
-export LOTLINK_GATEWAY_BIN="${CARGO_TARGET_DIR:-target}/$pdir/lotlink"
+export LOTLINK_GATEWAY_BIN
 # The measuring side needs no speed: the dev profile reuses the test build.
 cargo bench --locked --profile dev --bench footprint --no-run 2>&1 | tail -n 1
 

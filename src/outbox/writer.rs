@@ -620,8 +620,10 @@ impl Writer {
         // The overlay's changes are in the log (or were hints): the replay restores them.
         self.shared.overlay.clear();
         // Our own handle goes last: swap in a throwaway in-memory one meanwhile.
+        // (No flusher thread for it either: it holds nothing and lives for one replay.)
         self.db = sled::Config::new()
             .temporary(true)
+            .flush_every_ms(None)
             .open()
             .map_err(OutboxError::from)?;
         quota::release_if_tight(&path, self.reserve);
