@@ -55,7 +55,8 @@ pub enum AppError {
 
 /// Builds the drivers for a config (the real hardware in `lotlink run`); without one, a
 /// reload cannot change the devices.
-pub type DriverFactory = Arc<dyn Fn(&Config) -> Result<Hardware, HardwareError> + Send + Sync>;
+pub(crate) type DriverFactory =
+    Arc<dyn Fn(&Config) -> Result<Hardware, HardwareError> + Send + Sync>;
 
 /// Knobs that are not in the config file (tests and the demo set them).
 #[derive(Clone)]
@@ -162,7 +163,7 @@ pub struct Gateway {
 
 /// What `data_encoding = "auto"` settled on, kept for the life of the process (a reload
 /// builds a new client that starts from it).
-pub type EncodingMemory = Arc<Mutex<Option<DataEncoding>>>;
+pub(crate) type EncodingMemory = Arc<Mutex<Option<DataEncoding>>>;
 
 /// Remember the `data` encoding `auto` settled on. In memory for now: the one place to make
 /// it survive a restart (like `ts_unit`) is here and in [`remembered_data_encoding`].

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// Replace `path` with `bytes`, atomically and durably.
-pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

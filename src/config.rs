@@ -20,7 +20,7 @@ use serde::Deserialize;
 mod devices;
 mod spans;
 mod tagged;
-pub use devices::{
+pub(crate) use devices::{
     CameraSource, Devices, LoopSource, MqttConfig, RawCamera, RawHttp, RawLoop, RawMqtt,
 };
 
@@ -59,7 +59,7 @@ impl<'de> Deserialize<'de> for Secret {
 /// The configuration file, as parsed. Every section rejects unknown keys.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     /// How to reach the city platform.
     pub platform: RawPlatform,
     /// The durable outbox.
@@ -91,7 +91,7 @@ pub struct RawConfig {
 /// `[log]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLog {
+pub(crate) struct RawLog {
     /// How much to log: "error", "warn", "info" (default), "debug" or "trace". Applied at
     /// start and on every reload; `RUST_LOG` and `-v`/`-q` override it.
     #[serde(default)]
@@ -131,7 +131,7 @@ impl LogLevel {
 /// `[management]`: config push and the retained status topic, over the `[mqtt]` broker.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawManagement {
+pub(crate) struct RawManagement {
     /// On or off. Default: on when `[mqtt]` is configured.
     pub enabled: Option<bool>,
     /// Topic prefix; `{lot_code}` is replaced. Default "lotlink/{lot_code}".
@@ -170,7 +170,7 @@ impl Default for RawManagement {
 /// `[platform]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPlatform {
+pub(crate) struct RawPlatform {
     /// Base URL; `/park/heartbeat`, `/dataSync/parkSpace`, `/dataSync/carInOut` are appended.
     pub url: String,
     /// The lot code the platform assigned (`lotCode`).
@@ -217,7 +217,7 @@ pub struct RawPlatform {
 /// `[outbox]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawOutbox {
+pub(crate) struct RawOutbox {
     /// Directory of the sled store.
     #[serde(default = "d_outbox_path")]
     pub path: PathBuf,
@@ -238,7 +238,7 @@ impl Default for RawOutbox {
 /// `[space]`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawSpace {
+pub(crate) struct RawSpace {
     /// Total spaces of the lot (`totalSpace`), 0..1e9.
     pub total: Option<i64>,
     /// What moves the occupied count: "loops" or "plates". Default: "loops" when any
@@ -249,7 +249,7 @@ pub struct RawSpace {
 /// `[status]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawStatus {
+pub(crate) struct RawStatus {
     /// Address of the local status endpoint, e.g. "127.0.0.1:9870".
     #[serde(default = "d_listen")]
     pub listen: String,
@@ -572,7 +572,7 @@ impl fmt::Display for ConfigErrors {
 
 // The drivers' config and the gateway's share these (one spelling of a size and a duration
 // in the whole file).
-pub use lotlink_drivers::config::{parse_duration, parse_size};
+pub(crate) use lotlink_drivers::config::{parse_duration, parse_size};
 
 // ---------------------------------------------------------------------------------------
 // Validation
@@ -614,7 +614,7 @@ impl Collector {
 /// Check a raw configuration and produce the validated one, or every problem found.
 ///
 /// Pure: reads no files (a `token_file` is checked by [`load`]).
-pub fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
+pub(crate) fn validate(raw: &RawConfig) -> Result<Config, ConfigErrors> {
     let mut c = Collector(Vec::new());
     let p = &raw.platform;
 
@@ -1003,7 +1003,7 @@ fn validate_management(
 }
 
 /// The short hash of a config file's text shown by `/status`.
-pub fn text_hash(text: &str) -> String {
+pub(crate) fn text_hash(text: &str) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
 }
@@ -1042,7 +1042,7 @@ pub fn from_str(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
 /// Read, parse and validate a configuration file, and check the files it names can be read:
 /// `token_file`, and `ca_file` as PEM certificates.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -1070,7 +1070,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// The token itself: inline, or the first line of the token file.
-pub fn resolve_token(src: &TokenSource) -> Result<Secret, String> {
+pub(crate) fn resolve_token(src: &TokenSource) -> Result<Secret, String> {
     match src {
         TokenSource::Inline(s) => Ok(s.clone()),
         TokenSource::File(p) => {

@@ -133,7 +133,7 @@ fn check_permissions(path: &Path) {
 
 /// Options of the daemon besides the file.
 #[derive(Clone, Default)]
-pub struct DaemonOptions {
+pub(crate) struct DaemonOptions {
     /// Passed to the gateway (tests shorten the back-off).
     pub run: RunOptions,
     /// `--abandon-old-outbox`: after a local change of `[outbox] path`, start on the new
@@ -143,7 +143,7 @@ pub struct DaemonOptions {
 
 /// New files 0600 and directories 0700 from here on, whoever started the process: sled's
 /// and the segment log's files hold plates and pictures. Process-wide.
-pub fn private_umask() {
+pub(crate) fn private_umask() {
     #[cfg(unix)]
     #[allow(unsafe_code)]
     // SAFETY: umask only sets the process's file mode creation mask; it cannot fail.
@@ -155,7 +155,7 @@ pub fn private_umask() {
 /// Make an existing directory tree private: directories 0700, files without group and other
 /// bits (symlinks are left alone). Problems are logged, not fatal: the open that follows
 /// reports a store it cannot use.
-pub fn make_private(dir: &Path) {
+pub(crate) fn make_private(dir: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -290,7 +290,7 @@ fn legacy_push_version(outbox: &Outbox) -> u64 {
 }
 
 /// Run the daemon on the config file at `path` until `shutdown`.
-pub async fn run(
+pub(crate) async fn run(
     path: &Path,
     options: DaemonOptions,
     shutdown: impl Future<Output = ()>,

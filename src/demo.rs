@@ -34,7 +34,7 @@ pub enum DemoError {
 
 /// Demo settings.
 #[derive(Debug, Clone)]
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     /// Stop after this long; `None` = until Ctrl-C.
     pub duration: Option<Duration>,
     /// Time between plates per lane.
@@ -79,7 +79,10 @@ path = "/push/entry2"
 }
 
 /// Run the demo until `shutdown` (or the duration). Exit code 0 when nothing was lost.
-pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Result<i32, DemoError> {
+pub(crate) async fn run(
+    opts: DemoOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<i32, DemoError> {
     let other = |e: &dyn std::fmt::Display| DemoError::Other(e.to_string());
     let sim = PlatformSim::start(SimConfig::new("350", "demo-token"))
         .await

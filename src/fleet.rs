@@ -49,12 +49,12 @@ use crate::config::{self, ConfigError, TokenSource};
 use crate::push::{push_hmac, PushTarget};
 
 /// Exit code: every gateway answered well / all online.
-pub const OK: i32 = 0;
+pub(crate) const OK: i32 = 0;
 /// Exit code: a push was refused or rolled back / a gateway is offline or stale; also a
 /// local problem (invalid file, unreadable key) before anything is published.
-pub const REFUSED: i32 = 1;
+pub(crate) const REFUSED: i32 = 1;
 /// Exit code: the broker or a gateway did not answer in time.
-pub const NO_ANSWER: i32 = 2;
+pub(crate) const NO_ANSWER: i32 = 2;
 
 /// Problems found before anything is sent (all exit 1).
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +145,7 @@ fn duration(name: &str, s: &str) -> Result<Duration, FleetError> {
 }
 
 /// `mqtt://host[:port]` / `mqtts://host[:port]` → (tls, host, port).
-pub fn parse_broker_url(url: &str) -> Result<(bool, String, u16), String> {
+pub(crate) fn parse_broker_url(url: &str) -> Result<(bool, String, u16), String> {
     let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
         (false, r)
     } else if let Some(r) = url.strip_prefix("mqtts://") {
@@ -173,7 +173,7 @@ pub fn parse_broker_url(url: &str) -> Result<(bool, String, u16), String> {
 }
 
 /// The lots of `--lot` and `--lots-file`, in order, each once.
-pub fn lots_of(lots: &[String], file_text: Option<&str>) -> Vec<String> {
+pub(crate) fn lots_of(lots: &[String], file_text: Option<&str>) -> Vec<String> {
     let mut all: Vec<String> = Vec::new();
     let from_file = file_text
         .unwrap_or("")
@@ -395,7 +395,7 @@ struct Job {
 }
 
 /// The exit code for a set of answers (`None`: no answer).
-pub fn push_exit_code<'a>(outcomes: impl IntoIterator<Item = Option<&'a str>>) -> i32 {
+pub(crate) fn push_exit_code<'a>(outcomes: impl IntoIterator<Item = Option<&'a str>>) -> i32 {
     let mut code = OK;
     for o in outcomes {
         code = code.max(match o {
@@ -408,7 +408,7 @@ pub fn push_exit_code<'a>(outcomes: impl IntoIterator<Item = Option<&'a str>>) -
 }
 
 /// `lotlink push`: the exit code.
-pub async fn push(args: PushArgs) -> Result<i32, FleetError> {
+pub(crate) async fn push(args: PushArgs) -> Result<i32, FleetError> {
     let timeout = duration("timeout", &args.timeout)?;
     let deadline = Instant::now() + timeout;
     let lots_text = match &args.lots_file {
@@ -601,7 +601,7 @@ pub async fn push(args: PushArgs) -> Result<i32, FleetError> {
 
 /// One gateway as `fleet` shows it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Row {
+pub(crate) struct Row {
     pub lot: String,
     pub online: bool,
     /// Online, but its status is older than `--stale`.
@@ -618,7 +618,7 @@ pub struct Row {
 
 impl Row {
     /// A row from a retained status message at `now_ms`.
-    pub fn from_status(lot: &str, v: &Value, now_ms: i64, stale: Duration) -> Row {
+    pub(crate) fn from_status(lot: &str, v: &Value, now_ms: i64, stale: Duration) -> Row {
         let online = v["online"] == true;
         let age_s = v["taken_ms"].as_i64().map(|t| (now_ms - t).max(0) / 1000);
         let stale_s = i64::try_from(stale.as_secs()).unwrap_or(i64::MAX);
@@ -639,7 +639,7 @@ impl Row {
     }
 
     /// The `--json` object.
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "lot": self.lot,
             "online": self.online,
@@ -654,7 +654,7 @@ impl Row {
 }
 
 /// "8 s", "5 min", "3 h 12 min", "2 d 4 h".
-pub fn human_age(s: i64) -> String {
+pub(crate) fn human_age(s: i64) -> String {
     let s = s.max(0);
     match s {
         0..=119 => format!("{s} s"),
@@ -669,7 +669,7 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 }
 
 /// The table `fleet` prints.
-pub fn table(rows: &[Row], now_ms: i64) -> String {
+pub(crate) fn table(rows: &[Row], now_ms: i64) -> String {
     use std::fmt::Write;
     let mut out = format!(
         "{:<14} {:<16} {:>7} {:>8} {:>10}  {:<32} {}\n",
@@ -715,7 +715,7 @@ pub fn table(rows: &[Row], now_ms: i64) -> String {
 }
 
 /// `lotlink fleet`: the exit code.
-pub async fn fleet(args: FleetArgs) -> Result<i32, FleetError> {
+pub(crate) async fn fleet(args: FleetArgs) -> Result<i32, FleetError> {
     let stale = duration("stale", &args.stale)?;
     let timeout = duration("timeout", &args.timeout)?;
     let deadline = Instant::now() + timeout;

@@ -17,7 +17,7 @@ use lotlink_drivers::{CameraRules, Driver, DriverStatus};
 use crate::config::{CameraSource, Config, LoopSource};
 
 /// How long a Vzenith quick result waits for its full result.
-pub const QUICK_RESULT_WAIT: Duration = Duration::from_secs(3);
+pub(crate) const QUICK_RESULT_WAIT: Duration = Duration::from_secs(3);
 
 /// Errors building the drivers.
 #[derive(Debug, thiserror::Error)]

@@ -23,17 +23,17 @@ use fast_image_resize as fir;
 /// Largest imgData the platform accepts, in Base64 characters.
 pub const MAX_B64_CHARS: usize = 50_000;
 /// Largest width or height we agree to decode.
-pub const MAX_SIDE: u32 = 12_000;
+pub(crate) const MAX_SIDE: u32 = 12_000;
 /// Largest pixel count we agree to decode.
-pub const MAX_PIXELS: u64 = 64_000_000;
+pub(crate) const MAX_PIXELS: u64 = 64_000_000;
 /// Lowest JPEG quality used before dimensions are reduced further.
-pub const MIN_QUALITY: u8 = 50;
+pub(crate) const MIN_QUALITY: u8 = 50;
 /// Highest JPEG quality the quality search tries.
-pub const MAX_QUALITY: u8 = 90;
+pub(crate) const MAX_QUALITY: u8 = 90;
 /// Lowest JPEG quality used at all, once the image is at [`MIN_LONG_SIDE`].
-pub const LAST_RESORT_QUALITY: u8 = 20;
+pub(crate) const LAST_RESORT_QUALITY: u8 = 20;
 /// Smallest long side (in pixels) an image is shrunk to before quality drops below [`MIN_QUALITY`].
-pub const MIN_LONG_SIDE: u32 = 64;
+pub(crate) const MIN_LONG_SIDE: u32 = 64;
 
 /// Quality at which [`placeholder_jpeg`] is encoded.
 const PLACEHOLDER_QUALITY: u8 = 75;
@@ -61,12 +61,12 @@ pub fn b64_len(n: usize) -> usize {
 }
 
 /// Largest number of raw bytes whose Base64 fits in `b64_chars` characters.
-pub fn max_raw_len(b64_chars: usize) -> usize {
+pub(crate) fn max_raw_len(b64_chars: usize) -> usize {
     b64_chars / 4 * 3
 }
 
 /// Standard, padded, single-line Base64 as the platform's `imgData` wants it.
-pub fn to_b64(bytes: &[u8]) -> String {
+pub(crate) fn to_b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -115,7 +115,7 @@ impl Prepared {
 
 /// Errors of the internal steps; [`prepare`] maps every one of them to a placeholder.
 #[derive(Debug, thiserror::Error)]
-pub enum ImagingError {
+pub(crate) enum ImagingError {
     #[error("no image bytes")]
     Empty,
     #[error("not a JPEG or PNG (starts with {0})")]
@@ -204,7 +204,7 @@ fn prepare_inner(input: &[u8], max_b64_chars: usize) -> Result<Prepared, Imaging
 }
 
 /// A small valid JPEG (160x120 grey, made once and cached) used when there is no usable image.
-pub fn placeholder_jpeg() -> &'static [u8] {
+pub(crate) fn placeholder_jpeg() -> &'static [u8] {
     static PLACEHOLDER: OnceLock<Vec<u8>> = OnceLock::new();
     PLACEHOLDER.get_or_init(|| {
         let (w, h) = (160u32, 120u32);

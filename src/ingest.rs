@@ -29,18 +29,18 @@ use crate::space::SpaceTracker;
 use crate::summary::Tally;
 
 /// Bound of the drivers' event queue.
-pub const QUEUE_CAPACITY: usize = 64;
+pub(crate) const QUEUE_CAPACITY: usize = 64;
 /// Image bytes taken in after which a drained queue returns freed heap pages to the OS.
-pub const TRIM_AFTER: usize = 4 * 1024 * 1024;
+pub(crate) const TRIM_AFTER: usize = 4 * 1024 * 1024;
 
 /// Events built (images decoded) concurrently: the CPU count.
-pub fn image_workers() -> usize {
+pub(crate) fn image_workers() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// Errors turning an event into a record.
 #[derive(Debug, thiserror::Error)]
-pub enum IngestError {
+pub(crate) enum IngestError {
     #[error("invalid event: {0}")]
     Invalid(String),
     #[error(transparent)]
@@ -49,7 +49,7 @@ pub enum IngestError {
 
 /// The settings ingest names records with; changed in place by a config reload.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Naming {
+pub(crate) struct Naming {
     /// `lotCode`, the first part of `imgName`.
     pub lot_code: String,
     /// Time zone of `inOutTime`.
@@ -57,11 +57,11 @@ pub struct Naming {
 }
 
 /// Shared handle on [`Naming`]; a reload swaps the value, records already built keep theirs.
-pub type SharedNaming = Arc<std::sync::RwLock<Naming>>;
+pub(crate) type SharedNaming = Arc<std::sync::RwLock<Naming>>;
 
 /// Shared settings of the ingest stage.
 #[derive(Clone)]
-pub struct Ingest {
+pub(crate) struct Ingest {
     pub outbox: Outbox,
     pub naming: SharedNaming,
     pub clock: Arc<Clock>,
@@ -74,7 +74,7 @@ pub struct Ingest {
 
 impl Ingest {
     /// Build the record for a plate event (CPU-heavy when the image must be shrunk).
-    pub fn build_record(&self, ev: PlateEvent) -> Result<NewRecord, IngestError> {
+    pub(crate) fn build_record(&self, ev: PlateEvent) -> Result<NewRecord, IngestError> {
         let mut notes: Vec<String> = Vec::new();
         let node = ev.node_name.trim();
         if node.is_empty() {
@@ -171,7 +171,7 @@ impl Ingest {
     /// Handle one event: validate, build, store durably. The answer for the driver.
     /// `worker` (an image worker's permit) is held while the record is built, not while
     /// it is stored (module docs).
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         event: Event,
         worker: OwnedSemaphorePermit,
@@ -248,7 +248,7 @@ impl Ingest {
     }
 
     /// Serve the drivers' queue until shutdown; then finish what was received.
-    pub async fn run(self, mut rx: mpsc::Receiver<Submission>, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, mut rx: mpsc::Receiver<Submission>, shutdown: CancellationToken) {
         let workers = Arc::new(Semaphore::new(image_workers()));
         let mut tasks = tokio::task::JoinSet::new();
         let mut image_bytes = 0usize;

@@ -80,7 +80,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(60);
 
 /// Errors of the management side.
 #[derive(Debug, thiserror::Error)]
-pub enum ManageError {
+pub(crate) enum ManageError {
     /// A file could not be written or read.
     #[error("{path}: {source}")]
     File {
@@ -142,7 +142,7 @@ impl crate::snapshot::ManagementSource for ManagementState {
 
 /// A request to the gateway's supervisor.
 #[derive(Debug)]
-pub enum Control {
+pub(crate) enum Control {
     /// Apply this config; the answer says which parts changed, or why it failed.
     Apply {
         cfg: Box<Config>,
@@ -161,7 +161,7 @@ pub fn pushed_path(local: &Path) -> PathBuf {
 
 /// The config in effect, and where it came from.
 #[derive(Debug)]
-pub struct InEffect {
+pub(crate) struct InEffect {
     /// The validated config.
     pub config: Config,
     /// The file it was read from: [`pushed_path`] when that exists (and is valid), else
@@ -174,7 +174,7 @@ pub struct InEffect {
 /// Load the config in effect for the local file `local`: the pushed file when it exists,
 /// else the local file. A pushed file that no longer loads (e.g. its `token_file` is gone)
 /// falls back to the local file, with the reason in [`InEffect::pushed_problem`].
-pub fn load_in_effect(local: &Path) -> Result<InEffect, ConfigError> {
+pub(crate) fn load_in_effect(local: &Path) -> Result<InEffect, ConfigError> {
     let pushed = pushed_path(local);
     let mut pushed_problem = None;
     if pushed.exists() {
@@ -246,7 +246,7 @@ fn push_policy(running: &Config, pushed: &Config) -> Option<String> {
 
 /// Write a file so that a crash leaves either the old or the new content
 /// ([`crate::atomic_file::write`]).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ManageError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ManageError> {
     crate::atomic_file::write(path, bytes).map_err(|source| ManageError::File {
         path: path.to_path_buf(),
         source,
@@ -254,7 +254,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ManageError> {
 }
 
 /// The push handler and broker session. Started by the daemon when a config file is in use.
-pub struct Manager {
+pub(crate) struct Manager {
     /// The local config file (pushes go to its [`pushed_path`]).
     pub path: PathBuf,
     /// Shared with `/status`.
@@ -276,7 +276,7 @@ type Outgoing = mpsc::UnboundedSender<(String, Value, bool)>;
 impl Manager {
     /// Run until `shutdown`: a broker session whenever management is configured (restarted
     /// when its settings change), and the push handler.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let version = self.saved.last_push_version().unwrap_or(0);
         self.state.config_version.store(version, Ordering::Relaxed);
         let (push_tx, push_rx) = mpsc::channel::<Vec<u8>>(PUSH_QUEUE);

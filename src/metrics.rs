@@ -73,7 +73,7 @@ fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
 }
 
 /// Encode a snapshot (and the process-wide figures).
-pub fn render(snap: &Snapshot) -> String {
+pub(crate) fn render(snap: &Snapshot) -> String {
     let mut root = Registry::default();
     process_metrics(&mut root);
     let reg = root.sub_registry_with_prefix("lotlink");

@@ -141,7 +141,7 @@ use tokio::sync::Notify;
 
 use writer::Command;
 
-pub use settings::SpaceReport;
+pub(crate) use settings::SpaceReport;
 
 /// Text added to `remark` when the quota forced the image out.
 pub const DEGRADED_REMARK: &str = "图片因网关存储已满被替换 (image replaced: gateway outbox full)";
@@ -515,7 +515,7 @@ pub fn encode_record(meta: &RecordMeta, image: &[u8]) -> Vec<u8> {
 }
 
 /// Decode a record value.
-pub fn decode_record(id: u64, v: &[u8]) -> Result<StoredRecord, OutboxError> {
+pub(crate) fn decode_record(id: u64, v: &[u8]) -> Result<StoredRecord, OutboxError> {
     let bad = |m: &str| OutboxError::Corrupt {
         id,
         message: m.to_string(),
@@ -541,7 +541,7 @@ pub fn decode_record(id: u64, v: &[u8]) -> Result<StoredRecord, OutboxError> {
 
 /// Something the outbox moved aside (see [`moved_aside`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Aside {
+pub(crate) struct Aside {
     /// `index` (sled's files it could not open), `damaged` (a damaged range of the log),
     /// `store` (a whole store whose log could not be read).
     pub what: &'static str,
@@ -563,7 +563,7 @@ fn tree_bytes(p: &Path) -> u64 {
 }
 
 /// What the store at `path` moved aside, oldest first by name. Reads only.
-pub fn moved_aside(path: &Path) -> Vec<Aside> {
+pub(crate) fn moved_aside(path: &Path) -> Vec<Aside> {
     let mut out = Vec::new();
     let list = |dir: &Path| -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -23,7 +23,7 @@ pub const TS_WINDOW: Duration = Duration::from_secs(10);
 /// Most bytes of a platform answer that are read. The spec's answers are a few dozen bytes
 /// (`{"code":"0","msg":"操作成功","data":""}`); a bigger one is a bad answer, and reading it
 /// stops here, so a broken or hostile platform cannot fill the gateway's memory.
-pub const MAX_ANSWER: usize = 64 * 1024;
+pub(crate) const MAX_ANSWER: usize = 64 * 1024;
 
 /// The three commands the gateway sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl Cmd {
 }
 
 /// `auth = MD5(cmd + lotCode + ts + token)` as 32 hex characters.
-pub fn sign(cmd: &str, lot_code: &str, ts: &str, token: &str, case: AuthCase) -> String {
+pub(crate) fn sign(cmd: &str, lot_code: &str, ts: &str, token: &str, case: AuthCase) -> String {
     let mut h = Md5::new();
     h.update(cmd.as_bytes());
     h.update(lot_code.as_bytes());
@@ -228,7 +228,7 @@ pub fn parse_reply(body: &[u8]) -> Option<Reply> {
 }
 
 /// Cut a string to at most `n` characters, for logging bodies.
-pub fn truncate_chars(s: &str, n: usize) -> String {
+pub(crate) fn truncate_chars(s: &str, n: usize) -> String {
     match s.char_indices().nth(n) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
@@ -236,10 +236,10 @@ pub fn truncate_chars(s: &str, n: usize) -> String {
 }
 
 /// Called when `ts_unit = "auto"` settles on a unit, so it can be persisted.
-pub type UnitListener = Arc<dyn Fn(TsUnit) + Send + Sync>;
+pub(crate) type UnitListener = Arc<dyn Fn(TsUnit) + Send + Sync>;
 
 /// Called when `data_encoding = "auto"` finds the encoding the platform accepts.
-pub type EncodingListener = Arc<dyn Fn(DataEncoding) + Send + Sync>;
+pub(crate) type EncodingListener = Arc<dyn Fn(DataEncoding) + Send + Sync>;
 
 /// The platform client: one `reqwest::Client` for the process, signing every attempt.
 pub struct Client {
@@ -677,7 +677,7 @@ fn other_encoding(e: DataEncoding) -> DataEncoding {
 }
 
 /// The config spelling of an encoding.
-pub fn encoding_name(e: DataEncoding) -> &'static str {
+pub(crate) fn encoding_name(e: DataEncoding) -> &'static str {
     match e {
         DataEncoding::Object => "object",
         DataEncoding::String => "string",

@@ -55,7 +55,12 @@ pub struct PushTarget<'a> {
 
 /// The bytes a push's HMAC covers: `"lotlink-push/2\n{action}\n{lot_code}\n{prefix}\n{version}\n"`
 /// then the config text (empty for a revert); action is `set` or `revert`.
-pub fn mac_input(target: PushTarget<'_>, version: u64, revert: bool, config: &str) -> Vec<u8> {
+pub(crate) fn mac_input(
+    target: PushTarget<'_>,
+    version: u64,
+    revert: bool,
+    config: &str,
+) -> Vec<u8> {
     let action = if revert { "revert" } else { "set" };
     let mut m = format!(
         "lotlink-push/2\n{action}\n{}\n{}\n{version}\n",

@@ -3,7 +3,7 @@
 //! builds records with it, the uploader notes what it shrank with it).
 
 /// Add `extra` to a remark, keeping it within the platform's 255 characters.
-pub fn append_remark(existing: Option<&str>, extra: &str) -> String {
+pub(crate) fn append_remark(existing: Option<&str>, extra: &str) -> String {
     let joined = match existing {
         Some(e) if !e.is_empty() => format!("{e}; {extra}"),
         _ => extra.to_string(),
@@ -12,7 +12,7 @@ pub fn append_remark(existing: Option<&str>, extra: &str) -> String {
 }
 
 /// Cut `s` to `max` characters; note it in `notes` when cut.
-pub fn fit(s: &str, max: usize, field: &str, notes: &mut Vec<String>) -> String {
+pub(crate) fn fit(s: &str, max: usize, field: &str, notes: &mut Vec<String>) -> String {
     if s.chars().count() > max {
         notes.push(format!("{field} truncated"));
         s.chars().take(max).collect()
@@ -22,7 +22,7 @@ pub fn fit(s: &str, max: usize, field: &str, notes: &mut Vec<String>) -> String 
 }
 
 /// [`fit`] for an optional field, trimmed; blank counts as absent.
-pub fn opt_fit(
+pub(crate) fn opt_fit(
     s: Option<&str>,
     max: usize,
     field: &str,

@@ -71,7 +71,7 @@ impl std::fmt::Debug for StatusContext {
 
 /// The outbox's figures.
 #[derive(Debug, Clone)]
-pub struct OutboxView {
+pub(crate) struct OutboxView {
     /// Records waiting for the platform.
     pub pending: u64,
     /// Unix ms the oldest pending record was accepted.
@@ -92,7 +92,7 @@ pub struct OutboxView {
 
 /// Everything the views show, at one instant.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// When it was taken (Unix ms, the gateway's clock).
     pub taken_ms: i64,
     /// Unix ms of the start.
@@ -127,12 +127,12 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Take a snapshot now.
-    pub fn take(ctx: &StatusContext) -> Snapshot {
+    pub(crate) fn take(ctx: &StatusContext) -> Snapshot {
         Snapshot::take_at(ctx, Clock::local_ms())
     }
 
     /// Take a snapshot as of `now` (Unix ms).
-    pub fn take_at(ctx: &StatusContext, now: i64) -> Snapshot {
+    pub(crate) fn take_at(ctx: &StatusContext, now: i64) -> Snapshot {
         let platform = ctx
             .health
             .lock()
@@ -173,24 +173,24 @@ impl Snapshot {
     }
 
     /// Healthy: no problems.
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.problems.is_empty()
     }
 
     /// Seconds since the start.
-    pub fn uptime_s(&self) -> i64 {
+    pub(crate) fn uptime_s(&self) -> i64 {
         (self.taken_ms - self.started_ms) / 1000
     }
 
     /// Age of the oldest pending record, seconds.
-    pub fn oldest_pending_s(&self) -> Option<i64> {
+    pub(crate) fn oldest_pending_s(&self) -> Option<i64> {
         self.outbox
             .oldest_submitted_ms
             .map(|t| (self.taken_ms - t).max(0) / 1000)
     }
 
     /// The `/status` document.
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let h = &self.platform;
         let o = &self.outbox;
         let r = &o.last_open;
@@ -263,7 +263,7 @@ impl Snapshot {
 
     /// The retained MQTT status (`{prefix}/status`). The first six fields keep the names
     /// they always had (`lotlink fleet` and site tools read them); the rest were added.
-    pub fn retained_status(&self) -> Value {
+    pub(crate) fn retained_status(&self) -> Value {
         json!({
             "online": true,
             "version": env!("CARGO_PKG_VERSION"),
@@ -290,7 +290,7 @@ impl Snapshot {
 ///   and has stored none since;
 /// - the outbox stores new events (its state, kept by its writer: nothing is written to
 ///   find out) and its index was not rebuilt from the log within the last hour.
-pub fn problems(s: &Snapshot) -> Vec<String> {
+pub(crate) fn problems(s: &Snapshot) -> Vec<String> {
     let now = s.taken_ms;
     let window = s.window_ms;
     let h = &s.platform;

@@ -10,7 +10,7 @@ use lotlink_drivers::Direction;
 use crate::outbox::{Outbox, OutboxError};
 
 /// What moves the occupied count (a setting: `[space] source`).
-pub use crate::config::SpaceSource;
+pub(crate) use crate::config::SpaceSource;
 
 /// The persisted state: one value, written in one insert, so the occupied count and the
 /// counter readings it was derived from can never disagree after a crash.

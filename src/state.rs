@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// The format this build reads and writes.
-pub const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 1;
 
 /// Errors of the state file.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub enum StateError {
 }
 
 /// The state file of the config file at `config`: same directory, same stem, `.state`.
-pub fn path_for(config: &Path) -> PathBuf {
+pub(crate) fn path_for(config: &Path) -> PathBuf {
     let stem = config
         .file_stem()
         .map_or_else(|| "lotlink".into(), |s| s.to_string_lossy().into_owned());
@@ -71,14 +71,14 @@ struct FormatOnly {
 /// The state file, loaded; each setter writes the file before it changes what the getters
 /// return.
 #[derive(Debug)]
-pub struct GatewayState {
+pub(crate) struct GatewayState {
     path: PathBuf,
     data: Mutex<Data>,
 }
 
 impl GatewayState {
     /// Read the file at `path`; a file that does not exist is an empty state.
-    pub fn load(path: &Path) -> Result<GatewayState, StateError> {
+    pub(crate) fn load(path: &Path) -> Result<GatewayState, StateError> {
         let data = match std::fs::read(path) {
             Ok(bytes) => parse(path, &bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Data {
@@ -99,28 +99,28 @@ impl GatewayState {
     }
 
     /// Where the file is.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The last config-push version accepted; `None` until it was recorded once (then the
     /// outbox's old setting is taken over, see [`crate::daemon`]).
-    pub fn last_push_version(&self) -> Option<u64> {
+    pub(crate) fn last_push_version(&self) -> Option<u64> {
         self.lock().last_push_version
     }
 
     /// Record an accepted push version (durable when this returns `Ok`).
-    pub fn set_last_push_version(&self, version: u64) -> Result<(), StateError> {
+    pub(crate) fn set_last_push_version(&self, version: u64) -> Result<(), StateError> {
         self.update(|d| d.last_push_version = Some(version))
     }
 
     /// The outbox directory last in use (`None` before the first start with this file).
-    pub fn outbox_path(&self) -> Option<PathBuf> {
+    pub(crate) fn outbox_path(&self) -> Option<PathBuf> {
         self.lock().outbox_path.clone()
     }
 
     /// Record the outbox directory in use (durable when this returns `Ok`).
-    pub fn set_outbox_path(&self, path: &Path) -> Result<(), StateError> {
+    pub(crate) fn set_outbox_path(&self, path: &Path) -> Result<(), StateError> {
         self.update(|d| d.outbox_path = Some(path.to_path_buf()))
     }
 

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 
 use crate::config::Secret;
 use crate::snapshot::Snapshot;
-pub use crate::snapshot::StatusContext;
+pub(crate) use crate::snapshot::StatusContext;
 
 /// The page at `/`: no external assets; polls `/status` every 2 s.
 const PAGE: &str = include_str!("status_page.html");
@@ -59,14 +59,14 @@ pub enum StatusError {
 }
 
 /// Bind the status address.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StatusError> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, StatusError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StatusError::Bind { addr, source })
 }
 
 /// Serve until `shutdown`; every request reads the newest context from `ctx`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     ctx: watch::Receiver<Arc<StatusContext>>,
     shutdown: CancellationToken,

@@ -15,31 +15,31 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// How often the summary is written while events flow.
-pub const PERIOD: Duration = Duration::from_secs(60);
+pub(crate) const PERIOD: Duration = Duration::from_secs(60);
 
 /// Events stored since start; ingest counts, the summary task reads.
 #[derive(Debug, Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     stored: AtomicU64,
     woken: Notify,
 }
 
 impl Tally {
     /// Count one stored event (wakes an idle summary task).
-    pub fn stored(&self) {
+    pub(crate) fn stored(&self) {
         self.stored.fetch_add(1, Ordering::AcqRel);
         self.woken.notify_one();
     }
 
     /// Events stored since start.
-    pub fn stored_total(&self) -> u64 {
+    pub(crate) fn stored_total(&self) -> u64 {
         self.stored.load(Ordering::Acquire)
     }
 }
 
 /// One minute's figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Minute {
+pub(crate) struct Minute {
     /// Events stored in the minute.
     pub stored: u64,
     /// Records delivered to the platform in the minute.
@@ -50,14 +50,14 @@ pub struct Minute {
 
 /// The summary's bookkeeping, without time: what was counted at the last look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     stored: u64,
     delivered: u64,
 }
 
 impl Summary {
     /// Start from these running totals.
-    pub fn new(stored_total: u64, delivered_total: u64) -> Summary {
+    pub(crate) fn new(stored_total: u64, delivered_total: u64) -> Summary {
         Summary {
             stored: stored_total,
             delivered: delivered_total,
@@ -65,12 +65,12 @@ impl Summary {
     }
 
     /// Nothing stored since the last look and nothing pending: wait for an event, no timer.
-    pub fn idle(&self, stored_total: u64, pending: u64) -> bool {
+    pub(crate) fn idle(&self, stored_total: u64, pending: u64) -> bool {
         pending == 0 && stored_total == self.stored
     }
 
     /// A minute has passed with these totals: its line, if anything was stored or delivered.
-    pub fn minute(
+    pub(crate) fn minute(
         &mut self,
         stored_total: u64,
         delivered_total: u64,
@@ -87,7 +87,7 @@ impl Summary {
 }
 
 /// Log a minute at INFO.
-pub fn log_minute(m: Minute) {
+pub(crate) fn log_minute(m: Minute) {
     tracing::info!(
         stored = m.stored,
         delivered = m.delivered,
@@ -102,7 +102,7 @@ pub fn log_minute(m: Minute) {
 /// Report every [`PERIOD`] while events flow (module docs) until `stop`. `delivered` is
 /// the running total of delivered records, `pending` the outbox's pending count; `report`
 /// gets each minute with something stored or delivered.
-pub async fn run(
+pub(crate) async fn run(
     tally: std::sync::Arc<Tally>,
     delivered: impl Fn() -> u64 + Send,
     pending: impl Fn() -> u64 + Send,

@@ -11,11 +11,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
 /// Labels of one series.
-pub type Labels = Vec<(&'static str, &'static str)>;
+pub(crate) type Labels = Vec<(&'static str, &'static str)>;
 
 /// The process-wide figures.
 #[derive(Debug)]
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     /// HTTP requests to the platform, by `command` and `outcome` (the verdict, or the kind
     /// of transport error).
     pub platform_requests: Family<Labels, Counter>,
@@ -30,7 +30,7 @@ fn platform_histogram() -> Histogram {
 }
 
 /// The figures (created on first use).
-pub fn get() -> &'static Telemetry {
+pub(crate) fn get() -> &'static Telemetry {
     static T: OnceLock<Telemetry> = OnceLock::new();
     T.get_or_init(|| Telemetry {
         platform_requests: Family::default(),
@@ -42,7 +42,7 @@ pub fn get() -> &'static Telemetry {
 }
 
 /// One platform request was answered (or failed) after `elapsed`.
-pub fn platform_request(command: &'static str, outcome: &'static str, elapsed: Duration) {
+pub(crate) fn platform_request(command: &'static str, outcome: &'static str, elapsed: Duration) {
     let t = get();
     t.platform_requests
         .get_or_create(&vec![("command", command), ("outcome", outcome)])
@@ -53,13 +53,13 @@ pub fn platform_request(command: &'static str, outcome: &'static str, elapsed: D
 }
 
 /// One outbox fsync took `elapsed`.
-pub fn outbox_fsync(elapsed: Duration) {
+pub(crate) fn outbox_fsync(elapsed: Duration) {
     get().fsync_seconds.observe(elapsed.as_secs_f64());
 }
 
 /// What `/proc` says about this process (Linux; zeros elsewhere).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ProcessFigures {
+pub(crate) struct ProcessFigures {
     /// Resident memory, bytes.
     pub rss_bytes: u64,
     /// User and system CPU time, seconds.
@@ -71,7 +71,7 @@ pub struct ProcessFigures {
 }
 
 /// Read the process figures now.
-pub fn process() -> ProcessFigures {
+pub(crate) fn process() -> ProcessFigures {
     let mut p = ProcessFigures::default();
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
         p.rss_bytes = status

@@ -3,7 +3,7 @@
 //! trusts what it returns).
 
 /// The certificates of a PEM file (`[platform] ca_file`); the error names the file.
-pub fn load_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+pub(crate) fn load_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)
         .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;

@@ -93,37 +93,37 @@ use crate::outbox::{Outbox, OutboxError, StoredRecord};
 use crate::protocol::{CallError, Client, Cmd, Reply, Verdict};
 
 /// Back-off bounds.
-pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Cap for transient faults.
-pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
+pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// Cap for configuration/auth faults (1000, 1002, …).
-pub const BACKOFF_CAP_FAULT: Duration = Duration::from_secs(900);
+pub(crate) const BACKOFF_CAP_FAULT: Duration = Duration::from_secs(900);
 /// `2001` answers a record may get before it is treated as `1502`.
-pub const BUSINESS_STRIKES: u32 = 3;
+pub(crate) const BUSINESS_STRIKES: u32 = 3;
 /// Records refused alone in a row with the same answer that are dead-lettered on the
 /// strength of an earlier accepted request; the next one is held (see the module docs).
-pub const SAME_REFUSALS: u32 = 2;
+pub(crate) const SAME_REFUSALS: u32 = 2;
 /// Rounds in a row that end with a held record before the hold is a fault.
-pub const CONFIG_ROUNDS: u32 = 3;
+pub(crate) const CONFIG_ROUNDS: u32 = 3;
 /// Smallest Base64 budget a lone record's picture is shrunk to on a slow uplink.
-pub const MIN_IMAGE_CHARS: usize = 8_000;
+pub(crate) const MIN_IMAGE_CHARS: usize = 8_000;
 /// Smallest answered request that counts as a throughput sample.
-pub const MIN_SAMPLE_BYTES: u64 = 16 * 1024;
+pub(crate) const MIN_SAMPLE_BYTES: u64 = 16 * 1024;
 /// Share of the `ts` window (or the request timeout, if shorter) a request is sized for.
-pub const TARGET_SHARE: f64 = 0.25;
+pub(crate) const TARGET_SHARE: f64 = 0.25;
 
 /// How often the data loop shows it is alive while it waits (for the systemd watchdog).
-pub const LIVENESS_TICK: Duration = Duration::from_secs(5);
+pub(crate) const LIVENESS_TICK: Duration = Duration::from_secs(5);
 
 /// The data loop's last sign of life, in [`liveness_now`] ms (0: none yet): bumped on every
 /// loop turn, every request and every [`LIVENESS_TICK`] while waiting. The watchdog pings
 /// systemd only while it is fresh, so a wedged uploader gets the daemon restarted.
-pub type Liveness = Arc<std::sync::atomic::AtomicI64>;
+pub(crate) type Liveness = Arc<std::sync::atomic::AtomicI64>;
 
 /// Milliseconds on a monotonic clock (since the first call, plus 1): not the wall clock, which
 /// NTP steps forward at boot on a Pi without a real-time clock, and that step must not look
 /// like a wedged uploader.
-pub fn liveness_now() -> i64 {
+pub(crate) fn liveness_now() -> i64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let start = START.get_or_init(std::time::Instant::now);
     i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX - 1) + 1
@@ -134,7 +134,7 @@ fn bump(l: &Liveness) {
 }
 
 /// The back-off every retry loop of the gateway shares (here: full jitter).
-pub use lotlink_drivers::Backoff;
+pub(crate) use lotlink_drivers::Backoff;
 
 /// One of the uploader's three independent streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,10 +206,10 @@ impl PlatformHealth {
 }
 
 /// Shared handle on [`PlatformHealth`].
-pub type Health = Arc<Mutex<PlatformHealth>>;
+pub(crate) type Health = Arc<Mutex<PlatformHealth>>;
 
 /// Change the shared health (a poisoned lock still holds the last values).
-pub fn health_mut<R>(h: &Health, f: impl FnOnce(&mut PlatformHealth) -> R) -> R {
+pub(crate) fn health_mut<R>(h: &Health, f: impl FnOnce(&mut PlatformHealth) -> R) -> R {
     let mut g = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     f(&mut g)
 }
@@ -220,7 +220,7 @@ pub fn health_mut<R>(h: &Health, f: impl FnOnce(&mut PlatformHealth) -> R) -> R 
 /// heartbeat loop and the upload loop, so an outage is one start line, a few summaries and
 /// one end line however many requests fail.
 #[derive(Debug)]
-pub struct PlatformLog {
+pub(crate) struct PlatformLog {
     unreachable: Outage,
     store: Outage,
     erring: [Outage; 3],
@@ -228,7 +228,7 @@ pub struct PlatformLog {
 }
 
 /// Shared handle on the [`PlatformLog`].
-pub type SharedPlatformLog = Arc<Mutex<PlatformLog>>;
+pub(crate) type SharedPlatformLog = Arc<Mutex<PlatformLog>>;
 
 impl Default for PlatformLog {
     fn default() -> Self {
@@ -252,12 +252,12 @@ impl Default for PlatformLog {
 
 impl PlatformLog {
     /// No answer (a transport error).
-    pub fn unreachable(&mut self, reason: &dyn std::fmt::Display, pending: Option<u64>) {
+    pub(crate) fn unreachable(&mut self, reason: &dyn std::fmt::Display, pending: Option<u64>) {
         self.unreachable.failed_with(reason, &pending_text(pending));
     }
 
     /// An authenticated answer with an error code; `fault`: an operator must act.
-    pub fn refused(
+    pub(crate) fn refused(
         &mut self,
         stream: Stream,
         fault: bool,
@@ -274,7 +274,7 @@ impl PlatformLog {
     }
 
     /// A success on `stream`.
-    pub fn accepted(&mut self, stream: Stream) {
+    pub(crate) fn accepted(&mut self, stream: Stream) {
         self.unreachable.recovered();
         self.erring[stream as usize].recovered();
         self.refusing[stream as usize].recovered();
@@ -299,7 +299,7 @@ fn is_answer_code(code: &str) -> bool {
 
 /// Upload settings.
 #[derive(Debug, Clone)]
-pub struct UploadSettings {
+pub(crate) struct UploadSettings {
     pub max_batch: usize,
     pub max_body: u64,
     pub heartbeat_interval: Duration,
@@ -327,7 +327,7 @@ enum Stop {
 /// Sizes `carInOut` requests to what the uplink carries inside the `ts` window (the rule is
 /// in the module docs).
 #[derive(Debug, Clone)]
-pub struct Sizer {
+pub(crate) struct Sizer {
     max_records: usize,
     max_body: u64,
     target: Duration,
@@ -340,7 +340,12 @@ pub struct Sizer {
 impl Sizer {
     /// Unlimited (`max_records`, `max_body`) until the link shows trouble. Requests are
     /// sized for [`TARGET_SHARE`] of the shorter of `window` and `timeout`.
-    pub fn new(max_records: usize, max_body: u64, window: Duration, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        max_records: usize,
+        max_body: u64,
+        window: Duration,
+        timeout: Duration,
+    ) -> Self {
         Sizer {
             max_records: max_records.max(1),
             max_body: max_body.max(1),
@@ -354,17 +359,17 @@ impl Sizer {
 
     /// Most records and body bytes of the next request (the outbox always gives at least one
     /// record, whatever its size).
-    pub fn limits(&self) -> (usize, u64) {
+    pub(crate) fn limits(&self) -> (usize, u64) {
         (self.records, self.bytes)
     }
 
     /// Base64 budget of a lone record's picture.
-    pub fn image_chars(&self) -> usize {
+    pub(crate) fn image_chars(&self) -> usize {
         self.image_chars
     }
 
     /// Learned throughput, bytes per second.
-    pub fn rate(&self) -> Option<f64> {
+    pub(crate) fn rate(&self) -> Option<f64> {
         self.rate
     }
 
@@ -381,7 +386,7 @@ impl Sizer {
     }
 
     /// An answer came for a body of `bytes` after `elapsed`.
-    pub fn answered(&mut self, bytes: u64, elapsed: Duration) {
+    pub(crate) fn answered(&mut self, bytes: u64, elapsed: Duration) {
         if bytes < MIN_SAMPLE_BYTES {
             return;
         }
@@ -393,7 +398,7 @@ impl Sizer {
     }
 
     /// The platform accepted a request as new: grow back.
-    pub fn accepted(&mut self) {
+    pub(crate) fn accepted(&mut self) {
         self.records = self.records.saturating_mul(2).min(self.max_records);
         if self.bytes < self.max_body {
             let fit = self.fit().unwrap_or(u64::MAX);
@@ -412,7 +417,12 @@ impl Sizer {
     /// picture sent when it was one record. Whether anything got smaller.
     /// When the learned throughput says the request should have fit, the link is not the
     /// cause (a platform that hangs): nothing changes.
-    pub fn trouble(&mut self, n: usize, bytes: u64, lone_image_chars: Option<usize>) -> bool {
+    pub(crate) fn trouble(
+        &mut self,
+        n: usize,
+        bytes: u64,
+        lone_image_chars: Option<usize>,
+    ) -> bool {
         if self.fit().is_some_and(|fit| bytes <= fit) {
             return false;
         }
@@ -430,7 +440,7 @@ impl Sizer {
 
     /// The next requests carry one record each, until one is accepted as new. Whether the
     /// count got smaller.
-    pub fn one_at_a_time(&mut self) -> bool {
+    pub(crate) fn one_at_a_time(&mut self) -> bool {
         let cut = self.records > 1;
         self.records = 1;
         cut
@@ -483,7 +493,7 @@ impl Pace {
 }
 
 /// The uploader.
-pub struct Uploader {
+pub(crate) struct Uploader {
     log: SharedPlatformLog,
     client: Arc<Client>,
     outbox: Outbox,
@@ -567,7 +577,7 @@ pub fn records_json(recs: &[StoredRecord]) -> String {
 
 /// A copy of `rec` whose picture fits `chars` Base64 characters, with a remark saying so;
 /// `None` when it already fits.
-pub fn shrunk_for_uplink(rec: &StoredRecord, chars: usize) -> Option<StoredRecord> {
+pub(crate) fn shrunk_for_uplink(rec: &StoredRecord, chars: usize) -> Option<StoredRecord> {
     if crate::imaging::b64_len(rec.image.len()) <= chars {
         return None;
     }
@@ -593,7 +603,7 @@ struct Sent {
 
 impl Uploader {
     /// A new uploader.
-    pub fn new(
+    pub(crate) fn new(
         client: Arc<Client>,
         outbox: Outbox,
         settings: UploadSettings,
@@ -621,7 +631,7 @@ impl Uploader {
 
     /// Report signs of life to this handle (see [`Liveness`]).
     #[must_use]
-    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+    pub(crate) fn with_liveness(mut self, liveness: Liveness) -> Self {
         self.liveness = liveness;
         self
     }
@@ -652,7 +662,7 @@ impl Uploader {
     }
 
     /// Run heartbeats and uploads until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let hb = heartbeat_loop(
             self.client.clone(),
             self.settings.heartbeat_interval,
@@ -1116,7 +1126,7 @@ fn stop_for(v: Verdict, reply: &Reply) -> Stop {
 }
 
 /// Send a heartbeat every `interval` until shutdown. Not queued: a missed beat is not re-sent.
-pub async fn heartbeat_loop(
+pub(crate) async fn heartbeat_loop(
     client: Arc<Client>,
     interval: Duration,
     health: Health,
@@ -1190,7 +1200,7 @@ pub async fn heartbeat_loop(
 }
 
 /// Log helper for the CLI: what a reply or error means.
-pub fn describe(r: &Result<Reply, CallError>) -> String {
+pub(crate) fn describe(r: &Result<Reply, CallError>) -> String {
     match r {
         Ok(rep) => format!("code {} ({:?}) msg {:?}", rep.code, rep.verdict, rep.msg),
         Err(e) => format!("no answer: {e}"),

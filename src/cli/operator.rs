@@ -9,17 +9,17 @@ use super::{CliError, DeadCommand, EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK};
 use crate::config;
 
 /// Where the daemon's status endpoint is, and the bearer token it wants.
-pub struct Target {
+pub(super) struct Target {
     base: String,
     token: Option<config::Secret>,
 }
 
 /// The status address `[status] listen` has by default.
-pub const DEFAULT_STATUS: &str = "127.0.0.1:9870";
+pub(super) const DEFAULT_STATUS: &str = "127.0.0.1:9870";
 
 /// From `--url`, else the config's `[status]`; a config that cannot be read (a user
 /// who may not read /etc/lotlink) falls back to the default address, saying so.
-pub fn address(path: &Path, url: Option<&str>) -> Result<Target, CliError> {
+pub(super) fn address(path: &Path, url: Option<&str>) -> Result<Target, CliError> {
     // The config in effect: a pushed one may have moved the status address.
     let cfg = match crate::manage::load_in_effect(path) {
         Ok(effect) => Some(effect.config),
@@ -65,7 +65,7 @@ pub fn address(path: &Path, url: Option<&str>) -> Result<Target, CliError> {
 }
 
 /// GET or POST; `Err(code)` when the daemon cannot be reached or refused.
-pub async fn call(target: &Target, path: &str, body: Option<Value>) -> Result<Value, i32> {
+pub(super) async fn call(target: &Target, path: &str, body: Option<Value>) -> Result<Value, i32> {
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()
@@ -118,7 +118,7 @@ fn show(v: &Value, key: &str) -> String {
 }
 
 /// "12:04:31, 8 s ago" (local time; the date too when not today).
-pub fn when(ms: Option<i64>, now_ms: i64) -> String {
+pub(super) fn when(ms: Option<i64>, now_ms: i64) -> String {
     use chrono::TimeZone;
     let Some(ms) = ms.filter(|m| *m > 0) else {
         return "never".into();
@@ -139,7 +139,7 @@ pub fn when(ms: Option<i64>, now_ms: i64) -> String {
 }
 
 /// "8 s ago", "37 min ago", "3 h 12 min ago" ("in the future" for a clock ahead).
-pub fn ago(ms: i64) -> String {
+pub(super) fn ago(ms: i64) -> String {
     if ms < 0 {
         return "in the future".into();
     }
@@ -156,7 +156,7 @@ fn secs(v: &Value) -> String {
 }
 
 /// Bytes as B, KiB, MiB or GiB.
-pub fn size(v: &Value) -> String {
+pub(super) fn size(v: &Value) -> String {
     let Some(b) = v.as_u64() else {
         return "-".into();
     };
@@ -173,13 +173,13 @@ pub fn size(v: &Value) -> String {
 }
 
 /// `text` padded with spaces to `width` terminal columns (CJK characters take two).
-pub fn pad(text: &str, width: usize) -> String {
+pub(super) fn pad(text: &str, width: usize) -> String {
     let w = unicode_width::UnicodeWidthStr::width(text);
     format!("{text}{}", " ".repeat(width.saturating_sub(w)))
 }
 
 /// Rows as columns aligned by display width; the last column is not padded.
-pub fn table(rows: &[Vec<String>]) -> String {
+pub(super) fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -207,7 +207,7 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-pub async fn status(
+pub(super) async fn status(
     path: &Path,
     url: Option<&str>,
     raw: bool,
@@ -239,7 +239,7 @@ pub async fn status(
 }
 
 /// The human form of a `/status` document.
-pub fn render_status(v: &Value) -> String {
+pub(super) fn render_status(v: &Value) -> String {
     use std::fmt::Write as _;
     let now = v["taken_ms"]
         .as_i64()
@@ -374,7 +374,7 @@ pub fn render_status(v: &Value) -> String {
     out
 }
 
-pub async fn dead(cmd: DeadCommand) -> Result<i32, CliError> {
+pub(super) async fn dead(cmd: DeadCommand) -> Result<i32, CliError> {
     match cmd {
         DeadCommand::List { config } => {
             let addr = address(&config, None)?;
@@ -453,7 +453,7 @@ pub async fn dead(cmd: DeadCommand) -> Result<i32, CliError> {
     }
 }
 
-pub async fn space_set(path: &Path, occupied: u64) -> Result<i32, CliError> {
+pub(super) async fn space_set(path: &Path, occupied: u64) -> Result<i32, CliError> {
     let addr = address(path, None)?;
     match call(&addr, "/api/space", Some(json!({ "occupied": occupied }))).await {
         Ok(v) => {
@@ -470,7 +470,7 @@ pub async fn space_set(path: &Path, occupied: u64) -> Result<i32, CliError> {
 }
 
 /// The free spaces the running daemon counts (for `send space` without `--surplus`).
-pub async fn daemon_free(path: &Path) -> Result<Result<u64, i32>, CliError> {
+pub(super) async fn daemon_free(path: &Path) -> Result<Result<u64, i32>, CliError> {
     let target = address(path, None)?;
     Ok(match call(&target, "/status", None).await {
         Ok(v) => v["spaces"]["free"].as_u64().ok_or(EXIT_FAILED),

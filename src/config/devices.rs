@@ -26,7 +26,7 @@ use super::{Collector, Secret};
 /// `[mqtt]`: the site broker the MQTT cameras and loops use.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawMqtt {
+pub(crate) struct RawMqtt {
     /// `mqtt://host:port` (default port 1883) or `mqtts://host:port` (TLS, default 8883).
     pub url: String,
     /// Client id; must be stable so the broker keeps the session (and un-acked messages).
@@ -54,7 +54,7 @@ fn d_30s() -> String {
 }
 
 /// `[http]`: the camera listener's keys, which the HTTP driver owns.
-pub use lotlink_drivers::http::config::ListenerConfig as RawHttp;
+pub(crate) use lotlink_drivers::http::config::ListenerConfig as RawHttp;
 
 /// Validated `[mqtt]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +107,7 @@ macro_rules! drivers {
     ) => {
         $(#[$raw_doc])*
         #[derive(Debug)]
-        pub enum $raw {
+        pub(crate) enum $raw {
             $( $(#[$vdoc])* $variant($cfg), )+
         }
 
@@ -177,7 +177,7 @@ drivers! {
 /// The keys every `[[camera]]` has, whatever its driver.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CameraCommon {
+pub(crate) struct CameraCommon {
     /// Lane name; becomes `nodeName` (≤ 20 characters, unique).
     pub name: String,
     /// "in" | "out": what a pass at this lane means.
@@ -205,12 +205,12 @@ impl tagged::Common for CameraCommon {
 }
 
 /// One `[[camera]]` as written.
-pub type RawCamera = Tagged<CameraCommon, CameraDriver>;
+pub(crate) type RawCamera = Tagged<CameraCommon, CameraDriver>;
 
 /// A `styles` value: `"2"` or `2`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-pub enum StyleValue {
+pub(crate) enum StyleValue {
     /// Written as a string.
     Text(String),
     /// Written as a number.
@@ -220,7 +220,7 @@ pub enum StyleValue {
 /// The keys every `[[loop]]` has, whatever its driver.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LoopCommon {
+pub(crate) struct LoopCommon {
     /// Loop name (unique), used in logs and status.
     pub name: String,
     /// "in": a pass adds an occupied space; "out": a pass frees one.
@@ -239,7 +239,7 @@ impl tagged::Common for LoopCommon {
 }
 
 /// One `[[loop]]` as written.
-pub type RawLoop = Tagged<LoopCommon, LoopDriver>;
+pub(crate) type RawLoop = Tagged<LoopCommon, LoopDriver>;
 
 /// A validated `[[camera]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -44,14 +44,14 @@ pub(super) fn covers(recorded: &str, key: &str) -> bool {
 }
 
 /// A file's text and the parser's spans of it.
-pub struct Spans<'t> {
+pub(super) struct Spans<'t> {
     text: &'t str,
     doc: Option<ImDocument<&'t str>>,
 }
 
 impl<'t> Spans<'t> {
     /// Parse `text` (a file with a syntax error has no spans: nothing is located).
-    pub fn new(text: &'t str) -> Self {
+    pub(super) fn new(text: &'t str) -> Self {
         Spans {
             text,
             doc: ImDocument::parse(text).ok(),
@@ -59,7 +59,7 @@ impl<'t> Spans<'t> {
     }
 
     /// 1-based line and column (in characters) of a byte offset.
-    pub fn position(&self, offset: usize) -> (usize, usize) {
+    pub(super) fn position(&self, offset: usize) -> (usize, usize) {
         let before = self
             .text
             .get(..offset.min(self.text.len()))
@@ -72,7 +72,7 @@ impl<'t> Spans<'t> {
 
     /// Line and column of `path`: its key when written; else the nearest enclosing table
     /// that is (a missing key points at its table); `None` when not even that is written.
-    pub fn locate(&self, path: &str) -> Option<(usize, usize)> {
+    pub(super) fn locate(&self, path: &str) -> Option<(usize, usize)> {
         let doc = self.doc.as_ref()?;
         let span = span_of(doc.as_item(), path)?;
         Some(self.position(span.start))

@@ -30,13 +30,13 @@ use serde::Deserialize;
 pub(super) const AT_KEY: &str = "at key `";
 
 /// The keys every table of a kind has; one of them names the driver.
-pub trait Common: DeserializeOwned {
+pub(crate) trait Common: DeserializeOwned {
     /// The `driver` key's value.
     fn driver(&self) -> &str;
 }
 
 /// The drivers a table may name, each with its own config struct.
-pub trait Drivers: Sized {
+pub(crate) trait Drivers: Sized {
     /// What they drive, plural, for messages: "cameras".
     const KIND: &'static str;
     /// Every driver's name and keys, in the order they are documented.
@@ -47,7 +47,7 @@ pub trait Drivers: Sized {
 
 /// A driver-tagged table as written.
 #[derive(Debug)]
-pub struct Tagged<C, D> {
+pub(crate) struct Tagged<C, D> {
     /// The keys every table of the kind has.
     pub common: C,
     /// The driver's own keys; `None` when `driver` names no driver (validation says so).
