@@ -449,7 +449,7 @@ impl Manager {
                 )
                 .await;
             let _ = client.disconnect().await;
-            // Let the event loop send both.
+            // Let the event loop send both (5 s: a loaded box took over 2 s once in a test).
             let flush = async {
                 while let Ok(ev) = events.poll().await {
                     if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
@@ -457,7 +457,7 @@ impl Manager {
                     }
                 }
             };
-            let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
         }
     }
 }
