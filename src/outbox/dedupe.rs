@@ -32,6 +32,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
@@ -188,7 +189,7 @@ pub(super) fn keep(dir: &Path, seen: &Seen, keys: &[(u64, i64)]) -> io::Result<u
         return Ok(0);
     }
     if !dir.exists() {
-        std::fs::create_dir_all(dir)?;
+        super::replay::private_dir(dir)?;
         if let Some(parent) = dir.parent() {
             super::segments::sync_dir(parent)?;
         }
@@ -201,6 +202,7 @@ pub(super) fn keep(dir: &Path, seen: &Seen, keys: &[(u64, i64)]) -> io::Result<u
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&p)?;
         let before = f.metadata()?.len();
         let before = before - before % 8;

@@ -274,10 +274,16 @@ async fn a_key_whose_segment_the_quota_deleted_within_the_window_is_still_a_dupl
             "k{i} after a reopen"
         );
     }
-    assert!(
-        d.path().join("ob").join(dedupe::KEYS_DIR).exists(),
-        "the deleted segment's keys were kept"
-    );
+    let keys = d.path().join("ob").join(dedupe::KEYS_DIR);
+    assert!(keys.exists(), "the deleted segment's keys were kept");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&keys), 0o700);
+        for e in std::fs::read_dir(&keys).unwrap() {
+            assert_eq!(mode(&e.unwrap().path()), 0o600);
+        }
+    }
     assert_eq!(ob.bytes(), log_on_disk(d.path()) + keys_on_disk(d.path()));
 }
 
