@@ -312,8 +312,16 @@ fn kept_keys_with_a_torn_tail_are_read_to_whole_hashes_and_old_buckets_are_delet
     assert_eq!(kept, 8);
     assert!(seen.contains(11, now));
     assert!(!seen.contains(12, now), "past the window");
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "the old bucket's file is gone");
-    assert_eq!(std::fs::metadata(&f).unwrap().len(), 8, "the torn tail is cut");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "the old bucket's file is gone"
+    );
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().len(),
+        8,
+        "the torn tail is cut"
+    );
     dedupe::keep(&dir, &seen, &[(13, now)]).unwrap();
     let mut again = dedupe::Seen::new(window);
     dedupe::load(&dir, &mut again, now).unwrap();
