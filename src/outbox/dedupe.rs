@@ -4,9 +4,10 @@
 //! versions and platforms, and 100,000 keys in one window collide with odds of about
 //! 3 in 10^10) in a time bucket of a tenth of the window. In memory: a set per bucket, so a
 //! lookup is a few hash probes and forgetting a bucket is dropping a set. Not in sled: every
-//! record's log entry carries its key's hash and acceptance time, and segments are kept for
-//! the window (see the [`super`] invariants), so opening rebuilds the window from the log
-//! ([`super::replay`]). Versions before this one kept sled entries (`e` + bucket (u64 BE) +
+//! record's log entry carries its key's hash and acceptance time, segments are kept for the
+//! window unless the quota or a full disk takes them earlier, and those keep their keys in
+//! `keys/` first (below; see the [`super`] invariants), so opening rebuilds the window from
+//! the log and `keys/` ([`super::replay`]). Versions before this one kept sled entries (`e` + bucket (u64 BE) +
 //! the group's first id (u64 BE) → the group's hashes, u64 LE each): read once when such a
 //! store is opened.
 //!
