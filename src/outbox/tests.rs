@@ -289,9 +289,9 @@ async fn a_key_whose_segment_the_quota_deleted_within_the_window_is_still_a_dupl
 
 /// Bytes of the kept-keys files on disk.
 fn keys_on_disk(dir: &Path) -> u64 {
-    std::fs::read_dir(dir.join("ob").join(dedupe::KEYS_DIR))
-        .map(|rd| rd.flatten().map(|e| e.metadata().unwrap().len()).sum())
-        .unwrap_or(0)
+    std::fs::read_dir(dir.join("ob").join(dedupe::KEYS_DIR)).map_or(0, |rd| {
+        rd.flatten().map(|e| e.metadata().unwrap().len()).sum()
+    })
 }
 
 #[test]
