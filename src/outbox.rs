@@ -8,6 +8,7 @@
 //! | `segments/*.log` | **the log, the source of truth**: every accepted record, and marks for acks, dead letters and failed groups ([`segments`]) | damaged byte ranges are skipped and copied to `damaged/`; the rest is read |
 //! | sled's files (`conf`, `db`, `blobs/`, `snap.*`) | **the index**: a pointer per pending record ([`index`]), how far the log is indexed (`m/wal`), the next id, and settings ([`settings`]) | moved to `index.broken-<time>/` and rebuilt from the log ([`replay`]) |
 //! | `dead/*.dead` | dead letters, one file each ([`dead`]) | — |
+//! | `keys/*.keys` | source-key hashes of the dedupe window whose segments were deleted early (quota, full disk) ([`dedupe`]) | a re-delivered event of those may be stored again |
 //! | `reserve` | a few MiB kept free for starting on a full disk ([`quota`]) | re-created |
 //!
 //! It is used through this module only; no sled type appears in its public API, and the
@@ -68,10 +69,14 @@
 //!    Nothing else removes a pending record: not retries, not the quota, not age.
 //! 5. Segment files are deleted oldest first only: when no pending record points into the
 //!    oldest, it is not the head, its newest entry is older than the dedupe window, and a
-//!    sled flush has made the index without it lasting (or by the quota, see below). So
-//!    the marks in later segments never name records of a deleted segment that could come
-//!    back, and a rebuild from the log also rebuilds the dedupe window.
-//! 6. A source key accepted within the dedupe window (10 minutes) is accepted once.
+//!    sled flush has made the index without it lasting (or by the quota, see below, or on
+//!    a nearly full file system). So the marks in later segments never name records of a
+//!    deleted segment that could come back. A segment deleted before the window is over
+//!    first has the keys of its records that did not move appended to `keys/` and fsynced
+//!    ([`dedupe`]), so opening rebuilds the whole dedupe window from the log and `keys/`.
+//! 6. A source key accepted within the dedupe window (10 minutes) is accepted once, across
+//!    crashes and power cuts too (a broker re-sends a message whose PUBACK was lost,
+//!    however long ago its record was delivered and its segment compacted).
 //!
 //! ## When a record is safe
 //!
@@ -89,13 +94,22 @@
 //!
 //! ## When the disk quota is hit
 //!
-//! [`Outbox::bytes`] counts the segment files and the dead-letter files. When the next
-//! group would take it over `max_disk`, the oldest segment is compacted: its pending records
-//! are copied to the head without their images (their `remark` says so; they keep their id
-//! and so their place), the index is flushed, and the old file is deleted; oldest segment
-//! first, until the group fits. If even that is not enough, the records that do not fit get
-//! [`OutboxError::Full`]: the driver does not acknowledge, and the camera or broker keeps
-//! the event. Segments are `max_disk / 32` long (64 KiB to 16 MiB).
+//! [`Outbox::bytes`] counts the segment files, the dead-letter files and the kept keys.
+//! When the next group would take it over `max_disk`, the oldest segment is compacted: its
+//! pending records are copied to the head without their images (their `remark` says so;
+//! they keep their id and so their place), the index is flushed, the keys of its other
+//! records are kept if they are within the dedupe window, and the old file is deleted;
+//! oldest segment first, until the group fits. If even that is not enough, the records that
+//! do not fit get [`OutboxError::Full`]: the driver does not acknowledge, and the camera or
+//! broker keeps the event. Segments are `max_disk / 32` long (64 KiB to 16 MiB).
+//!
+//! The quota never deletes the keys of the window to make room. The trade-off, decided for
+//! the operator: an acknowledged event is never lost; a refused event is not lost either
+//! (its source keeps it and sends it again); a key forgotten within the window turns a
+//! re-delivery into a second record at the platform, which nothing downstream can undo. So
+//! when the window's keys (8 bytes an event) and the pending records without images cannot
+//! both fit, new events are refused rather than keys forgotten. A key costs 8 bytes against
+//! the hundreds of bytes of the entry whose deletion keeps it, so compaction always gains.
 //!
 //! ## When the disk is full
 //!
@@ -377,7 +391,7 @@ struct Shared {
     readers: segments::Readers,
     pending: AtomicU64,
     dead: AtomicU64,
-    /// What `max_disk` limits: segment and dead-letter files.
+    /// What `max_disk` limits: segment, dead-letter and kept-key files.
     bytes: AtomicU64,
     health: Mutex<StoreHealth>,
     /// When the index was last rebuilt from the whole log (Unix ms; 0: never here).
@@ -735,7 +749,7 @@ impl Outbox {
         self.shared().dead.load(Ordering::Relaxed)
     }
 
-    /// What `max_disk` limits: the segment files and the dead-letter files.
+    /// What `max_disk` limits: the segment files, the dead-letter files and the kept keys.
     pub fn bytes(&self) -> u64 {
         self.shared().bytes.load(Ordering::Relaxed)
     }

@@ -4,17 +4,37 @@
 //! versions and platforms, and 100,000 keys in one window collide with odds of about
 //! 3 in 10^10) in a time bucket of a tenth of the window. In memory: a set per bucket, so a
 //! lookup is a few hash probes and forgetting a bucket is dropping a set. Not in sled: every
-//! record's log entry carries its key's hash and acceptance time, and segments are kept for
-//! the window (see the [`super`] invariants), so opening rebuilds the window from the log
-//! ([`super::replay`]). Versions before this one kept sled entries (`e` + bucket (u64 BE) +
+//! record's log entry carries its key's hash and acceptance time, segments are kept for the
+//! window unless the quota or a full disk takes them earlier, and those keep their keys in
+//! `keys/` first (below; see the [`super`] invariants), so opening rebuilds the window from
+//! the log and `keys/` ([`super::replay`]). Versions before this one kept sled entries (`e` + bucket (u64 BE) +
 //! the group's first id (u64 BE) → the group's hashes, u64 LE each): read once when such a
 //! store is opened.
 //!
 //! A key is a duplicate if its bucket lies within the window of now, either side (the
 //! clock may step back): so it is remembered for the window and at most one bucket more.
+//!
+//! ## Keys of segments deleted within the window
+//!
+//! The quota deletes segments long before the window is over (a 1 MiB `max_disk` holds a
+//! few seconds of events with images), and so does a (nearly) full file system; the
+//! delivered records of such a segment take their keys with them. Their keys are kept on
+//! disk first: appended (fsynced before the segment file is deleted) to `keys/<bucket>.keys`,
+//! the bucket's hashes, 8 bytes each (u64 LE), one file per bucket of acceptance time.
+//! Opening reads them into the window after the log ([`super::replay`]; they are not
+//! compared with the log's records, whose own keys may be among them), cuts a torn tail off
+//! to whole hashes, and deletes the files of buckets past the window; the writer deletes
+//! those once a minute. They count towards `max_disk` and the quota never deletes them: 8
+//! bytes per event of the last 10 minutes (120 KiB at 25 events a second), against the
+//! hundreds of bytes each deleted entry frees. Without them, a broker's re-delivery after a
+//! power cut of a message whose PUBACK was lost (its record stored, delivered, and its
+//! segment compacted meanwhile) was stored a second time.
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
 
@@ -121,6 +141,127 @@ impl Seen {
     pub(super) fn len(&self) -> usize {
         self.buckets.values().map(HashSet::len).sum()
     }
+}
+
+/// The directory (under the outbox path) of the keys of deleted segments.
+pub(super) const KEYS_DIR: &str = "keys";
+
+fn keys_file(dir: &Path, bucket: i64) -> PathBuf {
+    dir.join(format!("{bucket}.keys"))
+}
+
+/// The keys files in `dir`: (bucket, path, length). A missing directory has none.
+fn keys_files(dir: &Path) -> io::Result<Vec<(i64, PathBuf, u64)>> {
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for e in rd {
+        let e = e?;
+        let name = e.file_name();
+        let Some(b) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".keys"))
+            .and_then(|n| n.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        out.push((b, e.path(), e.metadata()?.len()));
+    }
+    Ok(out)
+}
+
+/// Keep `keys` (hash, acceptance time) on disk before the segment holding them is deleted:
+/// appended to their buckets' files and fsynced. The bytes added. A failed append is cut
+/// off again, so a file always holds whole hashes (a power cut's torn tail is cut on open).
+pub(super) fn keep(dir: &Path, seen: &Seen, keys: &[(u64, i64)]) -> io::Result<u64> {
+    let mut by_bucket: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+    for &(h, at) in keys {
+        if h != 0 {
+            by_bucket
+                .entry(seen.bucket(at))
+                .or_default()
+                .extend_from_slice(&h.to_le_bytes());
+        }
+    }
+    if by_bucket.is_empty() {
+        return Ok(0);
+    }
+    if !dir.exists() {
+        super::replay::private_dir(dir)?;
+        if let Some(parent) = dir.parent() {
+            super::segments::sync_dir(parent)?;
+        }
+    }
+    let mut created = false;
+    let mut added = 0u64;
+    for (b, bytes) in by_bucket {
+        let p = keys_file(dir, b);
+        created |= !p.exists();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&p)?;
+        let before = f.metadata()?.len();
+        let before = before - before % 8;
+        if let Err(e) = f.write_all(&bytes).and_then(|()| f.sync_data()) {
+            let _ = f.set_len(before).and_then(|()| f.sync_data());
+            return Err(e);
+        }
+        added += bytes.len() as u64;
+    }
+    if created {
+        super::segments::sync_dir(dir)?;
+    }
+    Ok(added)
+}
+
+/// Read the kept keys of the window into `seen`; delete the files of buckets before its
+/// horizon at `now_ms` and cut torn tails. The bytes of the files kept.
+pub(super) fn load(dir: &Path, seen: &mut Seen, now_ms: i64) -> io::Result<u64> {
+    let horizon = seen.horizon(now_ms);
+    let mut bytes = 0;
+    for (b, path, len) in keys_files(dir)? {
+        if b < horizon {
+            std::fs::remove_file(&path)?;
+            continue;
+        }
+        let data = std::fs::read(&path)?;
+        let whole = len - len % 8;
+        if whole != len {
+            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+            f.set_len(whole)?;
+            f.sync_all()?;
+        }
+        for h in decode(&data) {
+            if h != 0 {
+                seen.insert_in_bucket(h, b);
+            }
+        }
+        bytes += whole;
+    }
+    Ok(bytes)
+}
+
+/// Delete the files of buckets before `horizon`. The bytes of the files left.
+pub(super) fn prune_files(dir: &Path, horizon: i64) -> io::Result<u64> {
+    let mut bytes = 0;
+    let mut removed = false;
+    for (b, path, len) in keys_files(dir)? {
+        if b < horizon {
+            std::fs::remove_file(&path)?;
+            removed = true;
+        } else {
+            bytes += len;
+        }
+    }
+    if removed {
+        super::segments::sync_dir(dir)?;
+    }
+    Ok(bytes)
 }
 
 /// The bucket of an entry's sled key.

@@ -10,7 +10,9 @@
 //! theirs, an abort removes its group's ids. Entries of the dedupe window (by the file's
 //! modification time) are read for their source-key hashes too, before `m/wal` by their
 //! headers only. A record whose key an earlier record of the window already has is a
-//! submit that was refused but whose bytes stayed (invariant 2): it is dropped.
+//! submit that was refused but whose bytes stayed (invariant 2): it is dropped. Then the
+//! keys kept for segments deleted within the window (`keys/`, see [`dedupe`]) join the
+//! window.
 //!
 //! Damage: a range of bytes that is no intact entry is skipped, the scan resumes at the
 //! next intact entry ([`segments::scan`]). At the end of the newest segment it is a write a
@@ -479,6 +481,15 @@ pub(super) fn recover(
         }
     }
     win.seen.absorb(legacy_seen);
+    // The keys of segments deleted within the window (see [`dedupe`]): after the log, so
+    // never compared with its records (whose own keys may be among them).
+    let mut kept_seen = Seen::new(window_ms);
+    let keys_bytes = dedupe::load(&shared.path.join(dedupe::KEYS_DIR), &mut kept_seen, now)
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "outbox: the kept dedupe keys of deleted segments cannot be read; a broker's re-delivery of an event they name may be stored again");
+            0
+        });
+    win.seen.absorb(kept_seen);
     // A dead letter wins over a pointer to the same record (a dead-letter move or a retry
     // the crash interrupted).
     let dead = dead::scan(&shared.dead_dir)?;
@@ -521,6 +532,7 @@ pub(super) fn recover(
     books.pending = pending;
     books.dead = dead.len() as u64;
     books.dead_bytes = dead.iter().map(|(_, n)| n).sum();
+    books.keys_bytes = keys_bytes;
     batch.insert(K_NEXT_ID, &next_id.to_be_bytes());
     batch.insert(K_FORMAT, &FORMAT.to_be_bytes());
     db.apply_batch(batch)?;

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::dedupe;
 use super::segments::{self, Kind};
 use super::*;
 use crate::clock::Clock;
@@ -229,6 +230,102 @@ async fn at_the_quota_old_images_become_placeholders_and_then_submits_are_refuse
     assert!(ob.len() >= 6);
     let all = ob.peek(1000, u64::MAX).unwrap();
     assert_eq!(all.len() as u64, ob.len());
+}
+
+/// A broker re-sends a message whose PUBACK a power cut lost, however long ago its record
+/// was delivered: the quota deleted that segment within the dedupe window, and the key must
+/// still be known after a reopen.
+#[tokio::test]
+async fn a_key_whose_segment_the_quota_deleted_within_the_window_is_still_a_duplicate_after_a_reopen(
+) {
+    let d = tempfile::tempdir().unwrap();
+    let max = 1 << 20;
+    {
+        let ob = open(d.path(), max);
+        let img = vec![7u8; 200_000];
+        for i in 0..5 {
+            let Submitted::Stored(id) = ob
+                .submit(rec(&format!("k{i}"), &format!("P{i}"), img.clone()))
+                .await
+                .unwrap()
+            else {
+                panic!("new key")
+            };
+            ob.ack(&[id]).await.unwrap();
+        }
+        // The sixth does not fit: the oldest (delivered) segment is compacted away.
+        ob.submit(rec("k5", "P5", img.clone())).await.unwrap();
+        assert!(ob.bytes() <= max);
+        let segs = segments::list(&d.path().join("ob").join(segments::DIR)).unwrap();
+        assert!(segs.len() <= 5, "a segment was deleted: {segs:?}");
+        assert_eq!(
+            ob.submit(rec("k0", "P0", vec![1])).await.unwrap(),
+            Submitted::Duplicate,
+            "in memory"
+        );
+    }
+    let ob = open(d.path(), max);
+    for i in 0..6 {
+        assert_eq!(
+            ob.submit(rec(&format!("k{i}"), &format!("P{i}"), vec![1]))
+                .await
+                .unwrap(),
+            Submitted::Duplicate,
+            "k{i} after a reopen"
+        );
+    }
+    let keys = d.path().join("ob").join(dedupe::KEYS_DIR);
+    assert!(keys.exists(), "the deleted segment's keys were kept");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&keys), 0o700);
+        for e in std::fs::read_dir(&keys).unwrap() {
+            assert_eq!(mode(&e.unwrap().path()), 0o600);
+        }
+    }
+    assert_eq!(ob.bytes(), log_on_disk(d.path()) + keys_on_disk(d.path()));
+}
+
+/// Bytes of the kept-keys files on disk.
+fn keys_on_disk(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("ob").join(dedupe::KEYS_DIR)).map_or(0, |rd| {
+        rd.flatten().map(|e| e.metadata().unwrap().len()).sum()
+    })
+}
+
+#[test]
+fn kept_keys_with_a_torn_tail_are_read_to_whole_hashes_and_old_buckets_are_deleted() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("keys");
+    let window = 600_000;
+    let mut seen = dedupe::Seen::new(window);
+    let now = 1_000 * window;
+    dedupe::keep(&dir, &seen, &[(11, now - 1_000), (12, now - 2 * window)]).unwrap();
+    // A power cut tore an append: 3 bytes of a hash.
+    let b = seen.bucket(now - 1_000);
+    let f = dir.join(format!("{b}.keys"));
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes.extend_from_slice(&[1, 2, 3]);
+    std::fs::write(&f, &bytes).unwrap();
+    let kept = dedupe::load(&dir, &mut seen, now).unwrap();
+    assert_eq!(kept, 8);
+    assert!(seen.contains(11, now));
+    assert!(!seen.contains(12, now), "past the window");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "the old bucket's file is gone"
+    );
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().len(),
+        8,
+        "the torn tail is cut"
+    );
+    dedupe::keep(&dir, &seen, &[(13, now)]).unwrap();
+    let mut again = dedupe::Seen::new(window);
+    dedupe::load(&dir, &mut again, now).unwrap();
+    assert!(again.contains(11, now) && again.contains(13, now));
 }
 
 /// The ids of the oldest `max` pending records.

@@ -32,7 +32,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::dedupe::{key_hash, Seen};
+use super::dedupe::{self, key_hash, Seen};
 use super::index::{chunk_of, Edit, Src, SPILL_CHUNKS};
 use super::replay::{self, Opened, K_NEXT_ID, K_WAL};
 use super::segments::{self, Cut, Head, Kind, Location};
@@ -88,6 +88,8 @@ pub(super) struct Books {
     pub pending: u64,
     pub dead: u64,
     pub dead_bytes: u64,
+    /// The kept keys of deleted segments (see [`super::dedupe`]).
+    pub keys_bytes: u64,
 }
 
 impl Books {
@@ -121,7 +123,7 @@ impl Books {
 
     /// What `max_disk` limits.
     pub(super) fn bytes(&self) -> u64 {
-        self.segs.values().map(|s| s.size).sum::<u64>() + self.dead_bytes
+        self.segs.values().map(|s| s.size).sum::<u64>() + self.dead_bytes + self.keys_bytes
     }
 }
 
@@ -324,10 +326,7 @@ impl Writer {
     /// Stage, write, index and answer a group of submits.
     fn store_group(&mut self, submits: Vec<(Box<NewRecord>, Answer<Submitted>)>) {
         let now = Clock::local_ms();
-        if self.last_prune.elapsed() >= Duration::from_secs(60) {
-            self.seen.prune(now);
-            self.last_prune = Instant::now();
-        }
+        self.prune_window(now);
         let mut answers = Vec::with_capacity(submits.len());
         let mut staged = Vec::with_capacity(submits.len());
         let mut in_group = HashSet::new();
@@ -529,6 +528,57 @@ impl Writer {
         self.head = Head::create(&self.shared.seg_dir, next)?;
         self.books.add_segment(next, 0, Clock::local_ms());
         Ok(())
+    }
+
+    /// Forget the keys past the window (in memory and their files), once a minute.
+    fn prune_window(&mut self, now: i64) {
+        if self.last_prune.elapsed() < Duration::from_secs(60) {
+            return;
+        }
+        self.last_prune = Instant::now();
+        let horizon = self.seen.prune(now);
+        match dedupe::prune_files(&self.keys_dir(), horizon) {
+            Ok(bytes) => self.books.keys_bytes = bytes,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox: could not delete the kept keys past the dedupe window; tried again in a minute");
+            }
+        }
+    }
+
+    fn keys_dir(&self) -> std::path::PathBuf {
+        self.shared.path.join(dedupe::KEYS_DIR)
+    }
+
+    /// Keep the keys of the window among `keys` (hash, acceptance time) on disk: their
+    /// segment is about to be deleted (see [`super::dedupe`]). Nothing may be deleted if
+    /// this fails.
+    fn keep_keys(&mut self, keys: &[(u64, i64)]) -> Result<(), OutboxError> {
+        let now = Clock::local_ms();
+        let horizon = self.seen.horizon(now);
+        let keys: Vec<(u64, i64)> = keys
+            .iter()
+            .copied()
+            .filter(|&(h, at)| h != 0 && self.seen.bucket(at) >= horizon)
+            .collect();
+        let added = dedupe::keep(&self.keys_dir(), &self.seen, &keys).map_err(|e| {
+            OutboxError::Unavailable(format!("keeping the dedupe keys of a segment: {e}"))
+        })?;
+        self.books.keys_bytes += added;
+        Ok(())
+    }
+
+    /// The source keys (hash, acceptance time) of the records in segment `seg`.
+    fn keys_of(&self, seg: u64) -> Result<Vec<(u64, i64)>, OutboxError> {
+        let mut keys = Vec::new();
+        segments::scan(&self.shared.seg_dir, seg, 0, segments::Bodies::Skip, |i| {
+            if let segments::Item::Entry { header, .. } = i {
+                if header.kind.is_record() && header.key_hash != 0 {
+                    keys.push((header.key_hash, header.accepted_ms));
+                }
+            }
+        })
+        .map_err(|e| OutboxError::Store(format!("reading segment {seg}: {e}")))?;
+        Ok(keys)
     }
 
     /// Point the index at records just written; remember their keys.
@@ -877,16 +927,38 @@ impl Writer {
         if self.index_failed.is_some() {
             self.try_reopen(false);
         }
-        let gone = self.deletable();
+        let mut gone = self.deletable();
         let due = self
             .dirty
             .is_some_and(|t| t.elapsed() >= self.opts.index_flush);
         if (due || !gone.is_empty()) && self.dirty.is_some() && self.flush_index().is_err() {
             return;
         }
+        // Segments deleted within the window (a full file system waives the age rule) keep
+        // their keys first.
+        let now = Clock::local_ms();
+        let window = i64::try_from(self.opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
+        let young = gone.iter().position(|seg| {
+            self.books
+                .segs
+                .get(seg)
+                .is_some_and(|s| now - s.newest_ms < window.saturating_add(window / 10))
+        });
+        if let Some(pos) = young {
+            let mut kept = gone.len();
+            for (i, &seg) in gone.iter().enumerate().skip(pos) {
+                if let Err(e) = self.keys_of(seg).and_then(|k| self.keep_keys(&k)) {
+                    tracing::debug!(segment = seg, error = %e, "outbox: could not keep the dedupe keys of a drained segment; it is deleted later");
+                    kept = i;
+                    break;
+                }
+            }
+            gone.truncate(kept);
+        }
         if !gone.is_empty() {
             self.delete_segments(&gone);
         }
+        self.prune_window(now);
         if self.legacy_keys {
             self.delete_legacy_keys();
         }
@@ -1010,12 +1082,16 @@ impl Writer {
         )
         .map_err(|e| OutboxError::Store(format!("reading segment {victim}: {e}")))?;
         let mut moved = Vec::new();
+        let mut gone_keys = Vec::new();
         let mut degraded = 0u64;
         for (loc, header, body) in found {
             if self.src().load(chunk_of(header.id))?.get(header.id) != Some(loc) {
-                continue; // delivered, dead, or moved already
+                // Delivered, dead, or moved already: its key stays in the window.
+                gone_keys.push((header.key_hash, header.accepted_ms));
+                continue;
             }
             let Ok(rec) = decode_record(header.id, &body) else {
+                gone_keys.push((header.key_hash, header.accepted_ms));
                 continue; // the reader dead-letters it
             };
             if !rec.meta.degraded && !rec.image.is_empty() {
@@ -1052,6 +1128,7 @@ impl Writer {
         }
         self.apply(edit);
         self.flush_index()?;
+        self.keep_keys(&gone_keys)?;
         let before = self.books.bytes();
         self.delete_segments(&[victim]);
         tracing::info!(
