@@ -558,7 +558,7 @@ impl Writer {
         let keys: Vec<(u64, i64)> = keys
             .iter()
             .copied()
-            .filter(|&(h, at)| h != 0 && self.seen.bucket(at) >= horizon)
+            .filter(|&(_, at)| self.seen.bucket(at) >= horizon)
             .collect();
         let added = dedupe::keep(&self.keys_dir(), &self.seen, &keys).map_err(|e| {
             OutboxError::Unavailable(format!("keeping the dedupe keys of a segment: {e}"))
@@ -936,13 +936,15 @@ impl Writer {
         }
         // Segments deleted within the window (a full file system waives the age rule) keep
         // their keys first.
+        // A segment is young when its newest key is still in the window: the rule
+        // `keep_keys` applies to each key, the window's own horizon.
         let now = Clock::local_ms();
-        let window = i64::try_from(self.opts.dedupe_window.as_millis()).unwrap_or(i64::MAX);
+        let horizon = self.seen.horizon(now);
         let young = gone.iter().position(|seg| {
             self.books
                 .segs
                 .get(seg)
-                .is_some_and(|s| now - s.newest_ms < window.saturating_add(window / 10))
+                .is_some_and(|s| self.seen.bucket(s.newest_ms) >= horizon)
         });
         if let Some(pos) = young {
             let mut kept = gone.len();
